@@ -1,0 +1,51 @@
+"""The FastAPI application: OpenAI's fine-tuning surface under `/v1`."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+
+from ftserve import __version__
+from ftserve.api import errors
+from ftserve.api.auth import project_resolver
+from ftserve.api.middleware import RequestId
+from ftserve.api.openapi import openai_style
+from ftserve.api.routes import files, fine_tuning, models
+from ftserve.services.runtime import Runtime
+from ftserve.worker import worker_for
+
+
+def create_app(runtime: Runtime, *, with_worker: bool = False) -> FastAPI:
+    """The API over `runtime`; with `with_worker`, a worker thread runs beside it for the app's lifetime."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        thread = None
+        if with_worker:
+            thread = threading.Thread(target=worker_for(runtime).run, args=(stop,), name="ftserve-worker", daemon=True)
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join(timeout=30)
+
+    app = FastAPI(title="ftserve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    errors.install(app)
+    app.add_middleware(RequestId)
+    project = project_resolver(runtime.settings.api_keys)
+    app.include_router(files.router(runtime.files, project), prefix="/v1")
+    app.include_router(fine_tuning.router(runtime.jobs, runtime.models, project), prefix="/v1")
+    app.include_router(models.router(runtime.models, project), prefix="/v1")
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    openai_style(app)
+    return app

@@ -1,0 +1,69 @@
+"""Every error leaves as OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ftserve.domain.errors import FtserveError
+
+log = logging.getLogger(__name__)
+
+
+def envelope(status: int, message: str, type: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    # ("body", "method", "type") -> "method.type"; ("query", "limit") -> "limit"
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path", "header", "form") else [str(p) for p in loc]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return out or None
+
+
+def _validation_message(error: dict[str, Any], param: str | None) -> str:
+    kind = error.get("type", "")
+    if kind == "json_invalid":
+        return "We could not parse the JSON body of your request. Send valid JSON."
+    if kind == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {param}"
+    if kind == "missing":
+        return f"Missing required parameter: '{param}'."
+    return f"Invalid value for '{param}': {error.get('msg', 'invalid')}."
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(FtserveError)
+    async def _domain(_: Request, error: FtserveError) -> JSONResponse:
+        return envelope(error.status_code, error.message, error.type, error.param, error.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        param = _param(tuple(first.get("loc", ())))
+        if first.get("type") == "json_invalid":
+            param = None
+        return envelope(400, _validation_message(first, param), "invalid_request_error", param, None)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            message = f"Invalid URL ({request.method} {request.url.path})"
+        elif error.status_code == 405:
+            message = f"Method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(error.detail)
+        return envelope(error.status_code, message, "invalid_request_error", None, None)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return envelope(500, "The server had an error while processing your request.", "server_error")

@@ -1,0 +1,56 @@
+"""The one settings object, read from the environment at the edge and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+TrainerName = Literal["fake"]
+
+DEFAULT_PROJECT = "default"
+
+
+class Settings(BaseSettings):
+    """Everything ftserve reads from its environment (`FTSERVE_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="FTSERVE_", frozen=True)
+
+    data_dir: Path = Field(Path(".ftserve"), description="Where the database, files and artifacts live.")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL. Unset: SQLite under the data dir. "
+        "PostgreSQL: postgresql+psycopg://user@host:5432/db.",
+    )
+    api_keys: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="API keys mapped to projects, written `key=project,key2=project2` "
+        "(a key without `=project` belongs to the `default` project). Unset: the server is open.",
+    )
+    trainer: TrainerName | None = Field(None, description="Which trainer runs jobs: `fake`.")
+
+    worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for work.")
+    lease_seconds: float = Field(30.0, gt=0, description="A worker that misses its heartbeat this long loses its job.")
+    fake_step_seconds: float = Field(0.2, ge=0, description="How long each step of the fake trainer takes.")
+    create_dedup_seconds: float = Field(
+        900.0, ge=0, description="How long a retried job create without an Idempotency-Key is recognised."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        keys: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            key, _, project = item.partition("=")
+            keys[key.strip()] = project.strip() or DEFAULT_PROJECT
+        return keys
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ftserve.db').resolve()}"

@@ -1,0 +1,45 @@
+"""File and upload records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+FileStatus = Literal["uploaded", "processed", "error"]
+UploadStatus = Literal["pending", "completed", "cancelled", "expired"]
+
+MAX_FILE_BYTES = 512 * 1024**2
+MAX_UPLOAD_BYTES = 8 * 1024**3
+MAX_PART_BYTES = 64 * 1024**2
+UPLOAD_TTL_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: str
+    project: str
+    filename: str
+    purpose: str
+    bytes: int
+    created_at: int
+    expires_at: int | None
+    status: FileStatus
+    storage_key: str
+    status_details: str | None = None
+    format: str | None = None
+    examples: int | None = None
+
+
+@dataclass(frozen=True)
+class Upload:
+    id: str
+    project: str
+    filename: str
+    purpose: str
+    bytes: int
+    mime_type: str
+    created_at: int
+    expires_at: int
+    status: UploadStatus
+    file_expires_after: int | None = None
+    file_id: str | None = None

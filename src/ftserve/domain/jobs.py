@@ -1,0 +1,109 @@
+"""Job statuses, the transitions between them, and the records the rest of the service passes around."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+MethodType = Literal["supervised", "dpo", "reinforcement"]
+
+
+class JobStatus(str, enum.Enum):
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+# Every move a job can make. Moves into a terminal status are allowed from every live status:
+# a job can be cancelled, or fail, wherever it is.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.VALIDATING_FILES: frozenset({JobStatus.QUEUED, JobStatus.PAUSED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.PAUSED}),
+    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.PAUSING, JobStatus.QUEUED}),
+    JobStatus.PAUSING: frozenset({JobStatus.PAUSED, JobStatus.SUCCEEDED}),
+    JobStatus.PAUSED: frozenset({JobStatus.QUEUED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+def can_move(source: JobStatus, target: JobStatus) -> bool:
+    """Whether a job in `source` may move to `target`."""
+    if source.terminal:
+        return False
+    if target in (JobStatus.FAILED, JobStatus.CANCELLED):
+        return True
+    return target in TRANSITIONS[source]
+
+
+@dataclass(frozen=True)
+class JobError:
+    code: str
+    message: str
+    param: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A fine-tuning job as the store holds it."""
+
+    id: str
+    project: str
+    created_at: int
+    model: str
+    training_file: str
+    validation_file: str | None
+    status: JobStatus
+    method: MethodType
+    hyperparameters: dict[str, Any]
+    method_config: dict[str, Any]
+    seed: int
+    suffix: str | None
+    metadata: dict[str, str] | None
+    integrations: list[dict[str, Any]] | None
+    extensions: dict[str, Any]
+    output_model: str
+    """The name the fine-tuned model gets; `fine_tuned_model` shows it once the job succeeds."""
+    finished_at: int | None = None
+    estimated_finish: int | None = None
+    fine_tuned_model: str | None = None
+    trained_tokens: int | None = None
+    result_files: list[str] = field(default_factory=list)
+    error: JobError | None = None
+    attempts: int = 0
+    worker_id: str | None = None
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    id: str
+    job_id: str
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"] = "message"
+    data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    id: str
+    job_id: str
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    step_number: int
+    metrics: dict[str, float]
+    path: str | None = None

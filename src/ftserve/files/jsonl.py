@@ -1,0 +1,400 @@
+"""Streaming validation of fine-tuning JSONL files.
+
+An upload is checked while its bytes are copied to disk: `JsonlValidator` takes chunks of any size,
+keeps only the unfinished last line, and raises `InvalidFileFormat` at the first bad line. The line
+shapes are OpenAI's fine-tuning inputs (chat, completion, preference, reinforcement), as in section 5
+of reference/openai-fine-tuning-surface.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from ftserve.domain.errors import InvalidFileFormat
+
+DatasetFormat = Literal["chat", "completion", "preference", "reinforcement"]
+
+_BOM = b"\xef\xbb\xbf"
+_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+_MESSAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "system": ("role", "content", "name"),
+    "developer": ("role", "content", "name"),
+    "user": ("role", "content", "name"),
+    "assistant": ("role", "content", "tool_calls", "function_call", "refusal", "name", "weight"),
+    "tool": ("role", "tool_call_id", "content"),
+    "function": ("role", "name", "content"),
+}
+_CHAT_KEYS = ("messages", "tools", "parallel_tool_calls", "functions")
+_COMPLETION_KEYS = ("prompt", "completion")
+_PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
+_PREFERENCE_INPUT_KEYS = ("messages", "tools", "parallel_tool_calls")
+_OLD_PREFERENCE_KEYS = ("preferred_completion", "non_preferred_completion")
+_IMAGE_DETAILS = ("auto", "low", "high")
+_FUNCTION_KEYS = ("name", "description", "parameters", "strict")  # the deprecated `functions` lack strict
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What a valid file holds: the kind of its examples and how many there are."""
+
+    format: DatasetFormat
+    examples: int
+
+
+class JsonlValidator:
+    """Validates a JSONL dataset fed as bytes in arbitrary chunks.
+
+    Raises `InvalidFileFormat(reason, line=N)` at the first bad line. Memory stays flat: only the
+    unfinished last line is buffered, and never more than `max_line_bytes` of it.
+    """
+
+    def __init__(self, max_line_bytes: int = 64 * 1024 * 1024) -> None:
+        self._max_line_bytes = max_line_bytes
+        self._partial = bytearray()
+        self._lines = 0
+        self._examples = 0
+        self._format: DatasetFormat | None = None
+        self._first_example_line = 0
+
+    def feed(self, chunk: bytes) -> None:
+        """Validate every line that `chunk` completes and buffer the rest."""
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            if self._partial:
+                self._partial += chunk[start:end]
+                line = bytes(self._partial)
+                self._partial.clear()
+            else:
+                line = chunk[start:end]
+            self._check_line(line)
+            start = end + 1
+        # One byte of slack: the line may still turn out to end in "\r\n".
+        if len(self._partial) + len(chunk) - start > self._max_line_bytes + 1:
+            raise self._too_long(self._lines + 1)
+        self._partial += chunk[start:]
+
+    def finish(self) -> DatasetSummary:
+        """Validate a last line without a trailing newline and summarise the file."""
+        if self._partial:
+            line = bytes(self._partial)
+            self._partial.clear()
+            self._check_line(line)
+        if self._format is None:
+            raise InvalidFileFormat("the file has no examples")
+        return DatasetSummary(format=self._format, examples=self._examples)
+
+    def _check_line(self, raw: bytes) -> None:
+        self._lines += 1
+        number = self._lines
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if len(line) > self._max_line_bytes:
+            raise self._too_long(number)
+        if number == 1 and line.startswith(_BOM):
+            line = line[len(_BOM) :]
+        if not line or line.isspace():
+            return
+        kind = validate_example(_parse(line, number), number, file_format=self._format)
+        if self._format is None:
+            self._format, self._first_example_line = kind, number
+        elif kind != self._format:
+            raise InvalidFileFormat(
+                f"is a {kind} example, but the file started with {self._format} examples "
+                f"(line {self._first_example_line})",
+                line=number,
+            )
+        self._examples += 1
+
+    def _too_long(self, line: int) -> InvalidFileFormat:
+        return InvalidFileFormat(f"line is longer than {self._max_line_bytes} bytes", line=line)
+
+
+def validate_example(obj: object, line: int, *, file_format: DatasetFormat | None = None) -> DatasetFormat:
+    """Validate one parsed JSONL line and return its kind.
+
+    `file_format` is the kind of the file's earlier examples, if any: in a reinforcement file a
+    `messages` line may also hold assistant turns (few-shot prompts), and still counts as
+    reinforcement. Raises `InvalidFileFormat(reason, line=line)`.
+    """
+    try:
+        if not isinstance(obj, dict):
+            raise _Invalid(f"expected a JSON object, got {_describe(obj)}")
+        return _check_example(obj, file_format)
+    except _Invalid as e:
+        raise InvalidFileFormat(str(e), line=line) from None
+
+
+class _Invalid(Exception):
+    """A reason a line is invalid; `validate_example` adds the line number."""
+
+
+def _parse(line: bytes, number: int) -> object:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidFileFormat(f"invalid UTF-8 at byte {e.start + 1}", line=number) from None
+    if text.startswith("\ufeff"):
+        raise InvalidFileFormat("a byte order mark (BOM) is only allowed at the start of the file", line=number)
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise InvalidFileFormat(f"invalid JSON: {e.msg} at column {e.colno}", line=number) from None
+    except ValueError as e:
+        raise InvalidFileFormat(f"invalid JSON: {e}", line=number) from None
+    except RecursionError:
+        raise InvalidFileFormat("invalid JSON: nested too deeply", line=number) from None
+
+
+def _reject_constant(name: str) -> object:
+    # Python's json accepts NaN and Infinity, which are not JSON and which other parsers reject.
+    raise ValueError(f"{name} is not allowed")
+
+
+def _check_example(obj: dict[str, object], file_format: DatasetFormat | None) -> DatasetFormat:
+    if "messages" in obj:
+        return _check_messages_example(obj, file_format)
+    if any(key in obj for key in _PREFERENCE_KEYS + _OLD_PREFERENCE_KEYS):
+        _check_preference(obj)
+        return "preference"
+    if any(key in obj for key in _COMPLETION_KEYS):
+        _check_keys(obj, _COMPLETION_KEYS, "", "a completion example")
+        _required_str(obj, "prompt", "")
+        if not _required_str(obj, "completion", ""):
+            raise _Invalid("completion must not be empty")
+        return "completion"
+    found = ", ".join(f'"{key}"' for key in obj) or "none"
+    raise _Invalid(
+        f"unrecognized example (keys found: {found}); expected "
+        '"messages" (chat or reinforcement), "prompt" and "completion" (completion), '
+        'or "input", "preferred_output" and "non_preferred_output" (preference)'
+    )
+
+
+def _check_messages_example(obj: dict[str, object], file_format: DatasetFormat | None) -> DatasetFormat:
+    messages = obj["messages"]
+    has_assistant = isinstance(messages, list) and any(
+        isinstance(m, dict) and m.get("role") == "assistant" for m in messages
+    )
+    if file_format == "reinforcement" or not has_assistant:
+        # `messages` and `tools` are RFT's only reserved keys; any other key is a grader variable.
+        _check_messages(messages, "messages")
+        if "tools" in obj:
+            _check_tools(obj["tools"], "tools")
+        return "reinforcement"
+    _check_keys(obj, _CHAT_KEYS, "", "a chat example")
+    _check_messages(messages, "messages")
+    _check_tool_options(obj, "")
+    if "functions" in obj:
+        for i, function in enumerate(_as_list(obj["functions"], "functions", nonempty=True)):
+            _check_function_definition(function, f"functions[{i}]", _FUNCTION_KEYS[:-1])
+    return "chat"
+
+
+def _check_preference(obj: dict[str, object]) -> None:
+    old = [key for key in _OLD_PREFERENCE_KEYS if key in obj]
+    if old:
+        verb = "are old field names" if len(old) > 1 else "is an old field name"
+        raise _Invalid(
+            f'{" and ".join(old)} {verb}; a preference example has '
+            '"input", "preferred_output" and "non_preferred_output"'
+        )
+    _check_keys(obj, _PREFERENCE_KEYS, "", "a preference example")
+    prompt = _object(_required(obj, "input", ""), "input", _PREFERENCE_INPUT_KEYS, "a preference input")
+    _check_messages(_required(prompt, "messages", "input"), "input.messages")
+    _check_tool_options(prompt, "input")
+    for key in ("preferred_output", "non_preferred_output"):
+        output = _as_list(_required(obj, key, ""), key)
+        if len(output) != 1:
+            raise _Invalid(f"{key} must hold exactly 1 assistant message (got {len(output)})")
+        role = _required(_as_dict(output[0], f"{key}[0]"), "role", f"{key}[0]")
+        _expect(role == "assistant", f"{key}[0].role", '"assistant"', role)
+        _check_message(output[0], f"{key}[0]")
+
+
+def _check_messages(value: object, path: str) -> None:
+    for i, message in enumerate(_as_list(value, path, nonempty=True)):
+        _check_message(message, f"{path}[{i}]")
+
+
+def _check_message(value: object, path: str) -> None:
+    message = _as_dict(value, path)
+    role = _required(message, "role", path)
+    if not (isinstance(role, str) and role in _ROLES):
+        raise _wrong(f"{path}.role", _one_of(_ROLES), role)
+    if "weight" in message and role != "assistant":
+        raise _Invalid(f"{path}.weight is only allowed on assistant messages (this is a {role} message)")
+    _check_keys(message, _MESSAGE_KEYS[role], path, f"{'an' if role == 'assistant' else 'a'} {role} message")
+    if "name" in message or role == "function":
+        _required_str(message, "name", path)
+    if role == "assistant":
+        _check_assistant(message, path)
+    elif role == "function":
+        content = _required(message, "content", path)
+        _expect(content is None or isinstance(content, str), f"{path}.content", "a string or null", content)
+    else:
+        _check_content(_required(message, "content", path), f"{path}.content", images=role == "user")
+        if role == "tool":
+            _required_str(message, "tool_call_id", path)
+
+
+def _check_assistant(message: dict[str, object], path: str) -> None:
+    content = message.get("content")
+    if content is not None:
+        _check_content(content, f"{path}.content", images=False)
+    refusal = message.get("refusal")
+    _expect(refusal is None or isinstance(refusal, str), f"{path}.refusal", "a string or null", refusal)
+    tool_calls = message.get("tool_calls")
+    if tool_calls is not None:
+        for i, item in enumerate(_as_list(tool_calls, f"{path}.tool_calls")):
+            call_path = f"{path}.tool_calls[{i}]"
+            call = _object(item, call_path, ("id", "type", "function"), "a tool call")
+            _required_str(call, "id", call_path)
+            _expect_function_type(call, call_path)
+            _check_function_call(_required(call, "function", call_path), f"{call_path}.function")
+    function_call = message.get("function_call")
+    if function_call is not None:
+        _check_function_call(function_call, f"{path}.function_call")
+    if "weight" in message:
+        weight = message["weight"]
+        # type() rather than isinstance(): JSON true must not pass as 1.
+        _expect(type(weight) is int and weight in (0, 1), f"{path}.weight", "0 or 1", weight)
+    if not (content or tool_calls or function_call):
+        raise _Invalid(f"{path} is an assistant message without content, tool_calls or function_call")
+
+
+def _check_content(value: object, path: str, *, images: bool) -> None:
+    if isinstance(value, str):
+        return
+    if not isinstance(value, list):
+        raise _wrong(path, "a string or a list of content parts", value)
+    kinds = ("text", "image_url") if images else ("text",)
+    for i, item in enumerate(_as_list(value, path, nonempty=True)):
+        part_path = f"{path}[{i}]"
+        kind = _required(_as_dict(item, part_path), "type", part_path)
+        _expect(kind in kinds, f"{part_path}.type", _one_of(kinds), kind)
+        if kind == "text":
+            _required_str(_object(item, part_path, ("type", "text"), "a text part"), "text", part_path)
+            continue
+        part = _object(item, part_path, ("type", "image_url"), "an image_url part")
+        image_path = f"{part_path}.image_url"
+        image = _object(_required(part, "image_url", part_path), image_path, ("url", "detail"), "an image_url")
+        if not _required_str(image, "url", image_path):
+            raise _Invalid(f"{image_path}.url must not be empty")
+        detail = image.get("detail", "auto")
+        _expect(detail in _IMAGE_DETAILS, f"{image_path}.detail", _one_of(_IMAGE_DETAILS), detail)
+
+
+def _check_function_call(value: object, path: str) -> None:
+    call = _object(value, path, ("name", "arguments"), "a function call")
+    _required_str(call, "name", path)
+    _required_str(call, "arguments", path)
+
+
+def _check_tool_options(obj: dict[str, object], path: str) -> None:
+    if "tools" in obj:
+        _check_tools(obj["tools"], _join(path, "tools"))
+    if "parallel_tool_calls" in obj:
+        flag = obj["parallel_tool_calls"]
+        _expect(isinstance(flag, bool), _join(path, "parallel_tool_calls"), "true or false", flag)
+
+
+def _check_tools(value: object, path: str) -> None:
+    for i, item in enumerate(_as_list(value, path)):
+        tool_path = f"{path}[{i}]"
+        tool = _object(item, tool_path, ("type", "function"), "a tool")
+        _expect_function_type(tool, tool_path)
+        _check_function_definition(_required(tool, "function", tool_path), f"{tool_path}.function", _FUNCTION_KEYS)
+
+
+def _check_function_definition(value: object, path: str, keys: tuple[str, ...]) -> None:
+    function = _object(value, path, keys, "a function")
+    _required_str(function, "name", path)
+    if "description" in function:
+        _as_str(function["description"], f"{path}.description")
+    if "parameters" in function:
+        _as_dict(function["parameters"], f"{path}.parameters")
+    if "strict" in function:
+        strict = function["strict"]
+        _expect(strict is None or isinstance(strict, bool), f"{path}.strict", "true, false or null", strict)
+
+
+def _expect_function_type(obj: dict[str, object], path: str) -> None:
+    kind = _required(obj, "type", path)
+    _expect(kind == "function", f"{path}.type", '"function"', kind)
+
+
+# Small checks that name the JSON path of what is wrong.
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _required(obj: dict[str, object], key: str, path: str) -> object:
+    if key not in obj:
+        raise _Invalid(f"{_join(path, key)} is required")
+    return obj[key]
+
+
+def _required_str(obj: dict[str, object], key: str, path: str) -> str:
+    return _as_str(_required(obj, key, path), _join(path, key))
+
+
+def _check_keys(obj: dict[str, object], allowed: Sequence[str], path: str, what: str) -> None:
+    unknown = [key for key in obj if key not in allowed]
+    if unknown:
+        names = ", ".join(f'"{key}"' for key in unknown)
+        where = f"{path}: " if path else ""
+        plural = "s" if len(unknown) > 1 else ""
+        raise _Invalid(f"{where}unknown key{plural} {names} for {what} (allowed: {', '.join(allowed)})")
+
+
+def _object(value: object, path: str, allowed: Sequence[str], what: str) -> dict[str, object]:
+    obj = _as_dict(value, path)
+    _check_keys(obj, allowed, path, what)
+    return obj
+
+
+def _wrong(path: str, expected: str, value: object) -> _Invalid:
+    return _Invalid(f"{path} must be {expected} (got {_describe(value)})")
+
+
+def _expect(ok: bool, path: str, expected: str, value: object) -> None:
+    if not ok:
+        raise _wrong(path, expected, value)
+
+
+def _as_dict(value: object, path: str) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise _wrong(path, "an object", value)
+    return value
+
+
+def _as_list(value: object, path: str, *, nonempty: bool = False) -> list[object]:
+    if not isinstance(value, list):
+        raise _wrong(path, "a list", value)
+    if nonempty and not value:
+        raise _Invalid(f"{path} must not be empty")
+    return value
+
+
+def _as_str(value: object, path: str) -> str:
+    if not isinstance(value, str):
+        raise _wrong(path, "a string", value)
+    return value
+
+
+def _one_of(values: Sequence[str]) -> str:
+    return f'"{values[0]}"' if len(values) == 1 else "one of " + ", ".join(values)
+
+
+def _describe(value: object) -> str:
+    """A JSON value as an error message shows it: scalars verbatim (long strings cut), containers by type."""
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 40 else text[:36] + '..."'
+    if value is None or isinstance(value, bool | int | float):
+        return json.dumps(value)
+    return "a list" if isinstance(value, list) else "an object"

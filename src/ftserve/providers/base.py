@@ -1,0 +1,57 @@
+"""The trainer boundary: what a worker hands a trainer, and how the trainer reports back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from ftserve.domain.jobs import MethodType
+
+StopReason = Literal["cancel", "pause", "lost"]
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """One job, with its files on local disk and every hyperparameter resolved."""
+
+    job_id: str
+    model: str
+    method: MethodType
+    hyperparameters: dict[str, Any]
+    method_config: dict[str, Any]
+    seed: int
+    options: dict[str, Any]
+    training_file: Path
+    training_examples: int
+    validation_file: Path | None
+    output_dir: Path
+    resume_step: int = 0
+    resume_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """How training ended. `stopped` is set when the trainer stopped early because it was asked to."""
+
+    stopped: StopReason | None
+    trained_tokens: int = 0
+    model_dir: Path | None = None
+    step: int = 0
+
+
+class Reporter(Protocol):
+    """Where a trainer sends what it does; the worker turns each call into rows."""
+
+    def metrics(self, step: int, total_steps: int, metrics: dict[str, float]) -> None: ...
+    def checkpoint(self, step: int, metrics: dict[str, float], path: Path | None) -> None: ...
+    def message(self, text: str, level: Literal["info", "warn", "error"] = "info") -> None: ...
+    def should_stop(self) -> StopReason | None:
+        """Polled between steps: cancel, pause, or the worker lost its lease."""
+        ...
+
+
+class Trainer(Protocol):
+    def train(self, request: TrainingRequest, reporter: Reporter) -> TrainingOutcome:
+        """Train, reporting as it goes. Raises `TrainingFailed` (or anything) when training fails."""
+        ...

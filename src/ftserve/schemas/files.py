@@ -1,0 +1,96 @@
+"""Wire types of `/files` and `/uploads`, as OpenAI's spec 2.3.0 defines them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic.json_schema import SkipJsonSchema
+
+from ftserve.schemas.common import Request, Wire
+
+FilePurpose = Literal[
+    "assistants", "assistants_output", "batch", "batch_output", "fine-tune", "fine-tune-results", "vision", "user_data"
+]
+# What a caller may upload. The spec lists `evals` too, and the SDK's FilePurpose carries it.
+UploadPurpose = Literal["assistants", "batch", "fine-tune", "vision", "user_data", "evals"]
+
+
+class OpenAIFile(Wire):
+    """The `File` object. `expires_at` is left out, not null, for files that never expire: the spec
+    types it as a non-nullable integer."""
+
+    id: str
+    bytes: int
+    created_at: int
+    expires_at: int | SkipJsonSchema[None] = None
+    filename: str
+    object: Literal["file"] = "file"
+    purpose: FilePurpose
+    status: Literal["uploaded", "processed", "error"]
+    status_details: str | SkipJsonSchema[None] = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        data = handler(self)
+        for key in ("expires_at", "status_details"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+class ListFilesResponse(Wire):
+    object: str = "list"
+    data: list[OpenAIFile]
+    first_id: str
+    last_id: str
+    has_more: bool
+
+
+class FileExpirationAfter(Request):
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=2592000)
+
+
+class CreateUploadRequest(Request):
+    filename: str = Field(min_length=1)
+    purpose: Literal["assistants", "batch", "fine-tune", "vision"]
+    bytes: int = Field(ge=0)
+    mime_type: str
+    expires_after: FileExpirationAfter | SkipJsonSchema[None] = None
+
+
+class CompleteUploadRequest(Request):
+    part_ids: list[str]
+    md5: str | SkipJsonSchema[None] = None
+
+
+class Upload(Wire):
+    id: str
+    created_at: int
+    filename: str
+    bytes: int
+    purpose: str
+    status: Literal["pending", "completed", "cancelled", "expired"]
+    expires_at: int
+    object: Literal["upload"] = "upload"
+    file: OpenAIFile | None = None
+
+
+class UploadPart(Wire):
+    id: str
+    created_at: int
+    upload_id: str
+    object: Literal["upload.part"] = "upload.part"
+
+
+class CreateFileRequest(Request):
+    """The multipart body of `POST /files`; documented here, parsed by hand."""
+
+    file: bytes = Field(json_schema_extra={"format": "binary"})
+    purpose: UploadPurpose
+    expires_after: FileExpirationAfter | SkipJsonSchema[None] = None
+
+
+class AddUploadPartRequest(Request):
+    data: bytes = Field(json_schema_extra={"format": "binary"})

@@ -1,0 +1,215 @@
+"""Wire types of `/fine_tuning/*`, as OpenAI's spec 2.3.0 defines them.
+
+Request models refuse unknown fields, except that ftserve's own options travel in the single
+extension field `ftserve` (the SDK sends it with `extra_body={"ftserve": {...}}`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
+
+from ftserve.schemas.common import Request, Wire
+from ftserve.schemas.graders import Grader
+
+Auto = Literal["auto"]
+BatchSize = Auto | Annotated[int, Field(ge=1, le=256)]
+LearningRateMultiplier = Auto | Annotated[float, Field(gt=0)]
+Epochs = Auto | Annotated[int, Field(ge=1, le=50)]
+Beta = Auto | Annotated[float, Field(gt=0, le=2)]
+Metadata = dict[str, Annotated[str, Field(max_length=512)]]
+
+
+class SupervisedHyperparameters(Request):
+    batch_size: BatchSize = "auto"
+    learning_rate_multiplier: LearningRateMultiplier = "auto"
+    n_epochs: Epochs = "auto"
+
+
+class DpoHyperparameters(SupervisedHyperparameters):
+    beta: Beta = "auto"
+
+
+class ReinforcementHyperparameters(SupervisedHyperparameters):
+    reasoning_effort: Literal["default", "low", "medium", "high"] = "default"
+    compute_multiplier: Auto | Annotated[float, Field(gt=1e-5, le=10)] = "auto"
+    eval_interval: Auto | Annotated[int, Field(ge=1)] = "auto"
+    eval_samples: Auto | Annotated[int, Field(ge=1)] = "auto"
+
+
+class SupervisedMethod(Request):
+    hyperparameters: SupervisedHyperparameters | SkipJsonSchema[None] = None
+
+
+class DpoMethod(Request):
+    hyperparameters: DpoHyperparameters | SkipJsonSchema[None] = None
+
+
+class ReinforcementMethod(Request):
+    grader: Grader
+    hyperparameters: ReinforcementHyperparameters | SkipJsonSchema[None] = None
+    # Used by OpenAI's RFT guide for structured outputs; not in the spec. Stored as sent.
+    response_format: dict[str, Any] | SkipJsonSchema[None] = None
+
+
+class Method(Request):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | SkipJsonSchema[None] = None
+    dpo: DpoMethod | SkipJsonSchema[None] = None
+    reinforcement: ReinforcementMethod | SkipJsonSchema[None] = None
+
+
+class WandbIntegration(Request):
+    project: str
+    name: str | None = None
+    entity: str | None = None
+    tags: list[str] | SkipJsonSchema[None] = None
+
+
+class Integration(Request):
+    type: Literal["wandb"]
+    wandb: WandbIntegration
+
+
+class FtserveJobOptions(Request):
+    """ftserve's own training options, sent as `ftserve` beside OpenAI's fields.
+
+    Every option has a default that suits the base model; a trainer that cannot honour one fails
+    the job with a message that names it.
+    """
+
+    training_type: Literal["lora", "full"] = "lora"
+    lora_rank: int = Field(16, ge=1, le=1024)
+    lora_alpha: float = Field(32, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    max_seq_length: int = Field(2048, ge=16, le=1_048_576)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    eval_interval: int | None = Field(None, ge=1, description="Steps between validation batches; unset: every step.")
+    checkpoint_interval: int | None = Field(None, ge=1, description="Steps between checkpoints; unset: every epoch.")
+
+
+class CreateFineTuningJobRequest(Request):
+    model: str
+    training_file: str
+    hyperparameters: SupervisedHyperparameters | SkipJsonSchema[None] = Field(None, deprecated=True)
+    suffix: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    validation_file: str | None = None
+    integrations: list[Integration] | None = None
+    seed: Annotated[int, Field(ge=0, le=2147483647)] | None = None
+    method: Method | SkipJsonSchema[None] = None
+    metadata: Annotated[Metadata, Field(max_length=16)] | None = None
+    ftserve: FtserveJobOptions | SkipJsonSchema[None] = None
+
+
+class JobError(Wire):
+    code: str
+    message: str
+    param: str | None
+
+
+class JobHyperparameters(Wire):
+    batch_size: BatchSize | None = "auto"
+    learning_rate_multiplier: LearningRateMultiplier = "auto"
+    n_epochs: Epochs = "auto"
+
+
+class FineTuningJob(Wire):
+    id: str
+    created_at: int
+    error: JobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: JobHyperparameters
+    model: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    organization_id: str
+    result_files: list[str]
+    # `pausing` and `paused` are not in the spec's enum; docs/conformance.md explains why they are sent.
+    status: Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled", "pausing", "paused"]
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    integrations: list[Integration] | None = None
+    seed: int
+    estimated_finish: int | None = None
+    method: Method | SkipJsonSchema[None] = None
+    metadata: Metadata | None = None
+    user_provided_suffix: str | None = None
+    ftserve: FtserveJobOptions | SkipJsonSchema[None] = None
+
+
+class ListPaginatedFineTuningJobsResponse(Wire):
+    data: list[FineTuningJob]
+    has_more: bool
+    object: Literal["list"] = "list"
+
+
+class FineTuningJobEvent(Wire):
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    id: str
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"] | SkipJsonSchema[None] = None
+    data: dict[str, Any] | SkipJsonSchema[None] = None
+
+
+class ListFineTuningJobEventsResponse(Wire):
+    data: list[FineTuningJobEvent]
+    object: Literal["list"] = "list"
+    has_more: bool
+
+
+class CheckpointMetrics(Wire):
+    step: float | SkipJsonSchema[None] = None
+    train_loss: float | SkipJsonSchema[None] = None
+    train_mean_token_accuracy: float | SkipJsonSchema[None] = None
+    valid_loss: float | SkipJsonSchema[None] = None
+    valid_mean_token_accuracy: float | SkipJsonSchema[None] = None
+    full_valid_loss: float | SkipJsonSchema[None] = None
+    full_valid_mean_token_accuracy: float | SkipJsonSchema[None] = None
+
+
+class FineTuningJobCheckpoint(Wire):
+    id: str
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    step_number: int
+    metrics: CheckpointMetrics
+    fine_tuning_job_id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+
+
+class ListFineTuningJobCheckpointsResponse(Wire):
+    data: list[FineTuningJobCheckpoint]
+    object: Literal["list"] = "list"
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool
+
+
+class CreateFineTuningCheckpointPermissionRequest(Request):
+    project_ids: list[str] = Field(min_length=1)
+
+
+class FineTuningCheckpointPermission(Wire):
+    id: str
+    created_at: int
+    project_id: str
+    object: Literal["checkpoint.permission"] = "checkpoint.permission"
+
+
+class ListFineTuningCheckpointPermissionResponse(Wire):
+    data: list[FineTuningCheckpointPermission]
+    object: Literal["list"] = "list"
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool
+
+
+class DeleteFineTuningCheckpointPermissionResponse(Wire):
+    id: str
+    object: Literal["checkpoint.permission"] = "checkpoint.permission"
+    deleted: bool

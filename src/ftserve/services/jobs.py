@@ -1,0 +1,229 @@
+"""Use cases of `/fine_tuning/jobs`: create (retry-safe), read, page, cancel, pause, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from ftserve.catalogue import BaseModel
+from ftserve.domain.errors import Conflict, InvalidRequest, NotFound
+from ftserve.domain.ids import new_id
+from ftserve.domain.jobs import Checkpoint, Job, JobEvent, JobStatus, MethodType
+from ftserve.domain.naming import fine_tuned_name
+from ftserve.schemas.fine_tuning import CreateFineTuningJobRequest, DpoHyperparameters, ReinforcementHyperparameters
+from ftserve.services.clock import now
+from ftserve.services.files import FINE_TUNE, FileService
+from ftserve.store import events as event_rows
+from ftserve.store import jobs as job_rows
+from ftserve.store import models as model_rows
+from ftserve.store.pages import Page
+
+LIVE = tuple(s for s in JobStatus if not s.terminal)
+
+
+@dataclass(frozen=True)
+class CreateContext:
+    """What the transport knows about a create request, for recognising retries."""
+
+    idempotency_key: str | None = None
+    retry_count: int = 0
+
+
+class JobService:
+    def __init__(self, engine: sa.Engine, files: FileService, catalogue: dict[str, BaseModel], dedup_seconds: float):
+        self.engine = engine
+        self.files = files
+        self.catalogue = catalogue
+        self.dedup_seconds = dedup_seconds
+
+    def create(self, project: str, request: CreateFineTuningJobRequest, context: CreateContext) -> Job:
+        """Create a job, or return the job an earlier attempt of the same request created.
+
+        The SDK retries a POST after a timeout or a 5xx without an idempotency key, so without
+        `Idempotency-Key` a retry (x-stainless-retry-count > 0) whose body matches a job created
+        within the dedup window gets that job back instead of a second one.
+        """
+        request_hash = _hash(request)
+        with self.engine.connect() as conn:
+            if context.idempotency_key is not None:
+                found = job_rows.find_by_idempotency_key(conn, project, context.idempotency_key)
+                if found:
+                    return _same_request(found, request_hash)
+            elif context.retry_count > 0:
+                found_job = job_rows.find_recent_by_hash(conn, project, request_hash, now() - int(self.dedup_seconds))
+                if found_job:
+                    return found_job
+        job = self._new_job(project, request)
+        try:
+            with self.engine.begin() as conn:
+                job_rows.insert(conn, job, request_hash=request_hash, idempotency_key=context.idempotency_key)
+                event_rows.append(conn, job.id, job.created_at, f"Created fine-tuning job: {job.id}")
+        except sa.exc.IntegrityError:
+            # Two requests with one Idempotency-Key raced; the other one's job is the answer.
+            with self.engine.connect() as conn:
+                found = job_rows.find_by_idempotency_key(conn, project, context.idempotency_key or "")
+            if found is None:
+                raise
+            return _same_request(found, request_hash)
+        return job
+
+    def _new_job(self, project: str, request: CreateFineTuningJobRequest) -> Job:
+        base = self._base_model(project, request.model)
+        method_type, hyperparameters, method_config = _method(request)
+        self._check_file(project, request.training_file, "training_file")
+        if request.validation_file is not None:
+            self._check_file(project, request.validation_file, "validation_file")
+            if request.validation_file == request.training_file:
+                raise InvalidRequest("validation_file must differ from training_file.", param="validation_file")
+        return Job(
+            id=new_id("ftjob-"),
+            project=project,
+            created_at=now(),
+            model=request.model,
+            training_file=request.training_file,
+            validation_file=request.validation_file,
+            status=JobStatus.VALIDATING_FILES,
+            method=method_type,
+            hyperparameters=hyperparameters,
+            method_config=method_config,
+            seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
+            suffix=request.suffix,
+            metadata=request.metadata,
+            integrations=[i.model_dump(mode="json", exclude_none=True) for i in request.integrations]
+            if request.integrations is not None
+            else None,
+            extensions=request.ftserve.model_dump(mode="json") if request.ftserve else {},
+            output_model=fine_tuned_name(base, project, request.suffix),
+        )
+
+    def _base_model(self, project: str, model: str) -> str:
+        if model in self.catalogue:
+            return model
+        with self.engine.connect() as conn:
+            found = model_rows.find_model(conn, model)
+            if found and (found.project == project or model_rows.is_shared_with(conn, model, project)):
+                return model
+        known = ", ".join(sorted(self.catalogue))
+        raise InvalidRequest(
+            f"Model '{model}' is not available for fine-tuning. Base models: {known}; "
+            "or one of your fine-tuned models.",
+            param="model",
+            code="model_not_available",
+        )
+
+    def _check_file(self, project: str, file_id: str, param: str) -> None:
+        try:
+            record = self.files.get(project, file_id)
+        except NotFound:
+            raise InvalidRequest(f"File '{file_id}' does not exist.", param=param, code="file_not_found") from None
+        if record.purpose != FINE_TUNE:
+            raise InvalidRequest(
+                f"File '{file_id}' has purpose '{record.purpose}'; fine-tuning needs purpose 'fine-tune'.", param=param
+            )
+
+    def get(self, project: str, job_id: str) -> Job:
+        with self.engine.connect() as conn:
+            job = job_rows.get(conn, job_id, project)
+        if job is None:
+            raise NotFound(f"Could not find fine-tuning job: {job_id}", param="fine_tuning_job_id")
+        return job
+
+    def list(
+        self, project: str, *, after: str | None, limit: int, metadata: dict[str, str] | None, metadata_is_null: bool
+    ) -> Page[Job]:
+        with self.engine.connect() as conn:
+            return job_rows.list_page(
+                conn, project, after=after, limit=limit, metadata=metadata, metadata_is_null=metadata_is_null
+            )
+
+    def cancel(self, project: str, job_id: str) -> Job:
+        """Cancel at once; a worker running the job sees it at its next heartbeat and stops."""
+        return self._move(project, job_id, JobStatus.CANCELLED, LIVE, "Fine-tuning job cancelled", finished=True)
+
+    def pause(self, project: str, job_id: str) -> Job:
+        job = self.get(project, job_id)
+        if job.status in (JobStatus.RUNNING,):
+            return self._move(project, job_id, JobStatus.PAUSING, (JobStatus.RUNNING,), "Pausing fine-tuning job")
+        return self._move(
+            project, job_id, JobStatus.PAUSED, (JobStatus.VALIDATING_FILES, JobStatus.QUEUED),
+            "Fine-tuning job paused",
+        )
+
+    def resume(self, project: str, job_id: str) -> Job:
+        return self._move(project, job_id, JobStatus.QUEUED, (JobStatus.PAUSED,), "Fine-tuning job resumed")
+
+    def _move(
+        self, project: str, job_id: str, target: JobStatus, source: tuple[JobStatus, ...], message: str,
+        finished: bool = False,
+    ) -> Job:
+        job = self.get(project, job_id)
+        values: dict[str, Any] = {"finished_at": now(), "estimated_finish": None} if finished else {}
+        with self.engine.begin() as conn:
+            moved = job_rows.move(conn, job_id, target, source=source, values=values)
+            if moved:
+                event_rows.append(conn, job_id, now(), message)
+        if not moved:
+            current = self.get(project, job_id).status
+            raise Conflict(f"Cannot move job {job_id} from {current.value} to {target.value}.", param="fine_tuning_job_id")
+        return self.get(project, job.id)
+
+    def events(self, project: str, job_id: str, *, after: str | None, limit: int) -> Page[JobEvent]:
+        self.get(project, job_id)
+        with self.engine.connect() as conn:
+            return event_rows.list_events(conn, job_id, after=after, limit=limit)
+
+    def checkpoints(self, project: str, job_id: str, *, after: str | None, limit: int) -> Page[Checkpoint]:
+        self.get(project, job_id)
+        with self.engine.connect() as conn:
+            return event_rows.list_checkpoints(conn, job_id, after=after, limit=limit)
+
+
+def _hash(request: CreateFineTuningJobRequest) -> str:
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _same_request(found: tuple[Job, str | None], request_hash: str) -> Job:
+    job, stored_hash = found
+    if stored_hash != request_hash:
+        raise InvalidRequest(
+            "This Idempotency-Key was already used with a different request body.",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
+    return job
+
+
+def _method(request: CreateFineTuningJobRequest) -> tuple[MethodType, dict[str, Any], dict[str, Any]]:
+    """The method type, its requested hyperparameters, and the rest of its block (the grader)."""
+    method = request.method
+    if method is None or method.type == "supervised":
+        if method is not None and request.hyperparameters is not None and method.supervised is not None:
+            if method.supervised.hyperparameters is not None:
+                raise InvalidRequest(
+                    "Send hyperparameters either at the top level (deprecated) or in method.supervised, not both.",
+                    param="hyperparameters",
+                )
+        block = method.supervised.hyperparameters if method and method.supervised else None
+        chosen = block or request.hyperparameters
+        hyper = chosen.model_dump() if chosen else {"batch_size": "auto", "learning_rate_multiplier": "auto", "n_epochs": "auto"}
+        return "supervised", hyper, {}
+    if request.hyperparameters is not None:
+        raise InvalidRequest(
+            f"The top-level hyperparameters are for supervised jobs; put them in method.{method.type}.hyperparameters.",
+            param="hyperparameters",
+        )
+    if method.type == "dpo":
+        hp = method.dpo.hyperparameters if method.dpo and method.dpo.hyperparameters else DpoHyperparameters()
+        return "dpo", hp.model_dump(), {}
+    if method.reinforcement is None:
+        raise InvalidRequest("Reinforcement jobs need method.reinforcement with a grader.", param="method.reinforcement")
+    block = method.reinforcement
+    hp = block.hyperparameters or ReinforcementHyperparameters()
+    config = block.model_dump(mode="json", exclude={"hyperparameters"}, exclude_none=True)
+    return "reinforcement", hp.model_dump(), config

@@ -1,0 +1,95 @@
+"""Use cases of `/models` and checkpoint permissions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from ftserve.catalogue import BaseModel
+from ftserve.domain.errors import InvalidRequest, NotFound
+from ftserve.domain.ids import new_id
+from ftserve.files.storage import BlobStore
+from ftserve.services.clock import now
+from ftserve.store import models as rows
+from ftserve.store.models import ModelRow, Permission
+from ftserve.store.pages import Page
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    created: int
+    owned_by: str
+
+
+class ModelService:
+    def __init__(self, engine: sa.Engine, blobs: BlobStore, catalogue: dict[str, BaseModel]):
+        self.engine = engine
+        self.blobs = blobs
+        self.catalogue = catalogue
+
+    def list(self, project: str) -> list[ModelInfo]:
+        """Catalogue base models, then the project's fine-tuned and checkpoint models and those shared with it."""
+        with self.engine.connect() as conn:
+            own = rows.visible_models(conn, project)
+        return [ModelInfo(m.id, m.created, m.owned_by) for m in self.catalogue.values()] + [
+            ModelInfo(m.name, m.created_at, m.project) for m in own
+        ]
+
+    def get(self, project: str, name: str) -> ModelInfo:
+        if name in self.catalogue:
+            base = self.catalogue[name]
+            return ModelInfo(base.id, base.created, base.owned_by)
+        model = self._visible(project, name)
+        return ModelInfo(model.name, model.created_at, model.project)
+
+    def _visible(self, project: str, name: str) -> ModelRow:
+        with self.engine.connect() as conn:
+            model = rows.find_model(conn, name)
+            if model and (model.project == project or rows.is_shared_with(conn, name, project)):
+                return model
+        raise NotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model", code="model_not_found")
+
+    def _owned(self, project: str, name: str, param: str) -> ModelRow:
+        if name in self.catalogue:
+            raise InvalidRequest(f"'{name}' is a base model; only fine-tuned models can be changed.", param=param)
+        with self.engine.connect() as conn:
+            model = rows.find_model(conn, name)
+        if model is None or model.project != project:
+            # A model shared with this project is visible, but only its owner can change it.
+            raise NotFound(f"The model '{name}' does not exist or you do not own it.", param=param, code="model_not_found")
+        return model
+
+    def delete(self, project: str, name: str) -> None:
+        model = self._owned(project, name, "model")
+        with self.engine.begin() as conn:
+            rows.delete_model(conn, model)
+        if model.path:
+            self.blobs.delete(model.path)
+
+    def permissions(
+        self, project: str, name: str, *, project_id: str | None, after: str | None, limit: int, order: str
+    ) -> Page[Permission]:
+        self._owned(project, name, "fine_tuned_model_checkpoint")
+        with self.engine.connect() as conn:
+            return rows.list_permissions(
+                conn, name, project_id=project_id, after=after, limit=limit, newest_first=order == "descending"
+            )
+
+    def grant(self, project: str, name: str, project_ids: list[str]) -> list[Permission]:
+        self._owned(project, name, "fine_tuned_model_checkpoint")
+        granted = []
+        with self.engine.begin() as conn:
+            for project_id in project_ids:
+                if not project_id:
+                    raise InvalidRequest("project_ids must not contain empty strings.", param="project_ids")
+                permission = Permission(new_id("cp_"), name, project_id, now())
+                granted.append(rows.add_permission(conn, permission, project))
+        return granted
+
+    def revoke(self, project: str, name: str, permission_id: str) -> None:
+        self._owned(project, name, "fine_tuned_model_checkpoint")
+        with self.engine.begin() as conn:
+            if not rows.delete_permission(conn, name, permission_id):
+                raise NotFound(f"No such permission: {permission_id}", param="permission_id")

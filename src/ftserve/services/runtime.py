@@ -1,0 +1,43 @@
+"""The composition root: one database engine, one blob store and the services over them, built from Settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from ftserve.catalogue import load_catalogue
+from ftserve.config import Settings
+from ftserve.files.storage import LocalBlobStore
+from ftserve.services.files import FileService
+from ftserve.services.jobs import JobService
+from ftserve.services.models import ModelService
+from ftserve.store.database import create_engine, migrate
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    engine: sa.Engine
+    blobs: LocalBlobStore
+    files: FileService
+    jobs: JobService
+    models: ModelService
+
+
+def build(settings: Settings) -> Runtime:
+    """Open (and migrate) the database and wire the services. Call once per process."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.resolved_database_url)
+    migrate(engine)
+    blobs = LocalBlobStore(settings.data_dir / "blobs")
+    catalogue = load_catalogue()
+    files = FileService(engine, blobs)
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        blobs=blobs,
+        files=files,
+        jobs=JobService(engine, files, catalogue, settings.create_dedup_seconds),
+        models=ModelService(engine, blobs, catalogue),
+    )

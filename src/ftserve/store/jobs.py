@@ -1,0 +1,157 @@
+"""Rows of fine-tuning jobs: insert, read, page, move between statuses, and the worker's lease."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+
+from ftserve.domain.jobs import Job, JobError, JobStatus
+from ftserve.store.pages import Page, select_page
+from ftserve.store.tables import jobs
+
+CLAIMABLE = (JobStatus.VALIDATING_FILES.value, JobStatus.QUEUED.value)
+LEASED = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSING)
+
+
+def _job(row: sa.Row) -> Job:
+    data = dict(row._mapping)
+    for internal in ("seq", "lease_expires_at", "request_hash", "idempotency_key"):
+        data.pop(internal)
+    data["status"] = JobStatus(data["status"])
+    data["error"] = JobError(**data["error"]) if data["error"] else None
+    return Job(**data)
+
+
+def insert(conn: sa.Connection, job: Job, *, request_hash: str | None, idempotency_key: str | None) -> None:
+    values = asdict(job)
+    values["status"] = job.status.value
+    values["error"] = None
+    conn.execute(jobs.insert().values(**values, request_hash=request_hash, idempotency_key=idempotency_key))
+
+
+def get(conn: sa.Connection, job_id: str, project: str | None = None) -> Job | None:
+    query = sa.select(jobs).where(jobs.c.id == job_id)
+    if project is not None:
+        query = query.where(jobs.c.project == project)
+    row = conn.execute(query).first()
+    return _job(row) if row else None
+
+
+def find_by_idempotency_key(conn: sa.Connection, project: str, key: str) -> tuple[Job, str | None] | None:
+    row = conn.execute(sa.select(jobs).where(jobs.c.project == project, jobs.c.idempotency_key == key)).first()
+    return (_job(row), row.request_hash) if row else None
+
+
+def find_recent_by_hash(conn: sa.Connection, project: str, request_hash: str, since: int) -> Job | None:
+    row = conn.execute(
+        sa.select(jobs)
+        .where(jobs.c.project == project, jobs.c.request_hash == request_hash, jobs.c.created_at >= since)
+        .order_by(jobs.c.seq.desc())
+        .limit(1)
+    ).first()
+    return _job(row) if row else None
+
+
+def list_page(
+    conn: sa.Connection,
+    project: str,
+    *,
+    after: str | None,
+    limit: int,
+    metadata: dict[str, str] | None,
+    metadata_is_null: bool,
+) -> Page[Job]:
+    where: list[sa.ColumnElement[bool]] = [jobs.c.project == project]
+    if metadata_is_null:
+        where.append(jobs.c.metadata.is_(None))
+    for key, value in (metadata or {}).items():
+        where.append(jobs.c.metadata[key].as_string() == value)
+    page = select_page(conn, jobs, where, after=after, limit=limit)
+    return Page([_job(r) for r in page.items], page.has_more)
+
+
+def move(
+    conn: sa.Connection,
+    job_id: str,
+    target: JobStatus,
+    *,
+    source: Iterable[JobStatus],
+    worker_id: str | None = None,
+    release: bool = False,
+    values: dict[str, Any] | None = None,
+) -> bool:
+    """Move a job to `target` if it is still in one of `source` (and, given `worker_id`, still
+    leased to that worker). Returns False when someone else moved it first: the caller lost the race."""
+    query = jobs.update().where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in source]))
+    if worker_id is not None:
+        query = query.where(jobs.c.worker_id == worker_id)
+    update: dict[str, Any] = {"status": target.value, **(values or {})}
+    if "error" in update and isinstance(update["error"], JobError):
+        update["error"] = asdict(update["error"])
+    if release:
+        update.update(worker_id=None, lease_expires_at=None)
+    return conn.execute(query.values(**update)).rowcount > 0
+
+
+def update_running(conn: sa.Connection, job_id: str, worker_id: str, values: dict[str, Any]) -> bool:
+    """Write progress fields of a job this worker holds, unless it left `running`/`pausing`."""
+    result = conn.execute(
+        jobs.update()
+        .where(
+            jobs.c.id == job_id,
+            jobs.c.worker_id == worker_id,
+            jobs.c.status.in_([JobStatus.RUNNING.value, JobStatus.PAUSING.value]),
+        )
+        # With nothing to change, rewriting worker_id still tells whether the row matched.
+        .values(**(values or {"worker_id": worker_id}))
+    )
+    return result.rowcount > 0
+
+
+def claim(conn: sa.Connection, worker_id: str, lease_until: float) -> Job | None:
+    """Lease the oldest job that waits for a worker. One statement, so two workers never get the same job:
+    PostgreSQL skips rows another transaction holds; SQLite runs the statement under its write lock."""
+    candidate = (
+        sa.select(jobs.c.seq)
+        .where(jobs.c.status.in_(CLAIMABLE), jobs.c.worker_id.is_(None))
+        .order_by(jobs.c.seq)
+        .limit(1)
+    )
+    if conn.dialect.name == "postgresql":
+        candidate = candidate.with_for_update(skip_locked=True)
+    row = conn.execute(
+        jobs.update()
+        .where(jobs.c.seq == candidate.scalar_subquery())
+        .values(worker_id=worker_id, lease_expires_at=lease_until, attempts=jobs.c.attempts + 1)
+        .returning(*jobs.c)
+    ).first()
+    return _job(row) if row else None
+
+
+def heartbeat(conn: sa.Connection, job_id: str, worker_id: str, lease_until: float) -> JobStatus | None:
+    """Extend the lease; returns the job's status now, or None if this worker no longer holds it."""
+    row = conn.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id)
+        .values(lease_expires_at=lease_until)
+        .returning(jobs.c.status)
+    ).first()
+    return JobStatus(row.status) if row else None
+
+
+def release(conn: sa.Connection, job_id: str, worker_id: str) -> None:
+    conn.execute(
+        jobs.update()
+        .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id)
+        .values(worker_id=None, lease_expires_at=None)
+    )
+
+
+def stalled(conn: sa.Connection, now: float) -> list[Job]:
+    """Jobs whose worker stopped renewing its lease."""
+    rows = conn.execute(
+        sa.select(jobs).where(jobs.c.worker_id.is_not(None), jobs.c.lease_expires_at < now)
+    ).all()
+    return [_job(r) for r in rows]

@@ -1,0 +1,134 @@
+"""Rows of fine-tuned models and the permissions that share them with other projects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from ftserve.store.pages import Page, select_page
+from ftserve.store.tables import checkpoint_permissions, checkpoints, fine_tuned_models
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """A fine-tuned model or checkpoint model as `/models` shows it."""
+
+    name: str
+    project: str
+    job_id: str
+    created_at: int
+    is_checkpoint: bool
+    path: str | None
+
+
+@dataclass(frozen=True)
+class Permission:
+    id: str
+    model_name: str
+    project_id: str
+    created_at: int
+
+
+def add_model(conn: sa.Connection, name: str, project: str, job_id: str, base_model: str, created_at: int, path: str | None) -> None:
+    conn.execute(
+        fine_tuned_models.insert().values(
+            name=name, project=project, job_id=job_id, base_model=base_model, created_at=created_at, path=path
+        )
+    )
+
+
+def _shared_with(project: str) -> sa.Select:
+    return sa.select(checkpoint_permissions.c.model_name).where(checkpoint_permissions.c.project_id == project)
+
+
+def visible_models(conn: sa.Connection, project: str) -> list[ModelRow]:
+    """The project's own fine-tuned and checkpoint models, and those other projects shared with it."""
+    shared = _shared_with(project)
+    finals = conn.execute(
+        sa.select(fine_tuned_models).where(
+            sa.or_(fine_tuned_models.c.project == project, fine_tuned_models.c.name.in_(shared))
+        ).order_by(fine_tuned_models.c.seq)
+    ).all()
+    ckpts = conn.execute(
+        sa.select(checkpoints).where(sa.or_(checkpoints.c.project == project, checkpoints.c.name.in_(shared)))
+        .order_by(checkpoints.c.seq)
+    ).all()
+    return [ModelRow(r.name, r.project, r.job_id, r.created_at, False, r.path) for r in finals] + [
+        ModelRow(r.name, r.project, r.job_id, r.created_at, True, r.path) for r in ckpts
+    ]
+
+
+def find_model(conn: sa.Connection, name: str) -> ModelRow | None:
+    """A fine-tuned or checkpoint model by name, whoever owns it."""
+    row = conn.execute(sa.select(fine_tuned_models).where(fine_tuned_models.c.name == name)).first()
+    if row:
+        return ModelRow(row.name, row.project, row.job_id, row.created_at, False, row.path)
+    row = conn.execute(sa.select(checkpoints).where(checkpoints.c.name == name)).first()
+    if row:
+        return ModelRow(row.name, row.project, row.job_id, row.created_at, True, row.path)
+    return None
+
+
+def is_shared_with(conn: sa.Connection, name: str, project: str) -> bool:
+    row = conn.execute(
+        sa.select(checkpoint_permissions.c.id).where(
+            checkpoint_permissions.c.model_name == name, checkpoint_permissions.c.project_id == project
+        )
+    ).first()
+    return row is not None
+
+
+def delete_model(conn: sa.Connection, model: ModelRow) -> None:
+    """Forget a model, every permission on it, and, for a final model, the checkpoints named after it."""
+    if model.is_checkpoint:
+        conn.execute(checkpoints.delete().where(checkpoints.c.name == model.name))
+        conn.execute(checkpoint_permissions.delete().where(checkpoint_permissions.c.model_name == model.name))
+        return
+    conn.execute(fine_tuned_models.delete().where(fine_tuned_models.c.name == model.name))
+    conn.execute(
+        checkpoint_permissions.delete().where(
+            sa.or_(
+                checkpoint_permissions.c.model_name == model.name,
+                checkpoint_permissions.c.model_name.like(model.name.replace("%", r"\%") + ":ckpt-step-%", escape="\\"),
+            )
+        )
+    )
+
+
+def add_permission(conn: sa.Connection, permission: Permission, owner_project: str) -> Permission:
+    """Grant a project access to a model; granting twice returns the first grant."""
+    existing = conn.execute(
+        sa.select(checkpoint_permissions).where(
+            checkpoint_permissions.c.model_name == permission.model_name,
+            checkpoint_permissions.c.project_id == permission.project_id,
+        )
+    ).first()
+    if existing:
+        return Permission(existing.id, existing.model_name, existing.project_id, existing.created_at)
+    conn.execute(
+        checkpoint_permissions.insert().values(
+            id=permission.id, model_name=permission.model_name, project_id=permission.project_id,
+            created_at=permission.created_at, owner_project=owner_project,
+        )
+    )
+    return permission
+
+
+def list_permissions(
+    conn: sa.Connection, name: str, *, project_id: str | None, after: str | None, limit: int, newest_first: bool
+) -> Page[Permission]:
+    where = [checkpoint_permissions.c.model_name == name]
+    if project_id is not None:
+        where.append(checkpoint_permissions.c.project_id == project_id)
+    page = select_page(conn, checkpoint_permissions, where, after=after, limit=limit, newest_first=newest_first)
+    return Page([Permission(r.id, r.model_name, r.project_id, r.created_at) for r in page.items], page.has_more)
+
+
+def delete_permission(conn: sa.Connection, name: str, permission_id: str) -> bool:
+    result = conn.execute(
+        checkpoint_permissions.delete().where(
+            checkpoint_permissions.c.model_name == name, checkpoint_permissions.c.id == permission_id
+        )
+    )
+    return result.rowcount > 0

@@ -1,0 +1,18 @@
+"""Workers claim jobs from the database and run them."""
+
+from __future__ import annotations
+
+from ftserve.providers.registry import trainer_for
+from ftserve.services.runtime import Runtime
+from ftserve.worker.loop import Worker, WorkerConfig
+
+
+def worker_for(runtime: Runtime) -> Worker:
+    settings = runtime.settings
+    return Worker(
+        runtime.engine,
+        runtime.blobs,
+        runtime.files,
+        trainer_for(settings),
+        WorkerConfig(poll_seconds=settings.worker_poll_seconds, lease_seconds=settings.lease_seconds),
+    )

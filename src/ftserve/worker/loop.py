@@ -1,0 +1,259 @@
+"""The worker: claim a job with a lease, validate its files or train it, record what happened.
+
+Any number of workers, in any number of processes and machines, share one database. A worker
+holds a job only while it renews the job's lease; a job whose worker died is taken back by the
+reaper of any worker and runs again from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import logging
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from ftserve.domain.errors import FtserveError, InvalidFileFormat
+from ftserve.domain.hyperparameters import resolve
+from ftserve.domain.jobs import Job, JobError, JobStatus
+from ftserve.files.jsonl import JsonlValidator
+from ftserve.files.storage import BlobStore, iter_blob
+from ftserve.providers.base import Trainer, TrainingOutcome, TrainingRequest
+from ftserve.services.clock import now
+from ftserve.services.files import FileService
+from ftserve.store import events as event_rows
+from ftserve.store import jobs as job_rows
+from ftserve.store import models as model_rows
+from ftserve.worker.reporter import JobReporter
+
+log = logging.getLogger(__name__)
+
+# Which dataset formats each method trains on.
+FORMATS = {
+    "supervised": ("chat", "completion"),
+    "dpo": ("preference",),
+    "reinforcement": ("reinforcement", "chat"),
+}
+MAX_ATTEMPTS = 3
+CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    poll_seconds: float
+    lease_seconds: float
+
+
+class Worker:
+    def __init__(
+        self, engine: sa.Engine, blobs: BlobStore, files: FileService, trainer: Trainer | None, config: WorkerConfig
+    ):
+        self.engine = engine
+        self.blobs = blobs
+        self.files = files
+        self.trainer = trainer
+        self.config = config
+        self.id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("worker %s started", self.id)
+        while not stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # the loop must outlive a database hiccup
+                log.exception("worker %s: iteration failed", self.id)
+                worked = False
+            if not worked:
+                stop.wait(self.config.poll_seconds)
+
+    def run_once(self) -> bool:
+        """Reap, then take one job and do its next piece of work. False when there was nothing to do."""
+        self.reap()
+        self.files.delete_expired()
+        with self.engine.begin() as conn:
+            job = job_rows.claim(conn, self.id, time.time() + self.config.lease_seconds)
+        if job is None:
+            return False
+        try:
+            if job.status == JobStatus.VALIDATING_FILES:
+                self._validate(job)
+            else:
+                self._train(job)
+        except Exception as error:  # the job boundary: whatever went wrong, the job fails with it
+            log.exception("job %s failed", job.id)
+            self._fail(job, JobError("training_failed" if not isinstance(error, FtserveError) else error.code or "error", f"{error}", None))
+        finally:
+            with self.engine.begin() as conn:
+                job_rows.release(conn, job.id, self.id)
+        return True
+
+    def reap(self) -> None:
+        """Take back jobs whose worker stopped renewing its lease."""
+        with self.engine.begin() as conn:
+            for job in job_rows.stalled(conn, time.time()):
+                if job.status == JobStatus.RUNNING and job.attempts >= MAX_ATTEMPTS:
+                    error = JobError("worker_lost", f"The job lost its worker {job.attempts} times.", None)
+                    if job_rows.move(conn, job.id, JobStatus.FAILED, source=[job.status], release=True,
+                                     values={"error": error, "finished_at": now()}):
+                        event_rows.append(conn, job.id, now(), error.message, level="error")
+                elif job.status == JobStatus.RUNNING:
+                    if job_rows.move(conn, job.id, JobStatus.QUEUED, source=[job.status], release=True):
+                        event_rows.append(conn, job.id, now(), "The worker stopped responding; job requeued", level="warn")
+                elif job.status == JobStatus.PAUSING:
+                    if job_rows.move(conn, job.id, JobStatus.PAUSED, source=[job.status], release=True):
+                        event_rows.append(conn, job.id, now(), "Fine-tuning job paused")
+                else:
+                    job_rows.move(conn, job.id, job.status, source=[job.status], release=True)
+
+    # Validation: validating_files -> queued, or failed naming the file, line and reason.
+
+    def _validate(self, job: Job) -> None:
+        message = f"Validating training file: {job.training_file}"
+        if job.validation_file:
+            message += f" and validation file: {job.validation_file}"
+        self._event(job, message)
+        for param, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
+            if file_id is None:
+                continue
+            problem = self._check_file(job, file_id)
+            if problem:
+                self._fail(job, JobError("invalid_" + param, f"{param.replace('_', ' ').capitalize()} {file_id}: {problem}", param))
+                return
+        with self.engine.begin() as conn:
+            if job_rows.move(conn, job.id, JobStatus.QUEUED, source=[JobStatus.VALIDATING_FILES], worker_id=self.id, release=True):
+                event_rows.append(conn, job.id, now(), "Files validated, moving job to queued state")
+
+    def _check_file(self, job: Job, file_id: str) -> str | None:
+        try:
+            record = self.files.get(job.project, file_id)
+        except FtserveError:
+            return "the file was deleted before the job started."
+        validator = JsonlValidator()
+        try:
+            for chunk in iter_blob(self.blobs, record.storage_key):
+                validator.feed(chunk)
+            summary = validator.finish()
+        except InvalidFileFormat as error:
+            return error.message
+        accepted = FORMATS[job.method]
+        if summary.format not in accepted:
+            return (
+                f"line 1: is a {summary.format} example, but {job.method} jobs train on "
+                + " or ".join(accepted) + " examples."
+            )
+        return None
+
+    # Training: queued -> running -> succeeded | failed | paused | cancelled.
+
+    def _train(self, job: Job) -> None:
+        if self.trainer is None:
+            self._fail(job, JobError(
+                "no_trainer",
+                "No trainer is configured on this worker; set FTSERVE_TRAINER (for example FTSERVE_TRAINER=fake).",
+                None,
+            ))
+            return
+        training = self.files.get(job.project, job.training_file)
+        hyperparameters = resolve(job.hyperparameters, training.examples or 1)
+        started = time.time()
+        with self.engine.begin() as conn:
+            if not job_rows.move(
+                conn, job.id, JobStatus.RUNNING, source=[JobStatus.QUEUED], worker_id=self.id,
+                values={"hyperparameters": hyperparameters},
+            ):
+                return
+            event_rows.append(conn, job.id, now(), "Fine-tuning job started")
+            resume = event_rows.latest_checkpoint(conn, job.id)
+        validation = self.files.get(job.project, job.validation_file) if job.validation_file else None
+        request = TrainingRequest(
+            job_id=job.id, model=job.model, method=job.method, hyperparameters=hyperparameters,
+            method_config=job.method_config, seed=job.seed, options=job.extensions,
+            training_file=self.blobs.path(training.storage_key), training_examples=training.examples or 0,
+            validation_file=self.blobs.path(validation.storage_key) if validation else None,
+            output_dir=self.blobs.path(f"artifacts/{job.id}"),
+            resume_step=resume.step_number if resume else 0,
+            resume_path=Path(resume.path) if resume and resume.path else None,
+        )
+        reporter = JobReporter(self.engine, job, self.id, started)
+        done = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job, reporter, done), daemon=True)
+        beat.start()
+        try:
+            outcome = self.trainer.train(request, reporter)
+        finally:
+            done.set()
+            beat.join()
+        self._finish(job, outcome, request.output_dir)
+
+    def _heartbeat(self, job: Job, reporter: JobReporter, done: threading.Event) -> None:
+        # Renew often enough that two missed beats still leave the lease alive; the status it reads
+        # back is how cancel and pause reach the trainer within a second.
+        interval = min(1.0, self.config.lease_seconds / 3)
+        while not done.wait(interval):
+            try:
+                with self.engine.begin() as conn:
+                    status = job_rows.heartbeat(conn, job.id, self.id, time.time() + self.config.lease_seconds)
+            except sa.exc.OperationalError:
+                log.warning("heartbeat for %s failed; retrying", job.id)
+                continue
+            reporter.observe(status)
+
+    def _finish(self, job: Job, outcome: TrainingOutcome, request_dir: Path) -> None:
+        if outcome.stopped == "pause":
+            with self.engine.begin() as conn:
+                if job_rows.move(conn, job.id, JobStatus.PAUSED, source=[JobStatus.PAUSING], worker_id=self.id):
+                    event_rows.append(conn, job.id, now(), f"Fine-tuning job paused at step {outcome.step}")
+            return
+        if outcome.stopped is not None:
+            return
+        result = self.files.store_result(job.project, "step_metrics.csv", self._metrics_csv(job.id))
+        finished = now()
+        with self.engine.begin() as conn:
+            moved = job_rows.move(
+                conn, job.id, JobStatus.SUCCEEDED, source=[JobStatus.RUNNING, JobStatus.PAUSING], worker_id=self.id,
+                values={
+                    "fine_tuned_model": job.output_model, "finished_at": finished, "estimated_finish": None,
+                    "trained_tokens": outcome.trained_tokens, "result_files": [result.id],
+                },
+            )
+            if moved:
+                model_path = (
+                    f"artifacts/{job.id}/{outcome.model_dir.relative_to(request_dir).as_posix()}" if outcome.model_dir else None
+                )
+                model_rows.add_model(conn, job.output_model, job.project, job.id, job.model, finished, model_path)
+                event_rows.append(conn, job.id, finished, f"New fine-tuned model created: {job.output_model}")
+                event_rows.append(conn, job.id, finished, "The job has successfully completed")
+        if not moved:
+            self.files.delete(job.project, result.id)
+
+    def _metrics_csv(self, job_id: str) -> bytes:
+        """OpenAI's `step_metrics.csv`, built from the job's metrics events, served base64-encoded as OpenAI does."""
+        with self.engine.connect() as conn:
+            rows = event_rows.metrics_of(conn, job_id)
+        # A resumed job repeats the steps after its last checkpoint; the later report of a step wins.
+        by_step = {data["step"]: data for data in rows}
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for _, data in sorted(by_step.items()):
+            data = {**data, "train_accuracy": data.get("train_mean_token_accuracy")}
+            writer.writerow([data.get(column, "") if data.get(column) is not None else "" for column in CSV_COLUMNS])
+        return base64.b64encode(out.getvalue().encode())
+
+    def _fail(self, job: Job, error: JobError) -> None:
+        with self.engine.begin() as conn:
+            live = [s for s in JobStatus if not s.terminal]
+            if job_rows.move(conn, job.id, JobStatus.FAILED, source=live, worker_id=self.id, release=True,
+                             values={"error": error, "finished_at": now(), "estimated_finish": None}):
+                event_rows.append(conn, job.id, now(), error.message, level="error")
+
+    def _event(self, job: Job, message: str) -> None:
+        with self.engine.begin() as conn:
+            event_rows.append(conn, job.id, now(), message)

@@ -1,0 +1,78 @@
+"""The reporter a worker hands its trainer: each report becomes rows, written only while the job is still this worker's."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Literal
+
+import sqlalchemy as sa
+
+from ftserve.domain.ids import new_id
+from ftserve.domain.jobs import Checkpoint, Job, JobStatus
+from ftserve.domain.naming import checkpoint_name
+from ftserve.providers.base import StopReason
+from ftserve.services.clock import now
+from ftserve.store import events as event_rows
+from ftserve.store import jobs as job_rows
+
+
+def metrics_message(step: int, total: int, metrics: dict[str, float]) -> str:
+    parts = [f"training loss={metrics['train_loss']:.4f}"] if "train_loss" in metrics else []
+    if "valid_loss" in metrics:
+        parts.append(f"validation loss={metrics['valid_loss']:.4f}")
+    if "full_valid_loss" in metrics:
+        parts.append(f"full validation loss={metrics['full_valid_loss']:.4f}")
+    return f"Step {step}/{total}: " + ", ".join(parts)
+
+
+class JobReporter:
+    def __init__(self, engine: sa.Engine, job: Job, worker_id: str, started_at: float):
+        self.engine = engine
+        self.job = job
+        self.worker_id = worker_id
+        self.started_at = started_at
+        self._status: JobStatus | None = JobStatus.RUNNING
+        self._lock = threading.Lock()
+
+    def observe(self, status: JobStatus | None) -> None:
+        """Called by the heartbeat with the job's status in the database (None: lease lost)."""
+        with self._lock:
+            self._status = status
+
+    def should_stop(self) -> StopReason | None:
+        with self._lock:
+            status = self._status
+        if status is None:
+            return "lost"
+        if status == JobStatus.PAUSING:
+            return "pause"
+        if status != JobStatus.RUNNING:
+            return "cancel"
+        return None
+
+    def metrics(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
+        elapsed = max(1e-6, now() - self.started_at)
+        estimate = int(self.started_at + elapsed / step * total_steps) if step else None
+        with self.engine.begin() as conn:
+            if job_rows.update_running(conn, self.job.id, self.worker_id, {"estimated_finish": estimate}):
+                event_rows.append(
+                    conn, self.job.id, now(), metrics_message(step, total_steps, metrics),
+                    type="metrics", data={"step": step, "total_steps": total_steps, **metrics},
+                )
+
+    def checkpoint(self, step: int, metrics: dict[str, float], path: Path | None) -> None:
+        checkpoint = Checkpoint(
+            id=new_id("ftckpt_"), job_id=self.job.id, created_at=now(),
+            fine_tuned_model_checkpoint=checkpoint_name(self.job.output_model, step),
+            step_number=step, metrics=metrics, path=str(path) if path else None,
+        )
+        with self.engine.begin() as conn:
+            if job_rows.update_running(conn, self.job.id, self.worker_id, {}):
+                event_rows.add_checkpoint(conn, checkpoint, self.job.project)
+                event_rows.append(conn, self.job.id, now(), f"Checkpoint created at step {step}")
+
+    def message(self, text: str, level: Literal["info", "warn", "error"] = "info") -> None:
+        with self.engine.begin() as conn:
+            if job_rows.update_running(conn, self.job.id, self.worker_id, {}):
+                event_rows.append(conn, self.job.id, now(), text, level=level)
