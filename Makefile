@@ -27,7 +27,7 @@ test-sqlite: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-postgres: $(STAMP)
-	FTSERVE_TEST_DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q -m "not sqlite_only"
+	FTSERVE_TEST_DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) .ftserve

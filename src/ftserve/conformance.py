@@ -89,13 +89,16 @@ class ConformanceReport:
         """A plain-text table: one line per category plus an overall line."""
         header = f"{'category':<16} {'endpoints':>9} {'properties':>10} {'problems':>8} {'score':>6}"
         lines = [header, "-" * len(header)]
-        rows = [(c.category, c.endpoints_implemented, c.endpoints_total, c.properties, len(c.problems), c.score)
-                for c in self.categories]
+        rows = [
+            (c.category, c.endpoints_implemented, c.endpoints_total, c.properties, len(c.problems), c.score)
+            for c in self.categories
+        ]
         rows.append(("overall", *(sum(r[i] for r in rows) for i in range(1, 5)), self.score))
         for name, implemented, total, properties, problems, score in rows:
             if name == "overall":
                 lines.append("-" * len(header))
-            lines.append(f"{name:<16} {f'{implemented}/{total}':>9} {properties:>10} {problems:>8} {score:>6.1f}")
+            endpoints = f"{implemented}/{total}"
+            lines.append(f"{name:<16} {endpoints:>9} {properties:>10} {problems:>8} {score:>6.1f}")
         return "\n".join(lines)
 
 
@@ -155,8 +158,12 @@ def _own(schema: Mapping[str, Any]) -> _Node:
         types = {"object"}
     elif not types and items is not None:
         types = {"array"}
-    return _Node(types=frozenset(types), nullable=nullable, enum=enum, default=schema.get("default", _NO_DEFAULT),
-                 properties=dict(properties or {}), items=items, additional=additional)
+    # `default: null` is read as no default: FastAPI strips it from the document, and on the wire an
+    # absent nullable field and a null one are the same request.
+    default = schema.get("default", _NO_DEFAULT)
+    default = _NO_DEFAULT if default is None else default
+    return _Node(frozenset(types), nullable, enum, default, properties=dict(properties or {}), items=items,
+                 additional=additional)
 
 
 def _merge(a: _Node, b: _Node) -> _Node:
@@ -182,8 +189,8 @@ def _union(members: Sequence[_Node]) -> _Node:
         return _Node(nullable=True)
     if len(alternatives) == 1:
         return replace(alternatives[0], nullable=nullable)
-    # Nested unions are spliced: OpenAI writes `anyOf: [{oneOf: [A, B]}, null]` where pydantic emits
-    # `anyOf: [A, B, null]`, and both accept the same values.
+    # Nested unions are spliced: `anyOf: [{oneOf: [A, B]}, C]` (OpenAI's style) accepts the same
+    # values as `anyOf: [A, B, C]`, the only form pydantic emits.
     variants = tuple(replace(v, nullable=False) for m in alternatives for v in (m.variants or (m,)))
     return _Node(nullable=nullable, variants=variants)
 
@@ -280,7 +287,7 @@ class _Walk:
         if ours is None:
             self.report(where, ("missing", "parameter not accepted"))
         else:
-            o, u = (_flatten(p.get("schema", {}), doc) for p, doc in ((official, self.official), (ours, self.ours)))
+            o, u = _flatten(official.get("schema"), self.official), _flatten(ours.get("schema"), self.ours)
             self.report(where, _diff(o, u))
 
     def body(self, where: str, official: Any, ours: Any | None) -> None:
@@ -310,9 +317,12 @@ class _Walk:
             elif u is not None:
                 self.report(f"{where}.{name}", ("missing", "property not in our schema"))
             self.walk(child, theirs, f"{where}.{name}")
-        for official, suffix in ((o.items, "[]"), (o.additional, "{}")):
+        for official, mine, suffix in (
+            (o.items, u and u.items, "[]"),
+            (o.additional, u and u.additional, "{}"),
+        ):
             if official is not None:
-                theirs = None if u is None else _flatten(u.items if suffix == "[]" else u.additional, self.ours)
+                theirs = None if u is None else _flatten(mine, self.ours)
                 self.walk(_flatten(official, self.official), theirs, where + suffix)
 
 
@@ -326,7 +336,9 @@ def _operations(item: Any) -> list[tuple[str, Mapping[str, Any]]]:
     return [(m, op) for m, op in item.items() if m in _METHODS and isinstance(op, Mapping)]
 
 
-def _parameters(doc: Mapping[str, Any], path: str, item: Mapping[str, Any], op: Mapping[str, Any]) -> dict[tuple[str, str], Any]:
+def _parameters(
+    doc: Mapping[str, Any], path: str, item: Mapping[str, Any], op: Mapping[str, Any]
+) -> dict[tuple[str, str], Any]:
     """Parameters keyed by (in, name); path parameters are keyed by position in the template,
     since the two specs may name them differently."""
     positions = {name: str(i) for i, name in enumerate(re.findall(r"\{([^}:]*)", path))}
@@ -376,7 +388,9 @@ class _Tally:
     problems: list[Problem] = field(default_factory=list)
 
 
-def compare(official: dict, ours: dict, *, categories: Iterable[str], ignore: Iterable[Deviation] = ()) -> ConformanceReport:
+def compare(
+    official: dict, ours: dict, *, categories: Iterable[str], ignore: Iterable[Deviation] = ()
+) -> ConformanceReport:
     """Score `ours` (paths prefixed with /v1) against OpenAI's `official` spec for the given tags.
 
     Only OpenAI operations whose path's first tag is in `categories` count. Operations we lack show

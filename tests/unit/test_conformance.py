@@ -44,7 +44,11 @@ def official() -> dict[str, Any]:
                 },
             },
             "/things/{thing_id}": {
-                "get": {"tags": ["Things"], "parameters": [thing_id], "responses": {"200": _json(_ref("Thing"))}},
+                "get": {
+                    "tags": ["Things"],
+                    "parameters": [thing_id],
+                    "responses": {"200": _json(_ref("Thing"))},
+                },
             },
             "/widgets": {"get": {"tags": ["Widgets"], "responses": {"200": _json(_ref("Thing"))}}},
         },
@@ -75,7 +79,10 @@ def official() -> dict[str, Any]:
                 },
                 "CreateThing": {
                     "type": "object",
-                    "properties": {"name": {"type": "string"}, "suffix": {"type": "string", "nullable": True}},
+                    "properties": {
+                        "name": {"type": "string"},
+                        "suffix": {"type": "string", "nullable": True},
+                    },
                 },
             }
         },
@@ -203,6 +210,13 @@ def test_a_default_only_we_define_is_not_penalised() -> None:
     assert score(spec).score == 100.0
 
 
+def test_a_null_default_counts_as_no_default() -> None:
+    nulled = official()
+    nulled["components"]["schemas"]["CreateThing"]["properties"]["suffix"]["default"] = None
+    # FastAPI drops `default: null` from `Optional[str] = None`
+    assert compare(nulled, ours(), categories=["Things"]).score == 100.0
+
+
 def test_a_union_flattened_to_one_type_is_a_union_problem() -> None:
     spec = ours()
     thing(spec)["batch_size"] = {"type": "integer", "default": "auto"}
@@ -212,19 +226,25 @@ def test_a_union_flattened_to_one_type_is_a_union_problem() -> None:
 def test_anyof_matches_oneof_and_nested_unions_are_spliced() -> None:
     spec = ours()
     # pydantic's spelling of `Literal["auto"] | int | None` against OpenAI's nested form
-    thing(spec)["batch_size"] = {"anyOf": [{"const": "auto", "type": "string"}, {"type": "integer"}], "default": "auto"}
+    thing(spec)["batch_size"] = {
+        "anyOf": [{"const": "auto", "type": "string"}, {"type": "integer"}],
+        "default": "auto",
+    }
     assert score(spec).score == 100.0
     nested = official()
-    thing(nested)["batch_size"] = {"anyOf": [{"oneOf": [{"enum": ["auto"]}, {"type": "integer"}]}, {"type": "null"}]}
+    auto_or_int = {"oneOf": [{"enum": ["auto"]}, {"type": "integer"}]}
+    thing(nested)["batch_size"] = {"anyOf": [auto_or_int, {"type": "null"}]}
     thing(spec)["batch_size"] = {"anyOf": [{"const": "auto"}, {"type": "integer"}, {"type": "null"}]}
     assert compare(nested, spec, categories=["Things"]).score == 100.0
 
 
 def test_unions_nested_inside_wider_unions_are_spliced() -> None:
     nested = official()
-    thing(nested)["size"] = {"anyOf": [{"oneOf": [{"enum": ["auto"]}, {"type": "integer"}]}, {"type": "number", "nullable": True}]}
+    auto_or_int = {"oneOf": [{"enum": ["auto"]}, {"type": "integer"}]}
+    thing(nested)["size"] = {"anyOf": [auto_or_int, {"type": "number", "nullable": True}]}
     spec = ours()
-    thing(spec)["size"] = {"anyOf": [{"const": "auto"}, {"type": "integer"}, {"type": "number"}, {"type": "null"}]}
+    flat = [{"const": "auto"}, {"type": "integer"}, {"type": "number"}, {"type": "null"}]
+    thing(spec)["size"] = {"anyOf": flat}
     assert compare(nested, spec, categories=["Things"]).score == 100.0
 
 
@@ -236,7 +256,8 @@ def test_union_variants_are_paired_by_component_name() -> None:
         thing(spec)["size"] = {"oneOf": [_ref(name) for name, _ in variants]}
         return spec
 
-    a, b = {"x": {"type": "integer"}, "y": {"type": "string"}}, {"x": {"type": "string"}, "z": {"type": "string"}}
+    a = {"x": {"type": "integer"}, "y": {"type": "string"}}
+    b = {"x": {"type": "string"}, "z": {"type": "string"}}
     union = with_union(official(), [("A", a), ("B", b)])
     spec = with_union(ours(), [("B", {"x": {"type": "string"}}), ("A", {"x": {"type": "integer"}})])
     report = compare(union, spec, categories=["Things"])
@@ -275,7 +296,7 @@ def test_a_component_shared_by_request_and_response_is_checked_in_both() -> None
     post = shared["paths"]["/things"]["post"]
     post["requestBody"]["content"]["application/json"]["schema"] = _ref("Thing")
     spec = ours()
-    spec["paths"]["/v1/things"]["post"]["requestBody"]["content"]["application/json"]["schema"] = _ref("Thing")
+    spec["paths"]["/v1/things"]["post"]["requestBody"] = copy.deepcopy(post["requestBody"])
     del thing(spec)["size"]
     report = compare(shared, spec, categories=["Things"])
     assert {where for path, method, where, _ in problems(report) if method == "post"} == {
@@ -335,7 +356,8 @@ def test_refs_are_resolved_on_each_side_against_its_own_components() -> None:
     schemas["ThingObject"] = schemas.pop("Thing")
     schemas["ThingList"]["properties"]["data"]["items"] = _ref("ThingObject")
     # pydantic's older spelling of a described $ref
-    spec["paths"]["/v1/things"]["post"]["responses"]["200"] = _json({"allOf": [_ref("ThingObject")], "description": "x"})
+    described = {"allOf": [_ref("ThingObject")], "description": "x"}
+    spec["paths"]["/v1/things"]["post"]["responses"]["200"] = _json(described)
     # inline on our side, a $ref on OpenAI's
     spec["paths"]["/v1/things/{id}"]["get"]["responses"]["200"] = _json(copy.deepcopy(schemas["ThingObject"]))
     assert score(spec).score == 100.0

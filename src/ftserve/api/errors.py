@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,13 +21,29 @@ def envelope(status: int, message: str, type: str, param: str | None = None, cod
     return JSONResponse(body, status_code=status)
 
 
+_UNION_TAG = re.compile(r"^[A-Z][A-Za-z0-9]*$|[\[\]()\-]|^(int|float|str|bool|none)$")
+
+
 def _param(loc: tuple[Any, ...]) -> str | None:
-    # ("body", "method", "type") -> "method.type"; ("query", "limit") -> "limit"
-    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path", "header", "form") else [str(p) for p in loc]
+    """("body", "method", "type") -> "method.type". Pydantic also names the union member it tried
+    (`SupervisedHyperparameters`, `literal['auto']`, `int`); those are not parameters and are dropped."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "form"):
+        parts = parts[1:]
     out = ""
     for part in parts:
+        if _UNION_TAG.search(part):
+            continue
         out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
     return out or None
+
+
+def _most_relevant(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    # For `"auto" | int` a bad number fails both branches; the number's complaint is the useful one.
+    for error in errors:
+        if not any("literal[" in str(part) for part in error.get("loc", ())):
+            return error
+    return errors[0] if errors else {}
 
 
 def _validation_message(error: dict[str, Any], param: str | None) -> str:
@@ -47,7 +64,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
-        first = error.errors()[0] if error.errors() else {}
+        first = _most_relevant(list(error.errors()))
         param = _param(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
             param = None

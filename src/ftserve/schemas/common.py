@@ -30,10 +30,3 @@ class ErrorResponse(Wire):
     error: Error
 
 
-class DeletedObject(Wire):
-    id: str
-    object: str
-    deleted: bool
-
-
-ListObject = Literal["list"]

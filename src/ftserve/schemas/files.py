@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
 from ftserve.schemas.common import Request, Wire
@@ -17,26 +17,18 @@ UploadPurpose = Literal["assistants", "batch", "fine-tune", "vision", "user_data
 
 
 class OpenAIFile(Wire):
-    """The `File` object. `expires_at` is left out, not null, for files that never expire: the spec
-    types it as a non-nullable integer."""
+    """The `File` object."""
 
     id: str
     bytes: int
     created_at: int
-    expires_at: int | SkipJsonSchema[None] = None
+    # Left out, not null, when unset: the spec types both as non-nullable.
+    expires_at: int | SkipJsonSchema[None] = Field(None, exclude_if=lambda v: v is None)
     filename: str
     object: Literal["file"] = "file"
     purpose: FilePurpose
     status: Literal["uploaded", "processed", "error"]
-    status_details: str | SkipJsonSchema[None] = None
-
-    @model_serializer(mode="wrap")
-    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
-        data = handler(self)
-        for key in ("expires_at", "status_details"):
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
+    status_details: str | SkipJsonSchema[None] = Field(None, exclude_if=lambda v: v is None)
 
 
 class ListFilesResponse(Wire):
@@ -94,3 +86,9 @@ class CreateFileRequest(Request):
 
 class AddUploadPartRequest(Request):
     data: bytes = Field(json_schema_extra={"format": "binary"})
+
+
+class DeleteFileResponse(Wire):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool

@@ -19,6 +19,8 @@ BatchSize = Auto | Annotated[int, Field(ge=1, le=256)]
 LearningRateMultiplier = Auto | Annotated[float, Field(gt=0)]
 Epochs = Auto | Annotated[int, Field(ge=1, le=50)]
 Beta = Auto | Annotated[float, Field(gt=0, le=2)]
+# Query parameters that are optional but never null on the wire.
+OptionalQuery = str | SkipJsonSchema[None]
 Metadata = dict[str, Annotated[str, Field(max_length=512)]]
 
 
@@ -91,9 +93,10 @@ class FtserveJobOptions(Request):
 
 
 class CreateFineTuningJobRequest(Request):
-    model: str
+    # The spec's union of any string with OpenAI's own model names; any catalogue id is accepted.
+    model: str | Literal["babbage-002", "davinci-002", "gpt-3.5-turbo", "gpt-4o-mini"]
     training_file: str
-    hyperparameters: SupervisedHyperparameters | SkipJsonSchema[None] = Field(None, deprecated=True)
+    hyperparameters: SupervisedHyperparameters | SkipJsonSchema[None] = Field(None, json_schema_extra={"deprecated": True})
     suffix: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     validation_file: str | None = None
     integrations: list[Integration] | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
@@ -10,10 +10,43 @@ from pydantic.json_schema import SkipJsonSchema
 from ftserve.schemas.common import Request
 
 
+class PromptCacheBreakpoint(Request):
+    mode: Literal["explicit"] = "explicit"
+
+
+class InputTextContent(Request):
+    type: Literal["input_text"] = "input_text"
+    text: str
+    prompt_cache_breakpoint: PromptCacheBreakpoint | SkipJsonSchema[None] = None
+
+
+class OutputTextContent(Request):
+    type: Literal["output_text"]
+    text: str
+
+
+class InputImageContent(Request):
+    type: Literal["input_image"]
+    image_url: str
+    detail: str | SkipJsonSchema[None] = None
+
+
+class AudioData(Request):
+    data: str
+    format: Literal["mp3", "wav"]
+
+
+class InputAudioContent(Request):
+    type: Literal["input_audio"]
+    input_audio: AudioData
+
+
+ContentItem = str | InputTextContent | OutputTextContent | InputImageContent | InputAudioContent
+
+
 class EvalItem(Request):
     role: Literal["user", "assistant", "system", "developer"]
-    # Text, a content part, or a list of parts; kept as sent.
-    content: Any
+    content: ContentItem | list[ContentItem]
     type: Literal["message"] | SkipJsonSchema[None] = None
 
 
@@ -48,7 +81,7 @@ class SamplingParams(Request):
     top_p: float | None = 1
     temperature: float | None = None
     max_completions_tokens: int | None = Field(None, ge=1)
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = "medium"
 
 
 class GraderScoreModel(Request):

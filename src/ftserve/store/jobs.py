@@ -124,7 +124,12 @@ def claim(conn: sa.Connection, worker_id: str, lease_until: float) -> Job | None
     row = conn.execute(
         jobs.update()
         .where(jobs.c.seq == candidate.scalar_subquery())
-        .values(worker_id=worker_id, lease_expires_at=lease_until, attempts=jobs.c.attempts + 1)
+        .values(
+            worker_id=worker_id,
+            lease_expires_at=lease_until,
+            # Only training counts as an attempt; checking files does not.
+            attempts=jobs.c.attempts + sa.case((jobs.c.status == JobStatus.QUEUED.value, 1), else_=0),
+        )
         .returning(*jobs.c)
     ).first()
     return _job(row) if row else None

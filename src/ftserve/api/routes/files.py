@@ -13,7 +13,7 @@ from ftserve.api import render
 from ftserve.domain.errors import InvalidRequest, PayloadTooLarge
 from ftserve.domain.files import MAX_FILE_BYTES, MAX_PART_BYTES
 from ftserve.schemas import files as wire
-from ftserve.schemas.common import DeletedObject
+from ftserve.schemas.fine_tuning import OptionalQuery
 from ftserve.services.files import FileService
 
 # Room for the multipart framing around the largest file we accept.
@@ -77,10 +77,10 @@ def router(files: FileService, project: Callable[..., str]) -> APIRouter:
     @api.get("/files", response_model=wire.ListFilesResponse)
     def list_files(
         owner: Project,
-        purpose: str | None = None,
+        purpose: OptionalQuery = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
         order: Literal["asc", "desc"] = "desc",
-        after: str | None = None,
+        after: OptionalQuery = None,
     ) -> wire.ListFilesResponse:
         page = files.list(owner, purpose=purpose, after=after, limit=limit, order=order)
         data = [render.file(f) for f in page.items]
@@ -93,10 +93,10 @@ def router(files: FileService, project: Callable[..., str]) -> APIRouter:
     def retrieve_file(file_id: str, owner: Project) -> wire.OpenAIFile:
         return render.file(files.get(owner, file_id))
 
-    @api.delete("/files/{file_id}", response_model=DeletedObject)
-    def delete_file(file_id: str, owner: Project) -> DeletedObject:
+    @api.delete("/files/{file_id}", response_model=wire.DeleteFileResponse)
+    def delete_file(file_id: str, owner: Project) -> wire.DeleteFileResponse:
         files.delete(owner, file_id)
-        return DeletedObject(id=file_id, object="file", deleted=True)
+        return wire.DeleteFileResponse(id=file_id, deleted=True)
 
     @api.get(
         "/files/{file_id}/content",

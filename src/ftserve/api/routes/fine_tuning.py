@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from ftserve.api import render
 from ftserve.domain.errors import InvalidRequest
 from ftserve.schemas import fine_tuning as wire
+from ftserve.schemas.fine_tuning import OptionalQuery
 from ftserve.services.jobs import CreateContext, JobService
 from ftserve.services.models import ModelService
 
@@ -63,7 +64,7 @@ def router(jobs: JobService, models: ModelService, project: Callable[..., str]) 
 
     @api.get("/fine_tuning/jobs", response_model=wire.ListPaginatedFineTuningJobsResponse, openapi_extra=_METADATA_PARAMETER)
     def list_jobs(
-        request: Request, owner: Project, after: str | None = None, limit: Annotated[int, Query(ge=1, le=10000)] = 20
+        request: Request, owner: Project, after: OptionalQuery = None, limit: Annotated[int, Query(ge=1, le=10000)] = 20
     ) -> wire.ListPaginatedFineTuningJobsResponse:
         metadata, metadata_is_null = _metadata_filter(request)
         page = jobs.list(owner, after=after, limit=limit, metadata=metadata, metadata_is_null=metadata_is_null)
@@ -87,14 +88,14 @@ def router(jobs: JobService, models: ModelService, project: Callable[..., str]) 
 
     @api.get("/fine_tuning/jobs/{fine_tuning_job_id}/events", response_model=wire.ListFineTuningJobEventsResponse)
     def list_events(
-        fine_tuning_job_id: str, owner: Project, after: str | None = None, limit: Annotated[int, Query(ge=1, le=10000)] = 20
+        fine_tuning_job_id: str, owner: Project, after: OptionalQuery = None, limit: Annotated[int, Query(ge=1, le=10000)] = 20
     ) -> wire.ListFineTuningJobEventsResponse:
         page = jobs.events(owner, fine_tuning_job_id, after=after, limit=limit)
         return wire.ListFineTuningJobEventsResponse(data=[render.event(e) for e in page.items], has_more=page.has_more)
 
     @api.get("/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints", response_model=wire.ListFineTuningJobCheckpointsResponse)
     def list_checkpoints(
-        fine_tuning_job_id: str, owner: Project, after: str | None = None, limit: Annotated[int, Query(ge=1, le=10000)] = 10
+        fine_tuning_job_id: str, owner: Project, after: OptionalQuery = None, limit: Annotated[int, Query(ge=1, le=10000)] = 10
     ) -> wire.ListFineTuningJobCheckpointsResponse:
         page = jobs.checkpoints(owner, fine_tuning_job_id, after=after, limit=limit)
         data = [render.checkpoint(c) for c in page.items]
@@ -109,8 +110,8 @@ def router(jobs: JobService, models: ModelService, project: Callable[..., str]) 
     def list_permissions(
         fine_tuned_model_checkpoint: str,
         owner: Project,
-        project_id: str | None = None,
-        after: str | None = None,
+        project_id: OptionalQuery = None,
+        after: OptionalQuery = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 10,
         order: Literal["ascending", "descending"] = "descending",
     ) -> wire.ListFineTuningCheckpointPermissionResponse:

@@ -1,0 +1,122 @@
+"""Shared fixtures: a database per test session (SQLite, or PostgreSQL when FTSERVE_TEST_DATABASE_URL
+names a server), and live ftserve servers on free ports that the official SDK talks to."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import sqlalchemy as sa
+import uvicorn
+
+from ftserve.api.app import create_app
+from ftserve.config import Settings
+from ftserve.services.runtime import Runtime, build
+
+
+class Databases:
+    """Hands out databases: None means SQLite under the data dir; with FTSERVE_TEST_DATABASE_URL set,
+    each call makes a fresh PostgreSQL database (servers that share a database must share storage
+    too, so every server and runtime in the suite gets its own), all dropped at the end."""
+
+    def __init__(self, server: str | None):
+        self.server = server
+        self.created: list[str] = []
+        self.admin = sa.create_engine(server, isolation_level="AUTOCOMMIT") if server else None
+
+    def new(self) -> str | None:
+        if self.admin is None or self.server is None:
+            return None
+        name = f"ftserve_test_{uuid.uuid4().hex[:10]}"
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        self.created.append(name)
+        return sa.engine.make_url(self.server).set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        if self.admin is None:
+            return
+        with self.admin.connect() as conn:
+            for name in self.created:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def databases() -> Iterator[Databases]:
+    handed = Databases(os.environ.get("FTSERVE_TEST_DATABASE_URL"))
+    yield handed
+    handed.drop_all()
+
+
+@pytest.fixture
+def database_url(databases: Databases) -> str | None:
+    return databases.new()
+
+
+def settings_for(data_dir: Path, database_url: str | None, **overrides: object) -> Settings:
+    values: dict[str, object] = {"data_dir": data_dir, "database_url": database_url, "trainer": "fake",
+                                 "fake_step_seconds": 0.02, "worker_poll_seconds": 0.1, "lease_seconds": 3.0}
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    runtime: Runtime
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(settings: Settings, *, with_worker: bool = True) -> tuple[LiveServer, uvicorn.Server, threading.Thread]:
+    runtime = build(settings)
+    port = _free_port()
+    config = uvicorn.Config(create_app(runtime, with_worker=with_worker), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        if time.time() > deadline:
+            raise RuntimeError("ftserve test server did not start")
+        time.sleep(0.05)
+    return LiveServer(f"http://127.0.0.1:{port}", runtime), server, thread
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Iterator[LiveServer]:
+    """An open server (no API keys) with an embedded worker running the fake trainer."""
+    live, server, thread = start_server(settings_for(tmp_path_factory.mktemp("open"), databases.new()))
+    yield live
+    server.should_exit = True
+    thread.join(timeout=30)
+    live.runtime.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def keyed(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Iterator[LiveServer]:
+    """A server with keys for two projects, `alpha` and `beta`."""
+    settings = settings_for(
+        tmp_path_factory.mktemp("keyed"), databases.new(), api_keys="sk-alpha=alpha,sk-beta=beta",
+    )
+    live, server, thread = start_server(settings)
+    yield live
+    server.should_exit = True
+    thread.join(timeout=30)
+    live.runtime.engine.dispose()

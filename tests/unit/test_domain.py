@@ -1,0 +1,53 @@
+"""The job state machine, auto hyperparameters and model names."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftserve.config import Settings
+from ftserve.domain.hyperparameters import auto_epochs, resolve
+from ftserve.domain.jobs import TERMINAL, JobStatus, can_move
+from ftserve.domain.naming import checkpoint_name, fine_tuned_name
+
+
+@pytest.mark.parametrize(
+    "source,target,allowed",
+    [
+        (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, True),
+        (JobStatus.QUEUED, JobStatus.RUNNING, True),
+        (JobStatus.RUNNING, JobStatus.SUCCEEDED, True),
+        (JobStatus.RUNNING, JobStatus.PAUSING, True),
+        (JobStatus.PAUSING, JobStatus.PAUSED, True),
+        (JobStatus.PAUSED, JobStatus.QUEUED, True),
+        (JobStatus.PAUSED, JobStatus.CANCELLED, True),
+        (JobStatus.QUEUED, JobStatus.SUCCEEDED, False),
+        (JobStatus.PAUSED, JobStatus.RUNNING, False),
+        (JobStatus.SUCCEEDED, JobStatus.CANCELLED, False),
+        (JobStatus.CANCELLED, JobStatus.QUEUED, False),
+    ],
+)
+def test_transitions(source: JobStatus, target: JobStatus, allowed: bool) -> None:
+    assert can_move(source, target) is allowed
+
+
+def test_terminal_states_are_final() -> None:
+    for source in TERMINAL:
+        assert not any(can_move(source, target) for target in JobStatus)
+
+
+def test_auto_epochs_follow_dataset_size() -> None:
+    assert auto_epochs(10) == 10 and auto_epochs(1) == 25 and auto_epochs(100) == 3 and auto_epochs(50_000) == 1
+    resolved = resolve({"n_epochs": "auto", "batch_size": 4, "learning_rate_multiplier": "auto"}, 100)
+    assert resolved == {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0}
+
+
+def test_model_names() -> None:
+    name = fine_tuned_name("org/Base-1B", "My Project", "initial_tuning")
+    assert name.startswith("ft:org/Base-1B:my-project:initial-tuning:") and len(name.rsplit(":", 1)[1]) == 8
+    assert fine_tuned_name("b", "p", None).split(":")[3] == ""
+    assert checkpoint_name(name, 20) == f"{name}:ckpt-step-20"
+
+
+def test_api_keys_parse_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FTSERVE_API_KEYS", "sk-a=alpha, sk-b")
+    assert Settings().api_keys == {"sk-a": "alpha", "sk-b": "default"}
