@@ -96,3 +96,10 @@ def test_suite_runs_on_the_database_it_was_asked_for(runtime: Runtime) -> None:
 
     wanted = "postgresql" if os.environ.get("FTSERVE_TEST_DATABASE_URL") else "sqlite"
     assert runtime.engine.dialect.name == wanted
+
+
+def test_store_refuses_moves_the_state_machine_does_not_have(runtime: Runtime) -> None:
+    job_id = make_job(runtime)
+    with runtime.engine.begin() as conn, pytest.raises(ValueError, match="no move"):
+        job_rows.move(conn, job_id, JobStatus.SUCCEEDED, source=[JobStatus.VALIDATING_FILES])
+    assert runtime.jobs.get("default", job_id).status == JobStatus.VALIDATING_FILES

@@ -25,6 +25,7 @@ class JobStatus(str, enum.Enum):
 
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+LIVE = tuple(s for s in JobStatus if s not in TERMINAL)
 
 # Every move a job can make. Moves into a terminal status are allowed from every live status:
 # a job can be cancelled, or fail, wherever it is.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict
+from pydantic.json_schema import SkipJsonSchema
+
+# A query parameter that may be left out but is never null on the wire.
+OptionalQuery = str | SkipJsonSchema[None]
 
 
 class Wire(BaseModel):

@@ -19,8 +19,6 @@ BatchSize = Auto | Annotated[int, Field(ge=1, le=256)]
 LearningRateMultiplier = Auto | Annotated[float, Field(gt=0)]
 Epochs = Auto | Annotated[int, Field(ge=1, le=50)]
 Beta = Auto | Annotated[float, Field(gt=0, le=2)]
-# Query parameters that are optional but never null on the wire.
-OptionalQuery = str | SkipJsonSchema[None]
 Metadata = dict[str, Annotated[str, Field(max_length=512)]]
 
 

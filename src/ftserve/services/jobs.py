@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from ftserve.catalogue import BaseModel
 from ftserve.domain.errors import Conflict, InvalidRequest, NotFound
 from ftserve.domain.ids import new_id
-from ftserve.domain.jobs import Checkpoint, Job, JobEvent, JobStatus, MethodType
+from ftserve.domain.jobs import LIVE, Checkpoint, Job, JobEvent, JobStatus, MethodType
 from ftserve.domain.naming import fine_tuned_name
 from ftserve.schemas.fine_tuning import CreateFineTuningJobRequest, DpoHyperparameters, ReinforcementHyperparameters
 from ftserve.services.clock import now
@@ -22,9 +22,6 @@ from ftserve.store import events as event_rows
 from ftserve.store import jobs as job_rows
 from ftserve.store import models as model_rows
 from ftserve.store.pages import Page
-
-LIVE = tuple(s for s in JobStatus if not s.terminal)
-
 
 @dataclass(frozen=True)
 class CreateContext:

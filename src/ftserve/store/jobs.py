@@ -7,12 +7,11 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from ftserve.domain.jobs import Job, JobError, JobStatus
+from ftserve.domain.jobs import Job, JobError, JobStatus, can_move
 from ftserve.store.pages import Page, select_page
 from ftserve.store.tables import jobs
 
 CLAIMABLE = (JobStatus.VALIDATING_FILES.value, JobStatus.QUEUED.value)
-LEASED = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSING)
 
 
 def _job(row: sa.Row) -> Job:
@@ -83,7 +82,12 @@ def move(
     values: dict[str, Any] | None = None,
 ) -> bool:
     """Move a job to `target` if it is still in one of `source` (and, given `worker_id`, still
-    leased to that worker). Returns False when someone else moved it first: the caller lost the race."""
+    leased to that worker). Returns False when someone else moved it first: the caller lost the race.
+    Every source -> target move must be one the domain's transition table allows."""
+    source = tuple(source)
+    illegal = [s.value for s in source if not can_move(s, target)]
+    if illegal:
+        raise ValueError(f"the job state machine has no move from {illegal} to {target.value}")
     query = jobs.update().where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in source]))
     if worker_id is not None:
         query = query.where(jobs.c.worker_id == worker_id)

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from ftserve.domain.errors import FtserveError, InvalidFileFormat
 from ftserve.domain.hyperparameters import resolve
-from ftserve.domain.jobs import Job, JobError, JobStatus
+from ftserve.domain.jobs import LIVE, Job, JobError, JobStatus
 from ftserve.files.jsonl import JsonlValidator
 from ftserve.files.storage import BlobStore, iter_blob
 from ftserve.providers.base import Trainer, TrainingOutcome, TrainingRequest
@@ -109,8 +109,8 @@ class Worker:
                 elif job.status == JobStatus.PAUSING:
                     if job_rows.move(conn, job.id, JobStatus.PAUSED, source=[job.status], release=True):
                         event_rows.append(conn, job.id, now(), "Fine-tuning job paused")
-                else:
-                    job_rows.move(conn, job.id, job.status, source=[job.status], release=True)
+                elif job.worker_id is not None:
+                    job_rows.release(conn, job.id, job.worker_id)
 
     # Validation: validating_files -> queued, or failed naming the file, line and reason.
 
@@ -249,8 +249,7 @@ class Worker:
 
     def _fail(self, job: Job, error: JobError) -> None:
         with self.engine.begin() as conn:
-            live = [s for s in JobStatus if not s.terminal]
-            if job_rows.move(conn, job.id, JobStatus.FAILED, source=live, worker_id=self.id, release=True,
+            if job_rows.move(conn, job.id, JobStatus.FAILED, source=LIVE, worker_id=self.id, release=True,
                              values={"error": error, "finished_at": now(), "estimated_finish": None}):
                 event_rows.append(conn, job.id, now(), error.message, level="error")
 

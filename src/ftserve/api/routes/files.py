@@ -13,7 +13,7 @@ from ftserve.api import render
 from ftserve.domain.errors import InvalidRequest, PayloadTooLarge
 from ftserve.domain.files import MAX_FILE_BYTES, MAX_PART_BYTES
 from ftserve.schemas import files as wire
-from ftserve.schemas.fine_tuning import OptionalQuery
+from ftserve.schemas.common import OptionalQuery
 from ftserve.services.files import FileService
 
 # Room for the multipart framing around the largest file we accept.

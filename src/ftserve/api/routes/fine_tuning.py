@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from ftserve.api import render
 from ftserve.domain.errors import InvalidRequest
 from ftserve.schemas import fine_tuning as wire
-from ftserve.schemas.fine_tuning import OptionalQuery
+from ftserve.schemas.common import OptionalQuery
 from ftserve.services.jobs import CreateContext, JobService
 from ftserve.services.models import ModelService
 
