@@ -1,0 +1,51 @@
+"""`python -m ftserve.engine SPEC.json`: run one job, reporting JSON lines on stdout.
+
+Exit status 0 means the job finished or stopped as asked; 1 means it failed, and the last line
+on stdout is a `failed` event with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from ftserve.engine import dpo, sft
+from ftserve.engine.data import DataError
+from ftserve.engine.models import ModelUnavailable
+from ftserve.engine.sink import JsonLinesSink, Sink
+from ftserve.engine.spec import JobSpec
+
+RECIPES = {"supervised": sft.run, "dpo": dpo.run}
+
+
+def run(spec: JobSpec, sink: Sink) -> int:
+    try:
+        RECIPES[spec.method](spec, sink)
+    except (DataError, ModelUnavailable) as error:
+        sink.event("failed", message=str(error))
+        return 1
+    except Exception as error:  # the job boundary: report anything, with its traceback on stderr
+        traceback.print_exc()
+        sink.event("failed", message=f"Training crashed: {type(error).__name__}: {error}")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m ftserve.engine SPEC.json", file=sys.stderr)
+        return 2
+    spec = JobSpec.model_validate_json(Path(args[0]).read_text())
+    # Events own the real stdout; anything a library prints goes to stderr instead.
+    events = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    return run(spec, JsonLinesSink(events, sys.stdin))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The training loop every recipe shares: schedule, steps, evaluation, checkpoints, pause and resume."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ftserve.engine import models, state
+from ftserve.engine.batching import epoch_batches, steps_per_epoch
+from ftserve.engine.hardware import Hardware
+from ftserve.engine.losses import Stats
+from ftserve.engine.sink import Sink
+from ftserve.engine.spec import JobSpec
+
+MAX_GRAD_NORM = 1.0
+# Without a checkpoint_interval, resumable state is also saved about this many times per run.
+STATE_SAVES_PER_RUN = 10
+# Without an eval_interval, a validation batch is scored this many times per run (and at every epoch end).
+EVALS_PER_RUN = 50
+
+
+class Task(Protocol):
+    """What a recipe gives the loop: its examples and how to score a batch of them."""
+
+    lengths: list[int]
+    validation_size: int
+
+    def loss(self, model: PreTrainedModel, indices: list[int]) -> tuple[torch.Tensor, Stats, int]:
+        """Loss to backpropagate, its counts, and the tokens the batch processed."""
+        ...
+
+    def evaluate(self, model: PreTrainedModel, indices: list[int]) -> Stats: ...
+    def state(self) -> dict[str, Any]: ...
+    def restore(self, saved: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Result:
+    step: int
+    trained_tokens: int
+    model_dir: Path | None
+    """None when training stopped early (pause or cancel)."""
+
+
+def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
+        hardware: Hardware, sink: Sink) -> Result:
+    per_epoch = steps_per_epoch(len(task.lengths), spec.batch_size)
+    total = per_epoch * spec.n_epochs
+    weights = models.trainable(model)
+    optimizer = torch.optim.AdamW(weights.values(), lr=spec.learning_rate, weight_decay=0.0,
+                                  fused=hardware.device.type == "cuda")
+    warmup = math.ceil(total * spec.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, warmup, total))
+    save_every = spec.checkpoint_interval or max(1, total // STATE_SAVES_PER_RUN)
+    eval_every = spec.eval_interval or max(1, total // EVALS_PER_RUN)
+
+    torch.manual_seed(spec.seed)
+    step, tokens = 0, 0
+    resume = state.latest(spec.output_dir)
+    if resume is not None:
+        saved = state.load(resume, weights, optimizer, scheduler)
+        step, tokens = saved.step, saved.trained_tokens
+        task.restore(saved.extra)
+        sink.event("message", text=f"Resuming from step {step}")
+    sink.event("started", step=step, total_steps=total, hardware=hardware.describe())
+
+    def keep_state() -> None:
+        state.save(spec.output_dir, step, tokens, weights, optimizer, scheduler, task.state())
+
+    last_dir: Path | None = None
+    started, started_tokens = time.monotonic(), tokens
+    for epoch in range(step // per_epoch, spec.n_epochs):
+        batches = epoch_batches(task.lengths, spec.batch_size, spec.seed, epoch)
+        for indices in batches[step - epoch * per_epoch :]:
+            stop = sink.requested_stop()
+            if stop is not None:
+                if stop == "pause":
+                    keep_state()
+                sink.event("stopped", reason=stop, step=step, trained_tokens=tokens)
+                return Result(step, tokens, None)
+            model.train()
+            with hardware.autocast():
+                loss, stats, batch_tokens = task.loss(model, indices)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(weights.values(), MAX_GRAD_NORM)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += batch_tokens
+
+            metrics = {"train_loss": stats.loss, "train_mean_token_accuracy": stats.accuracy}
+            epoch_end = step % per_epoch == 0
+            if task.validation_size and (step % eval_every == 0 or epoch_end):
+                valid = _evaluate(task, model, hardware, _validation_batch(task, spec, step // eval_every))
+                metrics |= {"valid_loss": valid.loss, "valid_mean_token_accuracy": valid.accuracy}
+            if task.validation_size and epoch_end:
+                full = _evaluate(task, model, hardware, list(range(task.validation_size)))
+                metrics |= {"full_valid_loss": full.loss, "full_valid_mean_token_accuracy": full.accuracy}
+            elapsed = time.monotonic() - started
+            sink.event("metrics", step=step, total_steps=total, metrics=_rounded(metrics),
+                       tokens_per_second=round((tokens - started_tokens) / max(elapsed, 1e-9), 1))
+
+            if epoch_end and epoch >= spec.n_epochs - spec.keep_epoch_checkpoints:
+                last_dir = models.save_model(model, tokenizer, spec.output_dir / f"checkpoint-{step}", spec, step)
+                sink.event("checkpoint", step=step, metrics=_rounded({"step": step, **metrics}), path=last_dir)
+            if step < total and (epoch_end or step % save_every == 0):
+                keep_state()
+
+    model_dir = last_dir or models.save_model(model, tokenizer, spec.output_dir / "model", spec, step)
+    sink.event("finished", step=step, trained_tokens=tokens, model_dir=model_dir)
+    return Result(step, tokens, model_dir)
+
+
+def _schedule(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then linear decay to zero."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _validation_batch(task: Task, spec: JobSpec, index: int) -> list[int]:
+    """The validation examples scored at an interval: the next batch, cycling through the file."""
+    start = (index * spec.batch_size) % task.validation_size
+    return [(start + k) % task.validation_size for k in range(min(spec.batch_size, task.validation_size))]
+
+
+def _evaluate(task: Task, model: PreTrainedModel, hardware: Hardware, indices: list[int]) -> Stats:
+    model.eval()
+    with torch.no_grad(), hardware.autocast():
+        return task.evaluate(model, indices)
+
+
+def _rounded(metrics: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 6) if isinstance(value, float) else value for key, value in metrics.items()}

@@ -1,0 +1,142 @@
+"""Base models: find their weights, load them for training, and save what training made."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ftserve.engine.hardware import Hardware
+from ftserve.engine.spec import JobSpec, LoraOptions, ModelSource
+
+MANIFEST = "ftserve_model.json"
+
+# Used when a base model has no chat template of its own.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelUnavailable(Exception):
+    """The base model's weights cannot be found or loaded."""
+
+
+def local_dir(source: ModelSource, cache_dir: Path) -> Path | str:
+    """A directory (or hub id) that `from_pretrained` loads quickly.
+
+    A GGUF file is dequantised once into `cache_dir/<id>` as safetensors: the first load takes
+    tens of seconds, every later one a fraction of a second.
+    """
+    if source.package is not None:
+        # Found without importing it: such packages' own code may need things we don't install.
+        found = importlib.util.find_spec(source.package)
+        if found is None or not found.submodule_search_locations:
+            raise ModelUnavailable(
+                f"model {source.id} ships in the Python package {source.package!r}, which is not installed"
+            )
+        root = Path(next(iter(found.submodule_search_locations)))
+    elif source.path is not None:
+        root = source.path
+        if not root.is_dir():
+            raise ModelUnavailable(f"model {source.id}: {root} is not a directory")
+    elif source.hub is not None:
+        return source.hub
+    else:
+        raise ModelUnavailable(f"model {source.id} names no path, hub id or package")
+    if source.gguf_file is None:
+        return root
+    return _dequantised(source, root, cache_dir)
+
+
+def _dequantised(source: ModelSource, root: Path, cache_dir: Path) -> Path:
+    target = cache_dir / source.id
+    if (target / "config.json").exists():
+        return target
+    if not (root / source.gguf_file).exists():  # type: ignore[operator]  # gguf_file is set here
+        raise ModelUnavailable(f"model {source.id}: {root / str(source.gguf_file)} does not exist")
+    tokenizer = AutoTokenizer.from_pretrained(root, gguf_file=source.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(root, gguf_file=source.gguf_file, dtype=torch.float32)
+    _forget_quantization(model)
+    # Write beside the target and rename, so a crash or a second engine never sees half a model.
+    staging = cache_dir / f".{source.id}.{uuid.uuid4().hex}"
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(target)
+    except OSError:  # another engine got there first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _forget_quantization(model: PreTrainedModel) -> None:
+    # The GGUF loader dequantises to float but leaves a quantization config behind, which makes
+    # transformers refuse to save and confuses PEFT; the weights are plain floats now.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+
+
+def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_for_training(path: Path | str, spec: JobSpec, hardware: Hardware) -> PreTrainedModel:
+    """The base model, ready to train: LoRA adapters on a frozen base, or every weight trainable.
+
+    Under LoRA the frozen base is stored in the compute dtype (bf16 where supported), which saves
+    autocast a cast per matmul per step; trainable weights always stay fp32.
+    """
+    frozen_dtype = hardware.dtype if spec.training_type == "lora" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=frozen_dtype, attn_implementation=hardware.attention)
+    model.config.use_cache = False
+    if spec.training_type == "lora":
+        model = with_lora(model, spec.lora)
+    return model.to(hardware.device)
+
+
+def with_lora(model: PreTrainedModel, options: LoraOptions) -> PreTrainedModel:
+    from peft import LoraConfig, get_peft_model
+
+    targets = options.target_modules if isinstance(options.target_modules, str) else list(options.target_modules)
+    config = LoraConfig(
+        r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
+        target_modules=targets, task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    for parameter in peft_model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+    return peft_model
+
+
+def trainable(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path, spec: JobSpec, step: int) -> Path:
+    """Write a usable model: a PEFT adapter (LoRA) or a full checkpoint, with a manifest naming its base."""
+    staging = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    manifest: dict[str, Any] = {
+        "base_model": spec.model.id, "training_type": spec.training_type, "method": spec.method,
+        "step": step, "job_id": spec.job_id,
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    shutil.rmtree(directory, ignore_errors=True)
+    staging.rename(directory)
+    return directory

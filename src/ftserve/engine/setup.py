@@ -1,0 +1,64 @@
+"""The first part of every recipe: hardware, tokenizer and examples, checked before any weights load."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from transformers import PreTrainedTokenizerBase
+
+from ftserve.engine import models
+from ftserve.engine.data import DataError, Encoder, read_jsonl
+from ftserve.engine.hardware import Hardware, detect
+from ftserve.engine.sink import Sink
+from ftserve.engine.spec import JobSpec
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    hardware: Hardware
+    model_path: Path | str
+    tokenizer: PreTrainedTokenizerBase
+    encoder: Encoder
+
+
+def prepare(spec: JobSpec, sink: Sink) -> Prepared:
+    hardware = detect(spec.device)
+    sink.event("message", text=f"Loading {spec.model.id}")
+    path = models.local_dir(spec.model, spec.cache_dir)
+    tokenizer = models.load_tokenizer(path)
+    return Prepared(hardware, path, tokenizer, Encoder(tokenizer, spec.max_seq_length))
+
+
+def encode_file(path: Path, encode: Callable[[dict], T], trained: Callable[[T], int], label: str,
+                max_length: int, sink: Sink) -> list[T]:
+    """Every example of a file, encoded; examples left with no trained token are skipped and counted.
+
+    A file where nothing at all is left to train fails here, before any weights load.
+    """
+    items, skipped = [], []
+    for line, example in read_jsonl(path):
+        try:
+            item = encode(example)
+        except (DataError, KeyError, TypeError, json.JSONDecodeError) as error:
+            raise DataError(f"{label}, line {line}: {error}") from error
+        if trained(item):
+            items.append(item)
+        else:
+            skipped.append(line)
+    if skipped:
+        sink.event(
+            "message", level="warn",
+            text=f"{label}: skipped {len(skipped)} example(s) with no assistant tokens to train within "
+            f"max_seq_length={max_length} (lines {', '.join(map(str, skipped[:10]))}{'…' if len(skipped) > 10 else ''})",
+        )
+    if not items:
+        raise DataError(
+            f"{label}: no example has assistant tokens to train on (every assistant message has weight 0 "
+            f"or lies beyond max_seq_length={max_length})"
+        )
+    return items

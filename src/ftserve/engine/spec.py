@@ -1,0 +1,62 @@
+"""The job spec the worker hands the engine: every choice already made, nothing left to look up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Method = Literal["supervised", "dpo"]
+TrainingType = Literal["lora", "full"]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSource(Frozen):
+    """Where a base model's weights come from; exactly one of `path`, `hub` or `package` is set.
+
+    `gguf_file` names a GGUF file inside the directory (or package); it is dequantised once into
+    a plain safetensors copy under the engine's cache dir.
+    """
+
+    id: str
+    path: Path | None = None
+    hub: str | None = None
+    revision: str | None = None
+    package: str | None = None
+    gguf_file: str | None = None
+
+
+class LoraOptions(Frozen):
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | Literal["all-linear"] = "all-linear"
+
+
+class JobSpec(Frozen):
+    job_id: str
+    method: Method
+    model: ModelSource
+    training_file: Path
+    validation_file: Path | None = None
+    output_dir: Path
+    cache_dir: Path
+
+    n_epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    beta: float = Field(0.1, gt=0)
+    seed: int = 0
+
+    training_type: TrainingType = "lora"
+    lora: LoraOptions = LoraOptions()
+    max_seq_length: int = Field(2048, ge=16)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    eval_interval: int | None = Field(None, ge=1)
+    checkpoint_interval: int | None = Field(None, ge=1)
+    keep_epoch_checkpoints: int = Field(3, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
