@@ -17,7 +17,9 @@ import sqlalchemy as sa
 import uvicorn
 
 from ftserve.api.app import create_app
+from ftserve.catalogue import load_catalogue
 from ftserve.config import Settings
+from ftserve.engine.spec import ModelSource
 from ftserve.services.runtime import Runtime, build
 
 
@@ -61,8 +63,13 @@ def database_url(databases: Databases) -> str | None:
     return databases.new()
 
 
+# Base models converted from GGUF are cached here once and shared by every test and run.
+MODEL_CACHE = Path(os.environ.get("FTSERVE_TEST_MODEL_CACHE", Path(__file__).parent.parent / ".cache" / "models")).resolve()
+
+
 def settings_for(data_dir: Path, database_url: str | None, **overrides: object) -> Settings:
     values: dict[str, object] = {"data_dir": data_dir, "database_url": database_url, "trainer": "fake",
+                                 "models_dir": MODEL_CACHE,
                                  "fake_step_seconds": 0.02, "worker_poll_seconds": 0.1, "lease_seconds": 3.0}
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -120,3 +127,20 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Ite
     server.should_exit = True
     thread.join(timeout=30)
     live.runtime.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def default_model() -> ModelSource:
+    """The default base model, as the engine's spec names it."""
+    base = load_catalogue()["SmolLM2-135M-Instruct"]
+    return ModelSource(id=base.id, package=base.package, gguf_file=base.gguf_file)
+
+
+@pytest.fixture(scope="session")
+def default_model_dir(default_model: ModelSource) -> Path:
+    """The default model as safetensors (converted from its GGUF file on first use)."""
+    from ftserve.engine.models import local_dir
+
+    path = local_dir(default_model, MODEL_CACHE)
+    assert isinstance(path, Path)
+    return path

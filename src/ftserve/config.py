@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-TrainerName = Literal["fake"]
+TrainerName = Literal["local", "fake"]
 
 DEFAULT_PROJECT = "default"
 
@@ -29,7 +29,18 @@ class Settings(BaseSettings):
         description="API keys mapped to projects, written `key=project,key2=project2` "
         "(a key without `=project` belongs to the `default` project). Unset: the server is open.",
     )
-    trainer: TrainerName | None = Field(None, description="Which trainer runs jobs: `fake`.")
+    trainer: TrainerName | None = Field(
+        "local",
+        description="Which trainer runs jobs: `local` (the training engine, in a child process per job) "
+        "or `fake` (instant, deterministic, trains nothing; for trying the API).",
+    )
+    catalogue_file: Path | None = Field(
+        None, description="A JSON file of extra base models (local directories or hub ids) beside the built-in ones."
+    )
+    models_dir: Path | None = Field(
+        None, description="Where base models converted from GGUF are cached as safetensors. Unset: `models` in the data dir."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the local engine trains: CUDA when present.")
 
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for work.")
     lease_seconds: float = Field(30.0, gt=0, description="A worker that misses its heartbeat this long loses its job.")
@@ -48,6 +59,10 @@ class Settings(BaseSettings):
             key, _, project = item.partition("=")
             keys[key.strip()] = project.strip() or DEFAULT_PROJECT
         return keys
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.data_dir / "models").resolve()
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,21 +1,69 @@
-"""The catalogue of base models, kept as data in `base_models.json`."""
+"""The catalogue of base models, kept as data: `base_models.json`, plus an optional file of the user's own.
+
+An entry names where the weights come from with exactly one of:
+- `package` (+ `gguf_file`): a Python package that ships the model file, found without importing it;
+- `path` (+ optional `gguf_file`): a local Hugging Face model directory;
+- `hub` (+ optional `revision`): a Hugging Face hub id, for machines that can reach the hub.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel as Record
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 
-@dataclass(frozen=True)
-class BaseModel:
-    id: str
-    created: int
-    owned_by: str
-    learning_rate: float
+class BaseModel(Record):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(min_length=1)
+    created: int = 0
+    owned_by: str = "user"
+    learning_rate: float = Field(1e-4, gt=0)
     """Learning rate that `learning_rate_multiplier` scales."""
+    package: str | None = None
+    path: Path | None = None
+    hub: str | None = None
+    revision: str | None = None
+    gguf_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BaseModel:
+        named = [key for key in ("package", "path", "hub") if getattr(self, key) is not None]
+        if len(named) != 1:
+            raise ValueError(f"set exactly one of package, path or hub (got {', '.join(named) or 'none'})")
+        return self
 
 
-def load_catalogue() -> dict[str, BaseModel]:
+class CatalogueError(Exception):
+    """The user's catalogue file cannot be read."""
+
+
+def load_catalogue(extra: Path | None = None) -> dict[str, BaseModel]:
+    """The built-in models, then the entries of `extra` (which may replace a built-in by id)."""
     text = resources.files(__package__).joinpath("base_models.json").read_text(encoding="utf-8")
-    return {entry["id"]: BaseModel(**entry) for entry in json.loads(text)}
+    models = _entries(text, "the built-in catalogue")
+    if extra is not None:
+        try:
+            models.update(_entries(extra.read_text(encoding="utf-8"), str(extra)))
+        except OSError as error:
+            raise CatalogueError(f"cannot read the catalogue file {extra}: {error.strerror}") from error
+    return models
+
+
+def _entries(text: str, origin: str) -> dict[str, BaseModel]:
+    try:
+        raw = json.loads(text)
+        if not isinstance(raw, list):
+            raise CatalogueError(f"{origin}: expected a JSON list of models")
+        entries = [BaseModel.model_validate(entry) for entry in raw]
+    except json.JSONDecodeError as error:
+        raise CatalogueError(f"{origin}: not JSON ({error})") from error
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise CatalogueError(f"{origin}: entry {where}: {first['msg']}") from error
+    return {entry.id: entry for entry in entries}

@@ -83,11 +83,18 @@ class FtserveJobOptions(Request):
     training_type: Literal["lora", "full"] = "lora"
     lora_rank: int = Field(16, ge=1, le=1024)
     lora_alpha: float = Field(32, gt=0)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    # No dropout by default: on short fine-tunes it barely regularises, and it costs a third of a CPU step.
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
     max_seq_length: int = Field(2048, ge=16, le=1_048_576)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    eval_interval: int | None = Field(None, ge=1, description="Steps between validation batches; unset: every step.")
-    checkpoint_interval: int | None = Field(None, ge=1, description="Steps between checkpoints; unset: every epoch.")
+    eval_interval: int | None = Field(
+        None, ge=1, description="Steps between validation batches; unset: about 50 per run, and at every epoch end."
+    )
+    checkpoint_interval: int | None = Field(
+        None, ge=1,
+        description="Steps between resumable saves; unset: about 10 per run, and at every epoch end. "
+        "Checkpoints usable as models are kept for the last 3 epochs, as at OpenAI.",
+    )
 
 
 class CreateFineTuningJobRequest(Request):

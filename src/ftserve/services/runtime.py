@@ -31,7 +31,7 @@ def build(settings: Settings) -> Runtime:
     engine = create_engine(settings.resolved_database_url)
     migrate(engine)
     blobs = LocalBlobStore(settings.data_dir / "blobs")
-    catalogue = load_catalogue()
+    catalogue = load_catalogue(settings.catalogue_file)
     files = FileService(engine, blobs)
     return Runtime(
         settings=settings,

@@ -1,0 +1,180 @@
+"""The local trainer: each job runs in its own engine process, `python -m ftserve.engine`.
+
+A child process keeps the service apart from torch: a crash or an out-of-memory kill takes the
+job down, not the worker; cancel and pause are a line on the child's stdin; and whatever memory
+training took is returned when the child exits. The engine resumes on its own from the last
+state it saved in the job's output dir, so a requeued job continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import subprocess
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+from typing import IO, Any
+
+from ftserve.catalogue import BaseModel
+from ftserve.domain.errors import TrainingFailed
+from ftserve.engine.spec import JobSpec, LoraOptions, ModelSource
+from ftserve.providers.base import Reporter, StopReason, TrainingOutcome, TrainingRequest
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.2
+# How long a child that was asked to cancel may take to stop before it is killed.
+CANCEL_GRACE_SECONDS = 30.0
+LOG_TAIL_LINES = 20
+
+
+class LocalTrainer:
+    def __init__(self, catalogue: dict[str, BaseModel], cache_dir: Path, device: str = "auto",
+                 python: str = sys.executable):
+        self.catalogue = catalogue
+        self.cache_dir = cache_dir
+        self.device = device
+        self.python = python
+
+    def spec_for(self, request: TrainingRequest) -> JobSpec:
+        if request.method not in ("supervised", "dpo"):
+            raise TrainingFailed(
+                f"The local engine trains supervised and dpo jobs; {request.method} jobs need a hosted provider."
+            )
+        base = self.catalogue.get(request.model)
+        if base is None:
+            raise TrainingFailed(
+                f"The local engine starts from catalogue models only; {request.model} is not one of "
+                f"{', '.join(sorted(self.catalogue))}."
+            )
+        hp, options = request.hyperparameters, request.options
+        return JobSpec(
+            job_id=request.job_id, method=request.method,
+            model=ModelSource(
+                id=base.id, path=base.path, hub=base.hub, revision=base.revision,
+                package=base.package, gguf_file=base.gguf_file,
+            ),
+            training_file=request.training_file, validation_file=request.validation_file,
+            output_dir=request.output_dir, cache_dir=self.cache_dir,
+            n_epochs=int(hp["n_epochs"]), batch_size=int(hp["batch_size"]),
+            learning_rate=base.learning_rate * float(hp.get("learning_rate_multiplier", 1.0)),
+            beta=float(hp.get("beta", 0.1)), seed=request.seed,
+            training_type=options.get("training_type", "lora"),
+            lora=LoraOptions(
+                rank=options.get("lora_rank", 16), alpha=options.get("lora_alpha", 32.0),
+                dropout=options.get("lora_dropout", 0.0),
+            ),
+            max_seq_length=options.get("max_seq_length", 2048),
+            warmup_ratio=options.get("warmup_ratio", 0.03),
+            eval_interval=options.get("eval_interval"),
+            checkpoint_interval=options.get("checkpoint_interval"),
+            device=self.device,  # type: ignore[arg-type]  # Settings.device has the same literal
+        )
+
+    def train(self, request: TrainingRequest, reporter: Reporter) -> TrainingOutcome:
+        spec = self.spec_for(request)
+        request.output_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = request.output_dir / "spec.json"
+        spec_path.write_text(spec.model_dump_json(indent=2))
+        log_path = request.output_dir / "engine.log"
+        with log_path.open("ab") as log_file:
+            child = subprocess.Popen(
+                [self.python, "-m", "ftserve.engine", str(spec_path)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1,
+            )
+            return _Session(child, reporter, log_path).run()
+
+
+class _Session:
+    """One engine child: its events become reporter calls; the reporter's stop requests become commands."""
+
+    def __init__(self, child: subprocess.Popen[str], reporter: Reporter, log_path: Path):
+        self.child = child
+        self.reporter = reporter
+        self.log_path = log_path
+        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.sent: StopReason | None = None
+        self.cancel_deadline: float | None = None
+        threading.Thread(target=self._read, args=(child.stdout,), daemon=True).start()
+
+    def run(self) -> TrainingOutcome:
+        try:
+            while True:
+                try:
+                    event = self.events.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    event = {}
+                if event is None:  # the child closed stdout: it is exiting
+                    break
+                outcome = self._handle(event) if event else None
+                if outcome is not None:
+                    return outcome
+                lost = self._relay_stop()
+                if lost is not None:
+                    return lost
+        finally:
+            self._reap()
+        raise TrainingFailed(f"The training engine exited with status {self.child.returncode}. {self._log_tail()}")
+
+    def _handle(self, event: dict[str, Any]) -> TrainingOutcome | None:
+        kind = event.get("event")
+        if kind == "metrics":
+            self.reporter.metrics(event["step"], event["total_steps"], event["metrics"])
+        elif kind == "checkpoint":
+            self.reporter.checkpoint(event["step"], event["metrics"], Path(event["path"]))
+        elif kind == "message":
+            self.reporter.message(event["text"], event.get("level", "info"))
+        elif kind == "finished":
+            return TrainingOutcome(None, event["trained_tokens"], Path(event["model_dir"]), event["step"])
+        elif kind == "stopped":
+            return TrainingOutcome(event["reason"], event["trained_tokens"], None, event["step"])
+        elif kind == "failed":
+            raise TrainingFailed(event["message"])
+        return None
+
+    def _relay_stop(self) -> TrainingOutcome | None:
+        stop = self.reporter.should_stop()
+        if stop == "lost":  # another worker owns the job now: stop writing at once
+            self.child.kill()
+            return TrainingOutcome("lost")
+        if stop is not None and self.sent is None:
+            self._command(stop)
+            self.sent = stop
+        return None
+
+    def _command(self, word: str) -> None:
+        try:
+            assert self.child.stdin is not None
+            self.child.stdin.write(word + "\n")
+            self.child.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the child is already gone; its exit is handled by run()
+
+    def _reap(self) -> None:
+        if self.child.poll() is None:
+            try:
+                self.child.wait(CANCEL_GRACE_SECONDS if self.sent == "cancel" else 5.0)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+                self.child.wait()
+        if self.child.stdin:
+            self.child.stdin.close()
+
+    def _read(self, stream: IO[str] | None) -> None:
+        assert stream is not None
+        for line in stream:
+            try:
+                self.events.put(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("engine wrote a line that is not an event: %s", line.rstrip())
+        self.events.put(None)
+
+    def _log_tail(self) -> str:
+        try:
+            lines = deque(self.log_path.read_text(errors="replace").splitlines(), maxlen=LOG_TAIL_LINES)
+        except OSError:
+            return ""
+        return "Last lines of its log:\n" + "\n".join(lines) if lines else ""
