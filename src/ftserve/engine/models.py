@@ -102,6 +102,7 @@ def load_for_training(path: Path | str, spec: JobSpec, hardware: Hardware) -> Pr
     frozen_dtype = hardware.dtype if spec.training_type == "lora" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=frozen_dtype, attn_implementation=hardware.attention)
     model.config.use_cache = False
+    torch.manual_seed(spec.seed)  # LoRA's initial A matrices are random
     if spec.training_type == "lora":
         model = with_lora(model, spec.lora)
     return model.to(hardware.device)

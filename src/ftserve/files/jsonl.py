@@ -56,6 +56,7 @@ class JsonlValidator:
         self._partial = bytearray()
         self._lines = 0
         self._examples = 0
+        self._trainable = 0
         self._format: DatasetFormat | None = None
         self._first_example_line = 0
 
@@ -84,6 +85,10 @@ class JsonlValidator:
             self._check_line(line)
         if self._format is None:
             raise InvalidFileFormat("the file has no examples")
+        if self._format == "chat" and not self._trainable:
+            raise InvalidFileFormat(
+                "no example has an assistant message to train on: every assistant message has weight 0"
+            )
         return DatasetSummary(format=self._format, examples=self._examples)
 
     def _check_line(self, raw: bytes) -> None:
@@ -96,7 +101,8 @@ class JsonlValidator:
             line = line[len(_BOM) :]
         if not line or line.isspace():
             return
-        kind = validate_example(_parse(line, number), number, file_format=self._format)
+        example = _parse(line, number)
+        kind = validate_example(example, number, file_format=self._format)
         if self._format is None:
             self._format, self._first_example_line = kind, number
         elif kind != self._format:
@@ -106,9 +112,17 @@ class JsonlValidator:
                 line=number,
             )
         self._examples += 1
+        if kind != "chat" or _trains_something(example):
+            self._trainable += 1
 
     def _too_long(self, line: int) -> InvalidFileFormat:
         return InvalidFileFormat(f"line is longer than {self._max_line_bytes} bytes", line=line)
+
+
+def _trains_something(example: object) -> bool:
+    """A chat example trains its assistant messages, except those with weight 0."""
+    messages = example.get("messages", []) if isinstance(example, dict) else []
+    return any(m.get("role") == "assistant" and m.get("weight", 1) != 0 for m in messages if isinstance(m, dict))
 
 
 def validate_example(obj: object, line: int, *, file_format: DatasetFormat | None = None) -> DatasetFormat:

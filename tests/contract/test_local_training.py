@@ -1,0 +1,105 @@
+"""Real fine-tuning through the official SDK: a live server whose worker runs the local engine on the
+default model, SmolLM2-135M-Instruct. What a user sees: falling losses in the events, the last three
+epochs as checkpoints, the `step_metrics.csv` result file and an `ft:` model."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from openai import OpenAI
+
+from tests.conftest import Databases, LiveServer, settings_for, start_server
+from tests.helpers import upload, wait_for
+from tests.tasks import chat_examples, jsonl, preference_examples
+
+TRAINING_TIMEOUT = 900
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory: pytest.TempPathFactory, databases: Databases, default_model_dir: Path) -> Iterator[LiveServer]:
+    settings = settings_for(tmp_path_factory.mktemp("local"), databases.new(), trainer="local", lease_seconds=10.0)
+    live, server, thread = start_server(settings)
+    yield live
+    server.should_exit = True
+    thread.join(timeout=60)
+    live.runtime.engine.dispose()
+
+
+@pytest.fixture
+def client(trainer: LiveServer) -> OpenAI:
+    return OpenAI(base_url=trainer.base_url, api_key="unused", max_retries=0)
+
+
+def losses(client: OpenAI, job_id: str) -> list[tuple[int, float]]:
+    events = client.fine_tuning.jobs.list_events(job_id, limit=1000).data
+    return sorted((e.data["step"], e.data["train_loss"]) for e in events if e.type == "metrics")  # type: ignore[index]
+
+
+def test_a_supervised_job_fine_tunes_the_default_model(client: OpenAI) -> None:
+    training = upload(client, jsonl(chat_examples(24)))
+    validation = upload(client, jsonl(chat_examples(8, offset=1000)), name="valid.jsonl")
+    job = client.fine_tuning.jobs.create(
+        model="SmolLM2-135M-Instruct", training_file=training, validation_file=validation, suffix="items", seed=3,
+        method={"type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 5,
+        }}},
+    )
+    job = wait_for(client, job.id, timeout=TRAINING_TIMEOUT)
+    assert job.status == "succeeded", job.error
+
+    steps = losses(client, job.id)
+    assert [s for s, _ in steps] == list(range(1, 19))
+    assert steps[-1][1] < steps[0][1] / 3
+
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert sorted(c.step_number for c in checkpoints) == [6, 12, 18]
+    for checkpoint in checkpoints:
+        assert checkpoint.fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-{checkpoint.step_number}"
+        assert checkpoint.metrics.full_valid_loss is not None
+    assert job.trained_tokens and job.trained_tokens > 0
+    assert job.fine_tuned_model and job.fine_tuned_model.startswith("ft:SmolLM2-135M-Instruct:")
+    assert client.models.retrieve(job.fine_tuned_model).owned_by
+
+    assert len(job.result_files) == 1
+    result = client.files.retrieve(job.result_files[0])
+    assert result.purpose == "fine-tune-results" and result.filename == "step_metrics.csv"
+    rows = list(csv.DictReader(io.StringIO(base64.b64decode(client.files.content(result.id).read()).decode())))
+    assert [int(r["step"]) for r in rows] == list(range(1, 19))
+    assert float(rows[-1]["train_loss"]) == pytest.approx(steps[-1][1], abs=1e-4)
+
+
+def test_a_dpo_job_fine_tunes_on_preferences(client: OpenAI) -> None:
+    training = upload(client, jsonl(preference_examples(12)), name="prefs.jsonl")
+    job = client.fine_tuning.jobs.create(
+        model="SmolLM2-135M-Instruct", training_file=training,
+        method={"type": "dpo", "dpo": {"hyperparameters": {
+            "n_epochs": 3, "batch_size": 4, "beta": 0.1, "learning_rate_multiplier": 2.5,
+        }}},
+    )
+    job = wait_for(client, job.id, timeout=TRAINING_TIMEOUT)
+    assert job.status == "succeeded", job.error
+    steps = losses(client, job.id)
+    assert len(steps) == 9
+    assert steps[0][1] == pytest.approx(0.693, abs=0.01)  # the policy starts as the reference
+    assert steps[-1][1] < 0.4
+    assert len(client.fine_tuning.jobs.checkpoints.list(job.id).data) == 3
+    assert job.fine_tuned_model and client.models.retrieve(job.fine_tuned_model)
+
+
+def test_a_reinforcement_job_fails_with_a_message_naming_the_limit(client: OpenAI) -> None:
+    training = upload(client, jsonl(chat_examples(4)))
+    job = client.fine_tuning.jobs.create(
+        model="SmolLM2-135M-Instruct", training_file=training,
+        method={"type": "reinforcement", "reinforcement": {
+            "grader": {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+                       "reference": "{{item.answer}}", "operation": "eq"},
+        }},
+    )
+    job = wait_for(client, job.id, timeout=120)
+    assert job.status == "failed"
+    assert job.error and "supervised and dpo" in job.error.message

@@ -1,0 +1,120 @@
+"""The engine trains the real default model, in-process, on tiny datasets: reproducible losses, exact resume
+after a pause, the last three epochs kept as checkpoints, DPO against the frozen base, full fine-tuning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ftserve.engine import dpo, sft
+from ftserve.engine.sink import MemorySink
+from ftserve.engine.spec import JobSpec, ModelSource
+from tests.conftest import MODEL_CACHE
+from tests.tasks import chat_examples, jsonl, preference_examples
+
+pytestmark = pytest.mark.engine
+
+
+def spec(tmp: Path, model: ModelSource, name: str, *, examples: bytes, **overrides: object) -> JobSpec:
+    data = tmp / f"{name}.jsonl"
+    data.write_bytes(examples)
+    values: dict[str, object] = dict(
+        job_id=f"ftjob-{name}", method="supervised", model=model, training_file=data,
+        output_dir=tmp / name, cache_dir=MODEL_CACHE,
+        n_epochs=4, batch_size=4, learning_rate=1e-3, seed=7,
+    )
+    values.update(overrides)
+    return JobSpec(**values)  # type: ignore[arg-type]
+
+
+def losses(sink: MemorySink) -> dict[int, float]:
+    return {e["step"]: e["metrics"]["train_loss"] for e in sink.of("metrics")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, default_model: ModelSource,
+                  default_model_dir: Path) -> tuple[JobSpec, MemorySink]:
+    job = spec(tmp_path_factory.mktemp("runs"), default_model, "whole", examples=jsonl(chat_examples(8)))
+    sink = MemorySink()
+    sft.run(job, sink)
+    return job, sink
+
+
+def test_a_run_trains_keeps_the_last_three_epochs_and_reports_its_tokens(uninterrupted: tuple[JobSpec, MemorySink]) -> None:
+    job, sink = uninterrupted
+    steps = losses(sink)
+    assert list(steps) == list(range(1, 9))
+    assert steps[8] < steps[1] / 2
+    checkpoints = sink.of("checkpoint")
+    assert [c["step"] for c in checkpoints] == [4, 6, 8]  # epochs 2, 3 and 4 of 4
+    for checkpoint in checkpoints:
+        assert (Path(checkpoint["path"]) / "adapter_model.safetensors").exists()
+        assert checkpoint["metrics"]["train_loss"] == steps[checkpoint["step"]]
+    finished = sink.of("finished")[0]
+    assert finished["model_dir"] == checkpoints[-1]["path"]
+    assert finished["trained_tokens"] > 0 and finished["trained_tokens"] % 4 == 0  # four epochs of the same tokens
+
+
+def test_the_same_seed_gives_the_same_losses(tmp_path: Path, default_model: ModelSource,
+                                             uninterrupted: tuple[JobSpec, MemorySink]) -> None:
+    _, first = uninterrupted
+    again = MemorySink(stop_after_step=3, stop="cancel")
+    sft.run(spec(tmp_path, default_model, "again", examples=jsonl(chat_examples(8))), again)
+    assert list(losses(again).values()) == [losses(first)[s] for s in (1, 2, 3)]
+    assert again.of("stopped")[0]["reason"] == "cancel"
+    other = MemorySink(stop_after_step=2, stop="cancel")
+    sft.run(spec(tmp_path, default_model, "other", examples=jsonl(chat_examples(8)), seed=8), other)
+    assert losses(other)[2] != losses(first)[2]
+
+
+def test_pause_then_resume_continues_exactly_where_it_stopped(tmp_path: Path, default_model: ModelSource,
+                                                               uninterrupted: tuple[JobSpec, MemorySink]) -> None:
+    _, whole = uninterrupted
+    job = spec(tmp_path, default_model, "paused", examples=jsonl(chat_examples(8)))
+    paused = MemorySink(stop_after_step=3)
+    sft.run(job, paused)
+    assert paused.of("stopped")[0] == {"event": "stopped", "reason": "pause", "step": 3,
+                                       "trained_tokens": paused.of("stopped")[0]["trained_tokens"]}
+    resumed = MemorySink()
+    sft.run(job, resumed)
+    assert "Resuming from step 3" in [m["text"] for m in resumed.of("message")]
+    assert list(losses(resumed)) == list(range(4, 9))
+    for step, loss in losses(resumed).items():
+        assert loss == pytest.approx(losses(whole)[step], abs=1e-4)
+    assert resumed.of("finished")[0]["trained_tokens"] == whole.of("finished")[0]["trained_tokens"]
+
+
+def test_dpo_learns_the_preference_against_the_frozen_base(tmp_path: Path, default_model: ModelSource,
+                                                          default_model_dir: Path) -> None:
+    job = spec(tmp_path, default_model, "dpo", method="dpo", examples=jsonl(preference_examples(12)),
+               n_epochs=3, beta=0.1, learning_rate=5e-4)
+    valid = tmp_path / "dpo-valid.jsonl"
+    valid.write_bytes(jsonl(preference_examples(8, offset=500)))
+    job = job.model_copy(update={"validation_file": valid})
+    sink = MemorySink()
+    dpo.run(job, sink)
+    metrics = [e["metrics"] for e in sink.of("metrics")]
+    # Before the first update the policy is the reference: the loss is log 2.
+    assert metrics[0]["train_loss"] == pytest.approx(0.6931, abs=0.01)
+    assert metrics[-1]["train_loss"] < 0.3
+    assert metrics[-1]["full_valid_loss"] < 0.3 and metrics[-1]["full_valid_mean_token_accuracy"] == 1.0
+    assert len(sink.of("checkpoint")) == 3
+
+
+def test_full_fine_tuning_trains_every_weight_and_saves_a_whole_model(tmp_path: Path, default_model: ModelSource,
+                                                                      default_model_dir: Path) -> None:
+    job = spec(tmp_path, default_model, "full", examples=jsonl(chat_examples(8)), training_type="full",
+               n_epochs=2, learning_rate=5e-5)
+    sink = MemorySink()
+    sft.run(job, sink)
+    steps = losses(sink)
+    assert steps[4] < steps[1]
+    model_dir = Path(sink.of("finished")[0]["model_dir"])
+    assert not (model_dir / "adapter_model.safetensors").exists()
+    trained = load_file(model_dir / "model.safetensors")
+    base = load_file(default_model_dir / "model.safetensors")
+    changed = [name for name in base if name in trained and not torch.equal(base[name], trained[name])]
+    assert len(changed) > len(base) // 2
