@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ def make_examples(count: int, seed: int) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     examples = []
     for _ in range(count):
-        # From a handful of words to about 70: sequences of roughly 50 to 200 tokens, so how
+        # From a handful of words to about 70: sequences of roughly 60 to 250 tokens, so how
         # batches are formed (and how much they pad) matters.
         items = [rng.choice(WORDS) for _ in range(rng.randint(2, 70))]
         prompt = rng.choice(PROMPTS).format(items=", ".join(items))
@@ -96,6 +96,8 @@ class Report:
     run: str
     trained_tokens: int = 0
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0
+    """CPU time the process used while training, all its threads together."""
     heldout_loss: float = 0.0
     peak_rss_mib: float = 0.0
     peak_gpu_mib: float | None = None
@@ -106,6 +108,11 @@ class Report:
     @property
     def tokens_per_second(self) -> float:
         return self.trained_tokens / self.train_seconds if self.train_seconds else 0.0
+
+    @property
+    def cores_busy(self) -> float:
+        """Below the core count, something else took CPU time from this run: its timing is suspect."""
+        return self.train_cpu_seconds / self.train_seconds if self.train_seconds else 0.0
 
 
 def peak_memory(report: Report) -> None:
@@ -160,6 +167,7 @@ def heldout_loss(adapter_dir: Path | None, base_dir: Path, sequences: list[Any],
 
 def run_engine(args: argparse.Namespace, work: Path, base_dir: Path, report: Report) -> Path:
     import torch
+
     from ftserve.engine import sft
     from ftserve.engine.sink import MemorySink
     from ftserve.engine.spec import JobSpec, LoraOptions
@@ -168,7 +176,7 @@ def run_engine(args: argparse.Namespace, work: Path, base_dir: Path, report: Rep
         """Stamps every event, so training is timed from `started` to `finished` (loading and tokenizing excluded)."""
 
         def event(self, kind: str, **data: Any) -> None:
-            super().event(kind, at=time.perf_counter(), **data)
+            super().event(kind, at=time.perf_counter(), cpu=time.process_time(), **data)
             if kind == "metrics" and (data["step"] % max(1, data["total_steps"] // 10) == 0):
                 print(f"engine: step {data['step']}/{data['total_steps']}, loss {data['metrics']['train_loss']:.3f}, "
                       f"{data['tokens_per_second']} tokens/s", file=sys.stderr, flush=True)
@@ -189,6 +197,7 @@ def run_engine(args: argparse.Namespace, work: Path, base_dir: Path, report: Rep
     started, finished = sink.of("started")[0], sink.of("finished")[0]
     report.trained_tokens = finished["trained_tokens"]
     report.train_seconds = finished["at"] - started["at"]
+    report.train_cpu_seconds = finished["cpu"] - started["cpu"]
     report.self_reported_tokens_per_second = sink.of("metrics")[-1]["tokens_per_second"]
     report.base_parameters = base_parameters(base_dir)
     peak_memory(report)
@@ -208,11 +217,18 @@ def run_trl(args: argparse.Namespace, work: Path, base_dir: Path, report: Report
     class Timer(TrainerCallback):
         """Times the training loop alone: the data set is prepared and the model wrapped before it begins."""
 
-        def on_train_begin(self, *_: Any, **__: Any) -> None:
-            self.began = time.perf_counter()
+        def on_train_begin(self, *_: Any, model: Any = None, **__: Any) -> None:
+            # Described here, not earlier: `train()` itself switches checkpointing on.
+            base = model.get_base_model()
+            print(f"{report.run}: frozen weights {next(base.parameters()).dtype}, "
+                  f"{base.config._attn_implementation} attention, checkpointing {base.is_activation_checkpointing}, "
+                  f"optimizer {getattr(config.optim, 'value', config.optim)}", file=sys.stderr, flush=True)
+            self.began, self.began_cpu = time.perf_counter(), time.process_time()
 
         def on_train_end(self, *_: Any, **__: Any) -> None:
-            self.ended = time.perf_counter()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # the last step's kernels may still be running
+            self.ended, self.ended_cpu = time.perf_counter(), time.process_time()
 
     tokenizer = models.load_tokenizer(base_dir)
     train = encode(tokenizer, work / "train.jsonl", args.seq_len_max)
@@ -239,10 +255,12 @@ def run_trl(args: argparse.Namespace, work: Path, base_dir: Path, report: Report
         max_length=args.seq_len_max,
         bf16=True,
         use_cpu=args.device == "cpu",
-        gradient_checkpointing=checkpointing,
         report_to="none",
         save_strategy="no",
         eval_strategy="no",
+        # TRL turns gradient checkpointing on by default; transformers 5 names the switch
+        # `activation_checkpointing` (the old name still works, with a deprecation warning).
+        **({} if checkpointing else {"activation_checkpointing": False}),
     )
     lora = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
                       target_modules="all-linear", task_type="CAUSAL_LM")
@@ -257,6 +275,7 @@ def run_trl(args: argparse.Namespace, work: Path, base_dir: Path, report: Report
     trainer.train()
     report.trained_tokens = sum(map(len, train)) * args.epochs
     report.train_seconds = timer.ended - timer.began
+    report.train_cpu_seconds = timer.ended_cpu - timer.began_cpu
     report.base_parameters = base_parameters(base_dir)
     peak_memory(report)
     trainer.save_model(str(output / "adapter"))
@@ -289,8 +308,8 @@ def child(args: argparse.Namespace) -> None:
     gc.collect()
     tokenizer = models.load_tokenizer(base_dir)
     heldout = encode(tokenizer, work / "heldout.jsonl", args.seq_len_max)
-    device = "cuda" if resolved_device(args.device) == "cuda" else "cpu"
-    report.heldout_loss = heldout_loss(adapter, base_dir, heldout, tokenizer.pad_token_id, args.batch_size, device)
+    report.heldout_loss = heldout_loss(adapter, base_dir, heldout, tokenizer.pad_token_id, args.batch_size,
+                                       resolved_device(args.device))
     (work / f"{args.only}.json").write_text(json.dumps(asdict(report)))
 
 
@@ -318,8 +337,12 @@ def parent(args: argparse.Namespace, argv: list[str]) -> None:
     write_jsonl(work / "train.jsonl", examples[: args.examples])
     write_jsonl(work / "heldout.jsonl", examples[args.examples :])
     # Converted here once, so no child's timing or memory includes the GGUF conversion.
-    models.local_dir(model_source(), args.cache_dir)
+    base_dir = Path(models.local_dir(model_source(), args.cache_dir))
+    padding = padding_overhead(args, work, base_dir)
 
+    if os.getloadavg()[0] > 1:
+        print(f"warning: load average {os.getloadavg()[0]:.1f} before starting: if other work is running, it will "
+              "skew the timings (the 'CPU cores busy' column shows whether it did)", file=sys.stderr)
     reports: dict[str, Report] = {}
     try:
         for run in ["base", *RUNS]:
@@ -329,13 +352,37 @@ def parent(args: argparse.Namespace, argv: list[str]) -> None:
             # Children's chatter (progress bars, TRL's logs) goes to stderr; stdout is the report alone.
             subprocess.run(command, check=True, stdout=sys.stderr)
             reports[run] = Report(**json.loads((work / f"{run}.json").read_text()))
-        print(render(args, reports))
+        print(render(args, reports, padding))
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def render(args: argparse.Namespace, reports: dict[str, Report]) -> str:
+def padding_overhead(args: argparse.Namespace, work: Path, base_dir: Path) -> tuple[float, float]:
+    """Positions computed per real token: the engine's batches, and random batches like TRL's sampler draws.
+
+    The engine's order is reproduced exactly; TRL's is averaged over shuffles, which is what its
+    random sampler amounts to.
+    """
+    from ftserve.engine import models
+    from ftserve.engine.batching import epoch_batches
+
+    lengths = [len(s) for s in encode(models.load_tokenizer(base_dir), work / "train.jsonl", args.seq_len_max)]
+
+    def computed(batches: list[list[int]]) -> int:
+        return sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+
+    real = sum(lengths)
+    engine = sum(computed(epoch_batches(lengths, args.batch_size, args.seed, e)) for e in range(args.epochs))
+    rng, shuffles = random.Random(args.seed), 100
+    drawn = 0
+    for _ in range(shuffles):
+        order = rng.sample(range(len(lengths)), len(lengths))
+        drawn += computed([order[k : k + args.batch_size] for k in range(0, len(order), args.batch_size)])
+    return engine / (real * args.epochs), drawn / (real * shuffles)
+
+
+def render(args: argparse.Namespace, reports: dict[str, Report], padding: tuple[float, float]) -> str:
     import torch
 
     base = reports["base"].heldout_loss
@@ -343,8 +390,7 @@ def render(args: argparse.Namespace, reports: dict[str, Report]) -> str:
     cuda = args.device == "cuda"
     header = ["trainer", "trained tokens", "train s", "trained tokens/s", f"vs {BASELINE}",
               "held-out loss (base → trained)", "peak RSS MiB"]
-    if cuda:
-        header += ["peak GPU MiB", "MFU"]
+    header += ["peak GPU MiB", "MFU"] if cuda else ["CPU cores busy"]
     rows = [header, ["---"] * len(header)]
     for run, label in RUNS.items():
         r = reports[run]
@@ -355,26 +401,29 @@ def render(args: argparse.Namespace, reports: dict[str, Report]) -> str:
             # gradients; the frozen weights get no weight gradients.
             mfu = 4 * r.base_parameters * r.tokens_per_second / (args.peak_tflops * 1e12)
             row += [f"{r.peak_gpu_mib:.0f}", f"{mfu:.2%}"]
+        else:
+            row += [f"{r.cores_busy:.2f}"]
         rows.append(row)
-    rows.append(["base model (no training, reference)", "", "", "", "", f"{base:.3f}", f"{reports['base'].peak_rss_mib:.0f}"]
-                + (["", ""] if cuda else []))
+    reference = ["base model (no training, reference)", "", "", "", "", f"{base:.3f}", ""]
+    rows.append(reference + [""] * (len(header) - len(reference)))
     table = "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
-    engine = reports["engine"]
     lines = [
-        f"Supervised LoRA throughput, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"Supervised LoRA throughput, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
         f"- Machine: {machine()}",
         f"- Versions: Python {platform.python_version()}, " + ", ".join(
             f"{name} {metadata.version(name)}" for name in ("torch", "transformers", "peft", "trl")),
         f"- CUDA: {torch.cuda.get_device_name(0) if cuda else 'no'}"
-        + (f" (MFU against {args.peak_tflops:g} TFLOPS bf16 peak)" if cuda else ""),
+        + (f" (MFU against {args.peak_tflops:g} TFLOPS dense bf16 peak)" if cuda else ""),
         f"- Job: {MODEL_ID}, {args.examples} training / {args.heldout} held-out examples, {args.epochs} epoch(s), "
         f"batch size {args.batch_size}, learning rate {args.lr:g}, linear schedule with warm-up ratio "
         f"{args.warmup_ratio:g}, max length {args.seq_len_max}, seed {args.seed}; LoRA r={LORA_RANK}, "
         f"alpha={LORA_ALPHA:g}, dropout={LORA_DROPOUT:g}, all-linear",
-        f"- Trained tokens: non-padding tokens processed; engine's own last-step figure "
-        f"{engine.self_reported_tokens_per_second} tokens/s",
+        "- Trained tokens: non-padding tokens processed. The engine's own figure for its last step: "
+        f"{reports['engine'].self_reported_tokens_per_second} tokens/s",
+        f"- Padding: the engine's length-grouped batches compute {padding[0]:.2f} positions per real token; "
+        f"random batches of {args.batch_size}, as TRL's default sampler draws them, {padding[1]:.2f} on average",
         "",
         table,
     ]
@@ -382,19 +431,16 @@ def render(args: argparse.Namespace, reports: dict[str, Report]) -> str:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
 
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    bf16 = "AVX512-BF16/AMX" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no native bf16"
-    return f"{model}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), {bf16}"
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    bf16 = "avx512_bf16" in cpuinfo or "amx_bf16" in cpuinfo
+    return (f"{names[0] if names else platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores "
+            f"({torch.get_num_threads()} torch threads), {'native' if bf16 else 'no native'} bf16")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

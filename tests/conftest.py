@@ -141,6 +141,4 @@ def default_model_dir(default_model: ModelSource) -> Path:
     """The default model as safetensors (converted from its GGUF file on first use)."""
     from ftserve.engine.models import local_dir
 
-    path = local_dir(default_model, MODEL_CACHE)
-    assert isinstance(path, Path)
-    return path
+    return local_dir(default_model, MODEL_CACHE)

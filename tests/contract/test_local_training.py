@@ -48,6 +48,7 @@ def test_a_supervised_job_fine_tunes_the_default_model(client: OpenAI) -> None:
         method={"type": "supervised", "supervised": {"hyperparameters": {
             "n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 5,
         }}},
+        extra_body={"ftserve": {"eval_interval": 3}},
     )
     job = wait_for(client, job.id, timeout=TRAINING_TIMEOUT)
     assert job.status == "succeeded", job.error
@@ -55,6 +56,10 @@ def test_a_supervised_job_fine_tunes_the_default_model(client: OpenAI) -> None:
     steps = losses(client, job.id)
     assert [s for s, _ in steps] == list(range(1, 19))
     assert steps[-1][1] < steps[0][1] / 3
+
+    events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+    validated = sorted(e.data["step"] for e in events if e.type == "metrics" and "valid_loss" in e.data)  # type: ignore[index, operator]
+    assert validated == [3, 6, 9, 12, 15, 18]  # every eval_interval steps, and at epoch ends
 
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert sorted(c.step_number for c in checkpoints) == [6, 12, 18]

@@ -90,7 +90,7 @@ def test_pause_then_resume_continues_exactly_where_it_stopped(tmp_path: Path, de
 def test_dpo_learns_the_preference_against_the_frozen_base(tmp_path: Path, default_model: ModelSource,
                                                           default_model_dir: Path) -> None:
     job = spec(tmp_path, default_model, "dpo", method="dpo", examples=jsonl(preference_examples(12)),
-               n_epochs=3, beta=0.1, learning_rate=5e-4)
+               n_epochs=3, beta=0.1, learning_rate=5e-4, eval_interval=3)
     valid = tmp_path / "dpo-valid.jsonl"
     valid.write_bytes(jsonl(preference_examples(8, offset=500)))
     job = job.model_copy(update={"validation_file": valid})

@@ -28,8 +28,8 @@ class ModelUnavailable(Exception):
     """The base model's weights cannot be found or loaded."""
 
 
-def local_dir(source: ModelSource, cache_dir: Path) -> Path | str:
-    """A directory (or hub id) that `from_pretrained` loads quickly.
+def local_dir(source: ModelSource, cache_dir: Path) -> Path:
+    """A local directory that `from_pretrained` loads quickly.
 
     A GGUF file is dequantised once into `cache_dir/<id>` as safetensors: the first load takes
     tens of seconds, every later one a fraction of a second.
@@ -47,12 +47,22 @@ def local_dir(source: ModelSource, cache_dir: Path) -> Path | str:
         if not root.is_dir():
             raise ModelUnavailable(f"model {source.id}: {root} is not a directory")
     elif source.hub is not None:
-        return source.hub
+        return _downloaded(source)
     else:
         raise ModelUnavailable(f"model {source.id} names no path, hub id or package")
     if source.gguf_file is None:
         return root
     return _dequantised(source, root, cache_dir)
+
+
+def _downloaded(source: ModelSource) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(source.hub, revision=source.revision))  # type: ignore[arg-type]  # hub is set
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as error:
+        raise ModelUnavailable(f"model {source.id}: cannot fetch {source.hub} from the Hugging Face hub ({error})") from error
 
 
 def _dequantised(source: ModelSource, root: Path, cache_dir: Path) -> Path:
@@ -84,7 +94,7 @@ def _forget_quantization(model: PreTrainedModel) -> None:
     model.is_quantized = False
 
 
-def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.chat_template is None:
         tokenizer.chat_template = CHATML_TEMPLATE
@@ -93,7 +103,7 @@ def load_tokenizer(path: Path | str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_for_training(path: Path | str, spec: JobSpec, hardware: Hardware) -> PreTrainedModel:
+def load_for_training(path: Path, spec: JobSpec, hardware: Hardware) -> PreTrainedModel:
     """The base model, ready to train: LoRA adapters on a frozen base, or every weight trainable.
 
     Under LoRA the frozen base is stored in the compute dtype (bf16 where supported), which saves

@@ -21,7 +21,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Prepared:
     hardware: Hardware
-    model_path: Path | str
+    model_path: Path
     tokenizer: PreTrainedTokenizerBase
     encoder: Encoder
 
