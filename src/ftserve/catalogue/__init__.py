@@ -57,13 +57,17 @@ def load_catalogue(extra: Path | None = None) -> dict[str, BaseModel]:
 def _entries(text: str, origin: str) -> dict[str, BaseModel]:
     try:
         raw = json.loads(text)
-        if not isinstance(raw, list):
-            raise CatalogueError(f"{origin}: expected a JSON list of models")
-        entries = [BaseModel.model_validate(entry) for entry in raw]
     except json.JSONDecodeError as error:
         raise CatalogueError(f"{origin}: not JSON ({error})") from error
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise CatalogueError(f"{origin}: entry {where}: {first['msg']}") from error
-    return {entry.id: entry for entry in entries}
+    if not isinstance(raw, list):
+        raise CatalogueError(f"{origin}: expected a JSON list of models")
+    models = {}
+    for index, entry in enumerate(raw):
+        try:
+            model = BaseModel.model_validate(entry)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = "".join(f".{part}" for part in first["loc"])
+            raise CatalogueError(f"{origin}: entry {index}{where}: {first['msg']}") from error
+        models[model.id] = model
+    return models

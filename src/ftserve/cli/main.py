@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 
+from ftserve.catalogue import CatalogueError
 from ftserve.config import Settings
 
 
@@ -72,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"ftserve: invalid settings:\n{error}", file=sys.stderr)
         return 2
-    return int(args.handler(args, settings))
+    try:
+        return int(args.handler(args, settings))
+    except CatalogueError as error:
+        print(f"ftserve: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

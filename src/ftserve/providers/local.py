@@ -31,6 +31,13 @@ CANCEL_GRACE_SECONDS = 30.0
 LOG_TAIL_LINES = 20
 
 
+def source_of(base: BaseModel) -> ModelSource:
+    """Where the engine finds a catalogue model's weights."""
+    return ModelSource(
+        id=base.id, path=base.path, hub=base.hub, revision=base.revision, package=base.package, gguf_file=base.gguf_file,
+    )
+
+
 class LocalTrainer:
     def __init__(self, catalogue: dict[str, BaseModel], cache_dir: Path, device: str = "auto",
                  python: str = sys.executable):
@@ -53,10 +60,7 @@ class LocalTrainer:
         hp, options = request.hyperparameters, request.options
         return JobSpec(
             job_id=request.job_id, method=request.method,
-            model=ModelSource(
-                id=base.id, path=base.path, hub=base.hub, revision=base.revision,
-                package=base.package, gguf_file=base.gguf_file,
-            ),
+            model=source_of(base),
             training_file=request.training_file, validation_file=request.validation_file,
             output_dir=request.output_dir, cache_dir=self.cache_dir,
             n_epochs=int(hp["n_epochs"]), batch_size=int(hp["batch_size"]),

