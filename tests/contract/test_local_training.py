@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -108,3 +109,27 @@ def test_a_reinforcement_job_fails_with_a_message_naming_the_limit(client: OpenA
     job = wait_for(client, job.id, timeout=120)
     assert job.status == "failed"
     assert job.error and "supervised and dpo" in job.error.message
+
+
+def test_pause_keeps_the_state_and_resume_continues_from_it(client: OpenAI) -> None:
+    job = client.fine_tuning.jobs.create(
+        model="SmolLM2-135M-Instruct", training_file=upload(client, jsonl(chat_examples(16))),
+        hyperparameters={"n_epochs": 2, "batch_size": 2},
+    )
+    deadline = time.time() + TRAINING_TIMEOUT
+    while not losses(client, job.id) or losses(client, job.id)[-1][0] < 3:
+        assert time.time() < deadline, "the job never reached step 3"
+        time.sleep(0.2)
+    client.fine_tuning.jobs.pause(job.id)
+    paused = wait_for(client, job.id, statuses=("paused", "failed"), timeout=120)
+    assert paused.status == "paused", paused.error
+    paused_at = losses(client, job.id)[-1][0]
+    assert paused_at < 16
+
+    client.fine_tuning.jobs.resume(job.id)
+    job = wait_for(client, job.id, timeout=TRAINING_TIMEOUT)
+    assert job.status == "succeeded", job.error
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data]
+    assert f"Fine-tuning job paused at step {paused_at}" in messages
+    assert f"Resuming from step {paused_at}" in messages
+    assert [s for s, _ in losses(client, job.id)] == list(range(1, 17))  # no step trained twice, none skipped
