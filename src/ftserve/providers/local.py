@@ -21,6 +21,7 @@ from typing import IO, Any
 from ftserve.catalogue import BaseModel
 from ftserve.domain.errors import TrainingFailed
 from ftserve.engine.spec import JobSpec, LoraOptions, ModelSource
+from ftserve.schemas.fine_tuning import FtserveJobOptions
 from ftserve.providers.base import Reporter, StopReason, TrainingOutcome, TrainingRequest
 
 log = logging.getLogger(__name__)
@@ -57,24 +58,19 @@ class LocalTrainer:
                 f"The local engine starts from catalogue models only; {request.model} is not one of "
                 f"{', '.join(sorted(self.catalogue))}."
             )
-        hp, options = request.hyperparameters, request.options
+        hp = request.hyperparameters
+        options = FtserveJobOptions.model_validate(request.options)  # its defaults are the documented ones
         return JobSpec(
-            job_id=request.job_id, method=request.method,
-            model=source_of(base),
+            job_id=request.job_id, method=request.method, model=source_of(base),
             training_file=request.training_file, validation_file=request.validation_file,
             output_dir=request.output_dir, cache_dir=self.cache_dir,
             n_epochs=int(hp["n_epochs"]), batch_size=int(hp["batch_size"]),
             learning_rate=base.learning_rate * float(hp.get("learning_rate_multiplier", 1.0)),
             beta=float(hp.get("beta", 0.1)), seed=request.seed,
-            training_type=options.get("training_type", "lora"),
-            lora=LoraOptions(
-                rank=options.get("lora_rank", 16), alpha=options.get("lora_alpha", 32.0),
-                dropout=options.get("lora_dropout", 0.0),
-            ),
-            max_seq_length=options.get("max_seq_length", 2048),
-            warmup_ratio=options.get("warmup_ratio", 0.03),
-            eval_interval=options.get("eval_interval"),
-            checkpoint_interval=options.get("checkpoint_interval"),
+            training_type=options.training_type,
+            lora=LoraOptions(rank=options.lora_rank, alpha=options.lora_alpha, dropout=options.lora_dropout),
+            max_seq_length=options.max_seq_length, warmup_ratio=options.warmup_ratio,
+            eval_interval=options.eval_interval, checkpoint_interval=options.checkpoint_interval,
             device=self.device,  # type: ignore[arg-type]  # Settings.device has the same literal
         )
 
@@ -101,7 +97,6 @@ class _Session:
         self.log_path = log_path
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.sent: StopReason | None = None
-        self.cancel_deadline: float | None = None
         threading.Thread(target=self._read, args=(child.stdout,), daemon=True).start()
 
     def run(self) -> TrainingOutcome:
