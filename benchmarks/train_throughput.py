@@ -135,6 +135,8 @@ def heldout_loss(adapter_dir: Path | None, base_dir: Path, sequences: list[Any],
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
 
+    from ftserve.engine.batching import collate
+
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     if adapter_dir is not None:
         from peft import PeftModel
@@ -145,17 +147,10 @@ def heldout_loss(adapter_dir: Path | None, base_dir: Path, sequences: list[Any],
     loss_sum, tokens = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(ordered), batch_size):
-            chunk = ordered[start : start + batch_size]
-            width = max(map(len, chunk))
-            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, sequence in enumerate(chunk):
-                ids[row, : len(sequence)] = torch.tensor(sequence.input_ids)
-                labels[row, : len(sequence)] = torch.tensor(sequence.labels)
-                mask[row, : len(sequence)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
-            targets = labels[:, 1:].to(device)
+            # The engine's padding (it is not loss code); the loss below is computed independently.
+            batch = collate(ordered[start : start + batch_size], pad_id, torch.device(device))
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+            targets = batch.labels[:, 1:]
             loss_sum += F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum").item()
             tokens += int((targets != -100).sum())
     return loss_sum / tokens

@@ -22,7 +22,7 @@ from ftserve.engine import loop, models
 from ftserve.engine.batching import collate
 from ftserve.engine.data import Pair
 from ftserve.engine.losses import EMPTY, Stats, sequence_logps
-from ftserve.engine.setup import encode_file, prepare
+from ftserve.engine.setup import encode_dataset, prepare
 from ftserve.engine.sink import Sink
 from ftserve.engine.spec import JobSpec
 
@@ -94,12 +94,7 @@ class PreferenceTask:
 
 def run(spec: JobSpec, sink: Sink) -> loop.Result:
     ready = prepare(spec, sink)
-    encode = ready.encoder.preference
-    train = encode_file(spec.training_file, encode, _trained, "training file", spec.max_seq_length, sink)
-    validation = (
-        encode_file(spec.validation_file, encode, _trained, "validation file", spec.max_seq_length, sink)
-        if spec.validation_file else []
-    )
+    train, validation = encode_dataset(spec, ready.encoder.preference, _trained, sink)
     sink.event("message", text=(
         f"Training {spec.model.id} ({spec.training_type}, DPO β={spec.beta}) on {len(train)} preference pairs "
         f"on {ready.hardware.describe()}"

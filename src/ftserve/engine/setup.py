@@ -34,6 +34,17 @@ def prepare(spec: JobSpec, sink: Sink) -> Prepared:
     return Prepared(hardware, path, tokenizer, Encoder(tokenizer, spec.max_seq_length))
 
 
+def encode_dataset(spec: JobSpec, encode: Callable[[dict], T], trained: Callable[[T], int],
+                   sink: Sink) -> tuple[list[T], list[T]]:
+    """The job's training examples and its validation examples (none without a validation file)."""
+    train = encode_file(spec.training_file, encode, trained, "training file", spec.max_seq_length, sink)
+    validation = (
+        encode_file(spec.validation_file, encode, trained, "validation file", spec.max_seq_length, sink)
+        if spec.validation_file else []
+    )
+    return train, validation
+
+
 def encode_file(path: Path, encode: Callable[[dict], T], trained: Callable[[T], int], label: str,
                 max_length: int, sink: Sink) -> list[T]:
     """Every example of a file, encoded; examples left with no trained token are skipped and counted.

@@ -11,7 +11,7 @@ from ftserve.engine import loop, models
 from ftserve.engine.batching import collate
 from ftserve.engine.data import Sequence
 from ftserve.engine.losses import EMPTY, Stats, token_loss
-from ftserve.engine.setup import encode_file, prepare
+from ftserve.engine.setup import encode_dataset, prepare
 from ftserve.engine.sink import Sink
 from ftserve.engine.spec import JobSpec
 
@@ -49,12 +49,7 @@ class SupervisedTask:
 
 def run(spec: JobSpec, sink: Sink) -> loop.Result:
     ready = prepare(spec, sink)
-    encode = ready.encoder.sft
-    train = encode_file(spec.training_file, encode, _trained, "training file", spec.max_seq_length, sink)
-    validation = (
-        encode_file(spec.validation_file, encode, _trained, "validation file", spec.max_seq_length, sink)
-        if spec.validation_file else []
-    )
+    train, validation = encode_dataset(spec, ready.encoder.sft, _trained, sink)
     sink.event("message", text=(
         f"Training {spec.model.id} ({spec.training_type}) on {len(train)} examples "
         f"({sum(map(len, train))} tokens, {sum(s.trained for s in train)} trained) on {ready.hardware.describe()}"
