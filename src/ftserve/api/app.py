@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from fastapi import FastAPI
 
@@ -13,7 +13,7 @@ from ftserve.api import errors
 from ftserve.api.auth import project_resolver
 from ftserve.api.middleware import RequestId
 from ftserve.api.openapi import openai_style
-from ftserve.api.routes import files, fine_tuning, models
+from ftserve.api.routes import extensions, files, fine_tuning, inference, models
 from ftserve.services.runtime import Runtime
 from ftserve.worker import worker_for
 
@@ -42,6 +42,8 @@ def create_app(runtime: Runtime, *, with_worker: bool = False) -> FastAPI:
     app.include_router(files.router(runtime.files, project), prefix="/v1")
     app.include_router(fine_tuning.router(runtime.jobs, runtime.models, project), prefix="/v1")
     app.include_router(models.router(runtime.models, project), prefix="/v1")
+    app.include_router(inference.router(runtime.inference, project), prefix="/v1")
+    app.include_router(extensions.router(runtime.inference, runtime.exports, project), prefix="/v1")
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:

@@ -15,6 +15,8 @@ from pathlib import Path
 from pydantic import BaseModel as Record
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
+from ftserve.engine.spec import ModelSource
+
 
 class BaseModel(Record):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -36,6 +38,13 @@ class BaseModel(Record):
         if len(named) != 1:
             raise ValueError(f"set exactly one of package, path or hub (got {', '.join(named) or 'none'})")
         return self
+
+
+def source_of(base: BaseModel) -> ModelSource:
+    """Where the engine finds a catalogue model's weights."""
+    return ModelSource(
+        id=base.id, path=base.path, hub=base.hub, revision=base.revision, package=base.package, gguf_file=base.gguf_file,
+    )
 
 
 class CatalogueError(Exception):

@@ -10,9 +10,10 @@ generation markers work too.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -97,6 +98,32 @@ class Encoder:
         eos = self.tokenizer.eos_token or ""
         text = prompt + completion + eos
         return self._tokenize(text, [(len(prompt), len(text))], special_tokens=True)
+
+    # Prompts and answers as a served model sees and writes them.
+
+    def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Token ids of a conversation rendered up to the assistant's turn, tools described as in training."""
+        rendered = self._render(self._with_tools(self._messages(messages), tools), tools, generation_prompt=True)
+        return self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+    def answer(self, message: dict[str, Any]) -> str:
+        """An assistant message as the model writes it: its text, tool calls rendered the way training saw them."""
+        return str(self._message(message)["content"])
+
+    def held_out(self, example: dict[str, Any]) -> tuple[list[int], str]:
+        """The prompt of an example and the reference answer to compare a generation with.
+
+        Chat: everything before the last assistant message, and that message. Prompt/completion: the
+        prompt and the completion. Preference: the input and the preferred output.
+        """
+        if "prompt" in example and "completion" in example:
+            return self.tokenizer(example["prompt"], add_special_tokens=True)["input_ids"], example["completion"]
+        if "input" in example:
+            messages, tools = example["input"]["messages"], self._tools(example["input"])
+            return self.prompt(messages, tools), self.answer(example["preferred_output"][-1])
+        messages = example["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        return self.prompt(messages[:last], self._tools(example)), self.answer(messages[last])
 
     # Preference: the answer tokens of each side are trained, the shared prompt is not.
 

@@ -114,8 +114,14 @@ def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
                 keep_state()
 
     model_dir = last_dir or models.save_model(model, tokenizer, spec.output_dir / "model", spec, step)
-    sink.event("finished", step=step, trained_tokens=tokens, model_dir=model_dir)
     return Result(step, tokens, model_dir)
+
+
+def finished(sink: Sink, result: Result, evaluation: dict[str, Any] | None) -> Result:
+    """Report a run that trained to the end, with its before/after evaluation when it had one."""
+    sink.event("finished", step=result.step, trained_tokens=result.trained_tokens, model_dir=result.model_dir,
+               evaluation=evaluation)
+    return result
 
 
 def _schedule(step: int, warmup: int, total: int) -> float:

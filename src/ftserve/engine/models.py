@@ -10,7 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from ftserve.engine.hardware import Hardware
 from ftserve.engine.spec import JobSpec, LoraOptions, ModelSource
@@ -34,6 +39,22 @@ def local_dir(source: ModelSource, cache_dir: Path) -> Path:
     A GGUF file is dequantised once into `cache_dir/<id>` as safetensors: the first load takes
     tens of seconds, every later one a fraction of a second.
     """
+    if source.hub is not None:
+        return _downloaded(source)
+    root = _root(source)
+    if source.gguf_file is None:
+        return root
+    return _dequantised(source, root, cache_dir)
+
+
+def source_gguf(source: ModelSource) -> Path | None:
+    """The GGUF file a base model comes from, if it comes from one."""
+    if source.gguf_file is None or source.hub is not None:
+        return None
+    return _root(source) / source.gguf_file
+
+
+def _root(source: ModelSource) -> Path:
     if source.package is not None:
         # Found without importing it: such packages' own code may need things we don't install.
         found = importlib.util.find_spec(source.package)
@@ -41,18 +62,12 @@ def local_dir(source: ModelSource, cache_dir: Path) -> Path:
             raise ModelUnavailable(
                 f"model {source.id} ships in the Python package {source.package!r}, which is not installed"
             )
-        root = Path(next(iter(found.submodule_search_locations)))
-    elif source.path is not None:
-        root = source.path
-        if not root.is_dir():
-            raise ModelUnavailable(f"model {source.id}: {root} is not a directory")
-    elif source.hub is not None:
-        return _downloaded(source)
-    else:
-        raise ModelUnavailable(f"model {source.id} names no path, hub id or package")
-    if source.gguf_file is None:
-        return root
-    return _dequantised(source, root, cache_dir)
+        return Path(next(iter(found.submodule_search_locations)))
+    if source.path is not None:
+        if not source.path.is_dir():
+            raise ModelUnavailable(f"model {source.id}: {source.path} is not a directory")
+        return source.path
+    raise ModelUnavailable(f"model {source.id} names no path, hub id or package")
 
 
 def _downloaded(source: ModelSource) -> Path:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator, Protocol
+from typing import BinaryIO, Protocol
 
 CHUNK = 1024 * 1024
 
@@ -20,6 +21,9 @@ class BlobStore(Protocol):
     def size(self, key: str) -> int: ...
     def delete(self, key: str) -> None: ...
     def path(self, key: str) -> Path: ...
+    def key_of(self, path: Path) -> str:
+        """The key of a path inside the store (the inverse of `path`)."""
+        ...
 
 
 class LocalBlobStore:
@@ -35,6 +39,12 @@ class LocalBlobStore:
         if self.root.resolve() not in path.parents:
             raise ValueError(f"blob key escapes the store: {key!r}")
         return path
+
+    def key_of(self, path: Path) -> str:
+        resolved = path.resolve()
+        if self.root.resolve() not in resolved.parents:
+            raise ValueError(f"{path} is not inside the blob store")
+        return resolved.relative_to(self.root.resolve()).as_posix()
 
     @contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:

@@ -26,6 +26,7 @@ class TrainingRequest:
     training_examples: int
     validation_file: Path | None
     output_dir: Path
+    """The trainer's own directory; `state/` under it is scratch that the worker removes once the job succeeded."""
     resume_step: int = 0
     resume_path: Path | None = None
 
@@ -38,6 +39,8 @@ class TrainingOutcome:
     trained_tokens: int = 0
     model_dir: Path | None = None
     step: int = 0
+    evaluation: dict[str, Any] | None = None
+    """The before/after comparison on the validation file, when the trainer made one."""
 
 
 class Reporter(Protocol):

@@ -18,11 +18,16 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any
 
-from ftserve.catalogue import BaseModel
+from ftserve.catalogue import BaseModel, source_of
 from ftserve.domain.errors import TrainingFailed
-from ftserve.engine.spec import JobSpec, LoraOptions, ModelSource
+from ftserve.engine.spec import JobSpec, LoraOptions
+from ftserve.providers.base import (
+    Reporter,
+    StopReason,
+    TrainingOutcome,
+    TrainingRequest,
+)
 from ftserve.schemas.fine_tuning import FtserveJobOptions
-from ftserve.providers.base import Reporter, StopReason, TrainingOutcome, TrainingRequest
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +35,6 @@ POLL_SECONDS = 0.2
 # How long a child that was asked to cancel may take to stop before it is killed.
 CANCEL_GRACE_SECONDS = 30.0
 LOG_TAIL_LINES = 20
-
-
-def source_of(base: BaseModel) -> ModelSource:
-    """Where the engine finds a catalogue model's weights."""
-    return ModelSource(
-        id=base.id, path=base.path, hub=base.hub, revision=base.revision, package=base.package, gguf_file=base.gguf_file,
-    )
 
 
 class LocalTrainer:
@@ -127,7 +125,8 @@ class _Session:
         elif kind == "message":
             self.reporter.message(event["text"], event.get("level", "info"))
         elif kind == "finished":
-            return TrainingOutcome(None, event["trained_tokens"], Path(event["model_dir"]), event["step"])
+            return TrainingOutcome(None, event["trained_tokens"], Path(event["model_dir"]), event["step"],
+                                   event.get("evaluation"))
         elif kind == "stopped":
             return TrainingOutcome(event["reason"], event["trained_tokens"], None, event["step"])
         elif kind == "failed":

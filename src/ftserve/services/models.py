@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -28,6 +30,8 @@ class ModelService:
         self.engine = engine
         self.blobs = blobs
         self.catalogue = catalogue
+        self.on_delete: list[Callable[[str], None]] = []
+        """Called with a deleted model's name: whatever holds it in memory or on disk lets go."""
 
     def list(self, project: str) -> list[ModelInfo]:
         """Catalogue base models, then the project's fine-tuned and checkpoint models and those shared with it."""
@@ -43,6 +47,14 @@ class ModelService:
             return ModelInfo(base.id, base.created, base.owned_by)
         model = self._visible(project, name)
         return ModelInfo(model.name, model.created_at, model.project)
+
+    def artifact(self, project: str, name: str) -> Path | None:
+        """The directory of a fine-tuned model the project can see (None: it has no weights on disk)."""
+        model = self._visible(project, name)
+        if not model.path:
+            return None
+        directory = self.blobs.path(model.path)
+        return directory if directory.is_dir() else None
 
     def _visible(self, project: str, name: str) -> ModelRow:
         with self.engine.connect() as conn:
@@ -65,8 +77,12 @@ class ModelService:
         model = self._owned(project, name, "model")
         with self.engine.begin() as conn:
             rows.delete_model(conn, model)
-        if model.path:
+            # A job's last checkpoint and its final model are the same directory: it goes with the last of them.
+            shared = model.path is not None and rows.path_in_use(conn, model.path)
+        if model.path and not shared:
             self.blobs.delete(model.path)
+        for forget in self.on_delete:
+            forget(name)
 
     def permissions(
         self, project: str, name: str, *, project_id: str | None, after: str | None, limit: int, order: str

@@ -9,7 +9,10 @@ import sqlalchemy as sa
 from ftserve.catalogue import load_catalogue
 from ftserve.config import Settings
 from ftserve.files.storage import LocalBlobStore
+from ftserve.inference.pool import ModelPool
+from ftserve.services.exports import ExportService
 from ftserve.services.files import FileService
+from ftserve.services.inference import InferenceService, resolver
 from ftserve.services.jobs import JobService
 from ftserve.services.models import ModelService
 from ftserve.store.database import create_engine, migrate
@@ -23,6 +26,8 @@ class Runtime:
     files: FileService
     jobs: JobService
     models: ModelService
+    inference: InferenceService
+    exports: ExportService
 
 
 def build(settings: Settings) -> Runtime:
@@ -33,11 +38,18 @@ def build(settings: Settings) -> Runtime:
     blobs = LocalBlobStore(settings.data_dir / "blobs")
     catalogue = load_catalogue(settings.catalogue_file)
     files = FileService(engine, blobs)
+    models = ModelService(engine, blobs, catalogue)
+    pool = ModelPool(settings.resolved_models_dir, settings.device, settings.inference_cache_mb << 20)
+    resolve = resolver(catalogue, models.artifact)
+    exports = ExportService(resolve, pool, blobs, catalogue)
+    models.on_delete += [pool.evict, exports.forget]
     return Runtime(
         settings=settings,
         engine=engine,
         blobs=blobs,
         files=files,
         jobs=JobService(engine, files, catalogue, settings.create_dedup_seconds),
-        models=ModelService(engine, blobs, catalogue),
+        models=models,
+        inference=InferenceService(resolve, pool, files, blobs, settings.inference_max_tokens),
+        exports=exports,
     )

@@ -96,6 +96,14 @@ def delete_model(conn: sa.Connection, model: ModelRow) -> None:
     )
 
 
+def path_in_use(conn: sa.Connection, path: str) -> bool:
+    """Whether any fine-tuned or checkpoint model still points at this artifact."""
+    for table in (fine_tuned_models, checkpoints):
+        if conn.execute(sa.select(table.c.path).where(table.c.path == path).limit(1)).first():
+            return True
+    return False
+
+
 def add_permission(conn: sa.Connection, permission: Permission, owner_project: str) -> Permission:
     """Grant a project access to a model; granting twice returns the first grant."""
     existing = conn.execute(

@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 import logging
+import shutil
 import socket
 import threading
 import time
@@ -31,7 +33,7 @@ from ftserve.services.files import FileService
 from ftserve.store import events as event_rows
 from ftserve.store import jobs as job_rows
 from ftserve.store import models as model_rows
-from ftserve.worker.reporter import JobReporter
+from ftserve.worker.reporter import JobReporter, evaluation_message
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +181,9 @@ class Worker:
             validation_file=self.blobs.path(validation.storage_key) if validation else None,
             output_dir=self.blobs.path(f"artifacts/{job.id}"),
             resume_step=resume.step_number if resume else 0,
-            resume_path=Path(resume.path) if resume and resume.path else None,
+            resume_path=self.blobs.path(resume.path) if resume and resume.path else None,
         )
-        reporter = JobReporter(self.engine, job, self.id, started)
+        reporter = JobReporter(self.engine, self.blobs, job, self.id, started)
         done = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job, reporter, done), daemon=True)
         beat.start()
@@ -213,14 +215,16 @@ class Worker:
             return
         if outcome.stopped is not None:
             return
-        result = self.files.store_result(job.project, "step_metrics.csv", self._metrics_csv(job.id))
+        results = [self.files.store_result(job.project, "step_metrics.csv", self._metrics_csv(job.id))]
+        if outcome.evaluation is not None:
+            results.append(self.files.store_result(job.project, "evaluation.json", json.dumps(outcome.evaluation, indent=2).encode()))
         finished = now()
         with self.engine.begin() as conn:
             moved = job_rows.move(
                 conn, job.id, JobStatus.SUCCEEDED, source=[JobStatus.RUNNING, JobStatus.PAUSING], worker_id=self.id,
                 values={
                     "fine_tuned_model": job.output_model, "finished_at": finished, "estimated_finish": None,
-                    "trained_tokens": outcome.trained_tokens, "result_files": [result.id],
+                    "trained_tokens": outcome.trained_tokens, "result_files": [r.id for r in results],
                 },
             )
             if moved:
@@ -228,17 +232,23 @@ class Worker:
                     f"artifacts/{job.id}/{outcome.model_dir.relative_to(request_dir).as_posix()}" if outcome.model_dir else None
                 )
                 model_rows.add_model(conn, job.output_model, job.project, job.id, job.model, finished, model_path)
+                if outcome.evaluation is not None:
+                    event_rows.append(conn, job.id, finished, evaluation_message(outcome.evaluation), type="metrics",
+                                      data={"evaluation": outcome.evaluation})
                 event_rows.append(conn, job.id, finished, f"New fine-tuned model created: {job.output_model}")
                 event_rows.append(conn, job.id, finished, "The job has successfully completed")
         if not moved:
-            self.files.delete(job.project, result.id)
+            for result in results:
+                self.files.delete(job.project, result.id)
+            return
+        shutil.rmtree(request_dir / "state", ignore_errors=True)  # resumable state is dead weight now
 
     def _metrics_csv(self, job_id: str) -> bytes:
         """OpenAI's `step_metrics.csv`, built from the job's metrics events, served base64-encoded as OpenAI does."""
         with self.engine.connect() as conn:
             rows = event_rows.metrics_of(conn, job_id)
         # A resumed job repeats the steps after its last checkpoint; the later report of a step wins.
-        by_step = {data["step"]: data for data in rows}
+        by_step = {data["step"]: data for data in rows if "step" in data}  # the evaluation event has no step
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 
 from ftserve.domain.ids import new_id
 from ftserve.domain.jobs import Checkpoint, Job, JobStatus
 from ftserve.domain.naming import checkpoint_name
+from ftserve.files.storage import BlobStore
 from ftserve.providers.base import StopReason
 from ftserve.services.clock import now
 from ftserve.store import events as event_rows
@@ -26,9 +27,20 @@ def metrics_message(step: int, total: int, metrics: dict[str, float]) -> str:
     return f"Step {step}/{total}: " + ", ".join(parts)
 
 
+def evaluation_message(evaluation: dict[str, Any]) -> str:
+    base, tuned = evaluation["base"], evaluation["fine_tuned"]
+    return (
+        f"Evaluation on {evaluation['examples']} held-out examples, base → fine-tuned: "
+        f"loss {base['loss']:.4f} → {tuned['loss']:.4f}, "
+        f"token accuracy {base['token_accuracy']:.1%} → {tuned['token_accuracy']:.1%}, "
+        f"exact match {base['exact_match']:.1%} → {tuned['exact_match']:.1%} (of {evaluation['generated']})"
+    )
+
+
 class JobReporter:
-    def __init__(self, engine: sa.Engine, job: Job, worker_id: str, started_at: float):
+    def __init__(self, engine: sa.Engine, blobs: BlobStore, job: Job, worker_id: str, started_at: float):
         self.engine = engine
+        self.blobs = blobs
         self.job = job
         self.worker_id = worker_id
         self.started_at = started_at
@@ -65,7 +77,7 @@ class JobReporter:
         checkpoint = Checkpoint(
             id=new_id("ftckpt_"), job_id=self.job.id, created_at=now(),
             fine_tuned_model_checkpoint=checkpoint_name(self.job.output_model, step),
-            step_number=step, metrics=metrics, path=str(path) if path else None,
+            step_number=step, metrics=metrics, path=self.blobs.key_of(path) if path else None,
         )
         with self.engine.begin() as conn:
             if job_rows.update_running(conn, self.job.id, self.worker_id, {}):

@@ -1,0 +1,171 @@
+"""`/chat/completions` and `/completions`. Generation runs in a thread: a stream's tokens cross to
+the event loop through a queue, and a client that goes away stops its generation at the next token."""
+
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from ftserve.domain.errors import FtserveError
+from ftserve.domain.ids import new_id
+from ftserve.schemas import inference as wire
+from ftserve.services.inference import InferenceService, Output, Prepared
+
+_END = object()
+
+
+def router(inference: InferenceService, project: Callable[..., str]) -> APIRouter:
+    api = APIRouter(tags=["Chat"])
+    Project = Annotated[str, Depends(project)]
+
+    @api.post("/chat/completions", response_model=wire.ChatCompletion)
+    async def create_chat_completion(body: wire.ChatCompletionRequest, owner: Project) -> object:
+        prepared = await run_in_threadpool(inference.prepare_chat, owner, body)
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return _sse(_chat_chunks(_relay(inference, prepared), prepared, usage))
+        outputs = await run_in_threadpool(lambda: list(inference.run(prepared)))
+        return _chat_completion(prepared, outputs)
+
+    @api.post("/completions", response_model=wire.Completion)
+    async def create_completion(body: wire.CompletionRequest, owner: Project) -> object:
+        prepared = await run_in_threadpool(inference.prepare_completion, owner, body)
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return _sse(_completion_chunks(_relay(inference, prepared), prepared, usage))
+        outputs = await run_in_threadpool(lambda: list(inference.run(prepared)))
+        return _completion(prepared, outputs)
+
+    return api
+
+
+def _usage(prepared: Prepared, outputs: list[Output]) -> wire.Usage:
+    # A choice's token count is cumulative: its last output holds the total.
+    last = {o.index: o.tokens for o in outputs}
+    completion = sum(last.values())
+    prompt = len(prepared.prompts[0]) if len(prepared.prompts) == 1 else prepared.prompt_tokens
+    return wire.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def _choices(outputs: list[Output]) -> dict[int, tuple[str, Output]]:
+    texts: dict[int, str] = {}
+    last: dict[int, Output] = {}
+    for output in outputs:
+        texts[output.index] = texts.get(output.index, "") + output.text
+        last[output.index] = output
+    return {i: (texts[i], last[i]) for i in sorted(texts)}
+
+
+def _tool_calls(output: Output) -> list[wire.ToolCall] | None:
+    if not output.tool_calls:
+        return None
+    return [wire.ToolCall(id=c["id"], function=wire.FunctionCall(**c["function"])) for c in output.tool_calls]
+
+
+def _chat_completion(prepared: Prepared, outputs: list[Output]) -> wire.ChatCompletion:
+    choices = [
+        wire.ChatChoice(
+            index=i, finish_reason=last.finish_reason or "stop",  # type: ignore[arg-type]
+            message=wire.AssistantMessage(content=text if not last.tool_calls or text else None, tool_calls=_tool_calls(last)),
+        )
+        for i, (text, last) in _choices(outputs).items()
+    ]
+    return wire.ChatCompletion(id=new_id("chatcmpl-"), created=int(time.time()), model=prepared.model,
+                               choices=choices, usage=_usage(prepared, outputs))
+
+
+def _completion(prepared: Prepared, outputs: list[Output]) -> wire.Completion:
+    choices = [
+        wire.CompletionChoice(index=i, text=text, finish_reason=last.finish_reason or "stop")  # type: ignore[arg-type]
+        for i, (text, last) in _choices(outputs).items()
+    ]
+    return wire.Completion(id=new_id("cmpl-"), created=int(time.time()), model=prepared.model,
+                           choices=choices, usage=_usage(prepared, outputs))
+
+
+async def _relay(inference: InferenceService, prepared: Prepared) -> AsyncIterator[Output]:
+    """Run the generation in its own thread and hand its outputs to the event loop as they come."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    gone = threading.Event()
+
+    def produce() -> None:
+        try:
+            for output in inference.run(prepared, cancelled=gone.is_set):
+                loop.call_soon_threadsafe(queue.put_nowait, output)
+        except Exception as error:  # delivered to the stream as an error event
+            loop.call_soon_threadsafe(queue.put_nowait, error)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+    threading.Thread(target=produce, name="ftserve-generate", daemon=True).start()
+    try:
+        while (item := await queue.get()) is not _END:
+            if isinstance(item, Exception):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        gone.set()
+
+
+async def _chat_chunks(outputs: AsyncIterator[Output], prepared: Prepared, usage: bool) -> AsyncIterator[str]:
+    head = {"id": new_id("chatcmpl-"), "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": prepared.model, "system_fingerprint": None}
+    started: set[int] = set()
+    seen: list[Output] = []
+
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return json.dumps({**head, "choices": [choice], **({"usage": None} if usage else {})})
+
+    async for output in outputs:
+        seen.append(output)
+        if output.index not in started:
+            started.add(output.index)
+            yield chunk(output.index, {"role": "assistant", "content": ""})
+        if output.text:
+            yield chunk(output.index, {"content": output.text})
+        if output.tool_calls:
+            yield chunk(output.index, {"tool_calls": [{"index": k, **call} for k, call in enumerate(output.tool_calls)]})
+        if output.finish_reason:
+            yield chunk(output.index, {}, output.finish_reason)
+    if usage:
+        yield json.dumps({**head, "choices": [], "usage": _usage(prepared, seen).model_dump()})
+
+
+async def _completion_chunks(outputs: AsyncIterator[Output], prepared: Prepared, usage: bool) -> AsyncIterator[str]:
+    head = {"id": new_id("cmpl-"), "object": "text_completion", "created": int(time.time()), "model": prepared.model}
+    seen: list[Output] = []
+    async for output in outputs:
+        seen.append(output)
+        if output.text or output.finish_reason:
+            choice = {"index": output.index, "text": output.text, "logprobs": None, "finish_reason": output.finish_reason}
+            yield json.dumps({**head, "choices": [choice], **({"usage": None} if usage else {})})
+    if usage:
+        yield json.dumps({**head, "choices": [], "usage": _usage(prepared, seen).model_dump()})
+
+
+def _sse(chunks: AsyncIterator[str]) -> StreamingResponse:
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for data in chunks:
+                yield f"data: {data}\n\n"
+        except FtserveError as error:
+            yield 'data: {"error": ' + _error_json(error.message, error.type, error.code) + "}\n\n"
+        except Exception:  # the stream has started: the error can only travel inside it
+            yield 'data: {"error": ' + _error_json("The server had an error while generating.", "server_error", None) + "}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _error_json(message: str, kind: str, code: str | None) -> str:
+    return json.dumps({"message": message, "type": kind, "param": None, "code": code})
+

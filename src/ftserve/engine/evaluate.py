@@ -1,0 +1,190 @@
+"""Scoring a model on held-out examples: loss, token accuracy, and exact match of greedy answers.
+
+A job with a validation file is scored twice on the same examples: the base model before any
+step, and the fine-tuned model after the last one. The base scores are written to the job's
+output dir at once, so a resumed job compares against the same baseline without the base
+weights (after full fine-tuning they are gone). The same scoring serves ftserve's evaluation
+endpoint for any served model and file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ftserve.engine.batching import collate
+from ftserve.engine.data import DataError, Encoder, Pair, Sequence, read_jsonl
+from ftserve.engine.hardware import Hardware
+from ftserve.engine.losses import EMPTY, Stats, sequence_logps, token_loss
+from ftserve.engine.sink import Sink
+from ftserve.engine.spec import JobSpec
+
+# Greedy answers cost a generation each; past this many examples only loss and accuracy are scored.
+MAX_GENERATED = 64
+# A greedy answer may run this many tokens past its reference's length before it is cut off as wrong.
+ANSWER_SLACK_TOKENS = 16
+BASELINE_FILE = "evaluation-base.json"
+REPORT_FILE = "evaluation.json"
+
+
+@dataclass(frozen=True)
+class Scores:
+    examples: int
+    loss: float
+    token_accuracy: float
+    exact_match: float
+    """Share of the `generated` examples whose greedy answer equals the reference, ignoring surrounding whitespace."""
+    generated: int
+    preference_accuracy: float | None = None
+    """Preference data only: share of pairs where the model gives the preferred answer the higher likelihood."""
+
+
+def score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoder: Encoder,
+          examples: list[dict[str, Any]], *, batch_size: int = 8, max_generated: int = MAX_GENERATED,
+          autocast: Callable[[], Any] | None = None) -> Scores:
+    """Score `examples` (chat, prompt/completion or preference rows) with `model` as it is now."""
+    if not examples:
+        raise DataError("no examples to evaluate")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), (autocast() if autocast else nullcontext()):
+            sequences, preference = _teacher_forced(model, encoder, examples, tokenizer.pad_token_id, device, batch_size)
+            prompts, references = zip(*(encoder.held_out(e) for e in examples[:max_generated]))
+            answers = greedy(model, tokenizer, list(prompts),
+                             [len(tokenizer(r, add_special_tokens=False)["input_ids"]) + ANSWER_SLACK_TOKENS for r in references],
+                             batch_size)
+    finally:
+        model.train(was_training)
+    matches = sum(a.strip() == r.strip() for a, r in zip(answers, references))
+    return Scores(len(examples), round(sequences.loss, 6), round(sequences.accuracy, 6),
+                  round(matches / len(answers), 6), len(answers), preference)
+
+
+def _teacher_forced(model: PreTrainedModel, encoder: Encoder, examples: list[dict[str, Any]], pad_id: int,
+                    device: torch.device, batch_size: int) -> tuple[Stats, float | None]:
+    """Loss and token accuracy on the reference answers; for preference rows, on the preferred side."""
+    encoded = [encoder.preference(e) if "input" in e else encoder.sft(e) for e in examples]
+    pairs = [e for e in encoded if isinstance(e, Pair)]
+    sequences: list[Sequence] = [e.chosen if isinstance(e, Pair) else e for e in encoded]
+    ordered = sorted((s for s in sequences if s.trained), key=len)
+    total = EMPTY
+    for start in range(0, len(ordered), batch_size):
+        total += token_loss(model, collate(ordered[start : start + batch_size], pad_id, device))[1]
+    if not pairs:
+        return total, None
+    ranked = 0
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        logps = sequence_logps(model, collate([p.chosen for p in chunk] + [p.rejected for p in chunk], pad_id, device))[0]
+        ranked += int((logps[: len(chunk)] > logps[len(chunk) :]).sum())
+    return total, round(ranked / len(pairs), 6)
+
+
+def greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
+           max_new_tokens: list[int], batch_size: int) -> list[str]:
+    """Greedy answers to tokenised prompts, batched by length with left padding."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers = [""] * len(prompts)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]) :] = 1
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False, use_cache=True,
+            max_new_tokens=max(max_new_tokens[i] for i in chunk), pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        for row, i in enumerate(chunk):
+            generated = out[row, width:].tolist()[: max_new_tokens[i]]
+            answers[i] = tokenizer.decode(generated, skip_special_tokens=True)
+    return answers
+
+
+def read_examples(path: Path) -> list[dict[str, Any]]:
+    return [example for _, example in read_jsonl(path)]
+
+
+def baseline(output_dir: Path, compute: Callable[[], Scores]) -> Scores:
+    """The base model's scores: read back from an earlier attempt of the job, or computed and kept."""
+    path = output_dir / BASELINE_FILE
+    if path.exists():
+        return Scores(**json.loads(path.read_text()))
+    scores = compute()
+    _write_json(path, asdict(scores))
+    return scores
+
+
+def report(output_dir: Path, before: Scores, after: Scores) -> dict[str, Any]:
+    """The before/after comparison, written as the job's `evaluation.json`."""
+    body = {"examples": after.examples, "generated": after.generated,
+            "base": _metrics(before), "fine_tuned": _metrics(after)}
+    _write_json(output_dir / REPORT_FILE, body)
+    return body
+
+
+def _metrics(scores: Scores) -> dict[str, float]:
+    metrics = {"loss": scores.loss, "token_accuracy": scores.token_accuracy, "exact_match": scores.exact_match}
+    if scores.preference_accuracy is not None:
+        metrics["preference_accuracy"] = scores.preference_accuracy
+    return metrics
+
+
+def _write_json(path: Path, body: dict[str, Any]) -> None:
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(json.dumps(body, indent=2))
+    staging.replace(path)
+
+
+class HeldOut:
+    """A job's before/after evaluation on its validation file."""
+
+    def __init__(self, spec: JobSpec, tokenizer: PreTrainedTokenizerBase, encoder: Encoder, hardware: Hardware, sink: Sink):
+        assert spec.validation_file is not None
+        self.spec = spec
+        self.examples = read_examples(spec.validation_file)
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        self.hardware = hardware
+        self.sink = sink
+        self.base: Scores | None = None
+
+    def _score(self, model: PreTrainedModel) -> Scores:
+        return score(model, self.tokenizer, self.encoder, self.examples, batch_size=self.spec.batch_size,
+                     autocast=self.hardware.autocast)
+
+    def measure_base(self, model: PreTrainedModel) -> None:
+        """Score the model before its first step (or read the scores an earlier attempt kept)."""
+        self.base = baseline(self.spec.output_dir, lambda: self._score(model))
+        self.sink.event("message", text=f"Base model on {self.base.examples} held-out examples: {describe(self.base)}")
+
+    def compare(self, model: PreTrainedModel) -> dict[str, Any] | None:
+        """Score the trained model and write the comparison; None (with a warning) if scoring fails,
+        because a finished training run must not be lost to its evaluation."""
+        assert self.base is not None, "measure_base runs before training"
+        try:
+            return report(self.spec.output_dir, self.base, self._score(model))
+        except (DataError, RuntimeError, ValueError) as error:
+            self.sink.event("message", level="warn", text=f"The before/after evaluation failed: {error}")
+            return None
+
+
+def describe(scores: Scores) -> str:
+    text = (f"loss {scores.loss:.4f}, token accuracy {scores.token_accuracy:.1%}, "
+            f"exact match {scores.exact_match:.1%} of {scores.generated}")
+    if scores.preference_accuracy is not None:
+        text += f", preference accuracy {scores.preference_accuracy:.1%}"
+    return text

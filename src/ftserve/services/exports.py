@@ -1,0 +1,68 @@
+"""Use cases of ftserve's export extension: a served model as a vLLM adapter, merged weights or GGUF.
+
+Exports are made once and kept under `exports/` in the blob store, so a second download of the
+same model and format is a file copy; deleting the model deletes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+from ftserve.catalogue import BaseModel
+from ftserve.domain.errors import InvalidRequest
+from ftserve.engine import export
+from ftserve.engine.gguf_export import GgufType
+from ftserve.engine.models import source_gguf
+from ftserve.files.storage import BlobStore
+from ftserve.inference.pool import ModelPool, Target
+
+Quantization = GgufType
+
+
+def export_key(model: str) -> str:
+    """Where a model's exports live in the blob store."""
+    return "exports/" + hashlib.sha256(model.encode()).hexdigest()[:24]
+
+
+class ExportService:
+    def __init__(self, resolve: Callable[[str, str], Target], pool: ModelPool, blobs: BlobStore, catalogue: dict[str, BaseModel]):
+        self.resolve = resolve
+        self.pool = pool
+        self.blobs = blobs
+        self.catalogue = catalogue
+
+    def export(self, project: str, model: str, format: export.ExportFormat, quantization: Quantization = "f16",
+               include_embeddings: bool = False) -> Path:
+        """The export's path: a directory (adapter, merged) or a file (gguf), made on first request."""
+        target = self.resolve(project, model)
+        if format == "adapter" and target.kind != "adapter":
+            raise InvalidRequest(
+                f"'{model}' has no LoRA adapter ({'it is a base model' if target.kind is None else 'it was fully fine-tuned'}); "
+                "export it as merged or gguf.", param="format",
+            )
+        root = self.blobs.path(export_key(model))
+        base_dir = self.pool.base_dir(target.base)
+        try:
+            if format == "adapter":
+                out = root / ("adapter-with-embeddings" if include_embeddings else "adapter")
+                return out if out.exists() else export.export_adapter(target.artifact, out, include_embeddings=include_embeddings)  # type: ignore[arg-type]
+            if format == "merged":
+                out = root / "merged"
+                return out if out.exists() else export.export_merged(base_dir, target.artifact, out)
+            out = root / f"{_file_stem(model)}.{quantization}.gguf"
+            return out if out.exists() else export.export_gguf(
+                base_dir, target.artifact, out, quantization, source_gguf=source_gguf(target.base), name=model,
+            )
+        except export.ExportError as error:
+            raise InvalidRequest(f"Cannot export '{model}' as {format}: {error}", param="format") from error
+
+    def forget(self, model: str) -> None:
+        self.blobs.delete(export_key(model))
+
+
+def _file_stem(model: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in model).strip("-")
+
+

@@ -1,0 +1,266 @@
+"""Use cases of `/chat/completions` and `/completions`: check a request, then answer it with a served model.
+
+A request is prepared first (model resolved, prompt rendered and counted, every argument
+checked), so that anything wrong is a 400 before a stream starts. Generation then runs in the
+caller's thread; the API runs it off the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftserve.catalogue import BaseModel, source_of
+from ftserve.domain.errors import FtserveError, InvalidRequest
+from ftserve.engine.data import DataError
+from ftserve.engine.evaluate import Scores, read_examples, score
+from ftserve.files.storage import BlobStore
+from ftserve.inference.generate import Sampling, end_tokens, generate
+from ftserve.inference.pool import ModelPool, Target, Text, artifact_kind, manifest
+from ftserve.schemas.inference import ChatCompletionRequest, CompletionRequest, Sampled
+from ftserve.services.files import FINE_TUNE, FileService
+
+
+class ModelNotServable(FtserveError):
+    """This model has no weights that can be served."""
+
+    status_code = 400
+    type = "invalid_request_error"
+    code = "model_not_servable"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    model: str
+    target: Target
+    text: Text
+    prompts: list[list[int]]
+    sampling: Sampling
+    n: int
+    seed: int | None
+    tools: bool
+    echo: list[str]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(map(len, self.prompts))
+
+
+@dataclass(frozen=True)
+class Output:
+    """Part of one choice's answer; the last part of a choice has its finish reason."""
+
+    index: int
+    text: str
+    tokens: int
+    finish_reason: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+
+
+class InferenceService:
+    def __init__(self, resolve: Callable[[str, str], Target], pool: ModelPool, files: FileService, blobs: BlobStore,
+                 default_max_tokens: int):
+        self.resolve = resolve
+        self.pool = pool
+        self.files = files
+        self.blobs = blobs
+        self.default_max_tokens = default_max_tokens
+
+    def evaluate(self, project: str, model: str, file_id: str, max_examples: int | None) -> Scores:
+        """Score a served model on an uploaded fine-tuning file, as a job's before/after evaluation does."""
+        target = self.resolve(project, model)
+        record = self.files.get(project, file_id)
+        if record.purpose != FINE_TUNE or record.format not in ("chat", "completion", "preference"):
+            raise InvalidRequest(
+                f"File {file_id} is not a chat, prompt/completion or preference file uploaded for fine-tuning.", param="file"
+            )
+        examples = read_examples(self.blobs.path(record.storage_key))[:max_examples]
+        text = self.pool.text(target)
+        with self.pool.session(target) as loaded:
+            try:
+                return score(loaded, text.tokenizer, text.encoder, examples)
+            except DataError as error:
+                raise InvalidRequest(f"File {file_id}: {error}", param="file") from error
+
+    def prepare_chat(self, project: str, body: ChatCompletionRequest) -> Prepared:
+        _refuse_unsupported(body)
+        target = self.resolve(project, body.model)
+        text = self.pool.text(target)
+        tools = _tools(body)
+        messages = [_plain_message(m.model_dump(exclude_none=True), i) for i, m in enumerate(body.messages)]
+        prompt = text.encoder.prompt(messages, tools)
+        limit = body.max_completion_tokens or body.max_tokens
+        return self._prepared(body, target, text, [prompt], limit, tools=bool(tools), echo=[])
+
+    def prepare_completion(self, project: str, body: CompletionRequest) -> Prepared:
+        for name, value, default in (("best_of", body.best_of, 1), ("logprobs", body.logprobs, None), ("suffix", body.suffix, None)):
+            if value is not None and value != default:
+                raise InvalidRequest(f"'{name}' is not supported by ftserve's local models.", param=name)
+        target = self.resolve(project, body.model)
+        text = self.pool.text(target)
+        prompts: list[list[int]]
+        if isinstance(body.prompt, str):
+            prompts = [text.tokenizer(body.prompt, add_special_tokens=True)["input_ids"]]
+        elif body.prompt and all(isinstance(p, str) for p in body.prompt):
+            prompts = [text.tokenizer(p, add_special_tokens=True)["input_ids"] for p in body.prompt]  # type: ignore[arg-type]
+        elif body.prompt and all(isinstance(p, int) for p in body.prompt):
+            prompts = [list(body.prompt)]  # type: ignore[arg-type]
+        else:
+            prompts = [list(p) for p in body.prompt]  # type: ignore[arg-type, union-attr]
+        if not prompts or not all(prompts):
+            raise InvalidRequest("'prompt' must not be empty.", param="prompt")
+        vocab = len(text.tokenizer)
+        if any(t < 0 or t >= vocab for p in prompts for t in p):
+            raise InvalidRequest(f"'prompt' holds a token id outside the model's vocabulary (0..{vocab - 1}).", param="prompt")
+        echo = [text.tokenizer.decode(p, skip_special_tokens=True) for p in prompts] if body.echo else []
+        return self._prepared(body, target, text, prompts, body.max_tokens, tools=False, echo=echo)
+
+    def _prepared(self, body: Sampled, target: Target, text: Text, prompts: list[list[int]], limit: int | None,
+                  *, tools: bool, echo: list[str]) -> Prepared:
+        longest = max(map(len, prompts))
+        room = text.context_length - longest
+        param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
+        if room < 1:
+            raise InvalidRequest(
+                f"This model's maximum context length is {text.context_length} tokens; the prompt has {longest}.",
+                param=param, code="context_length_exceeded",
+            )
+        if limit is not None and limit > room:
+            raise InvalidRequest(
+                f"This model's maximum context length is {text.context_length} tokens. The prompt has {longest} "
+                f"tokens, leaving room for {room}, but {limit} were requested.",
+                param="max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens",
+                code="context_length_exceeded",
+            )
+        vocab = len(text.tokenizer)
+        bias = {}
+        for key, value in (body.logit_bias or {}).items():
+            if not key.isdigit() or int(key) >= vocab:
+                raise InvalidRequest(f"logit_bias: {key!r} is not a token id of this model (0..{vocab - 1}).", param="logit_bias")
+            bias[int(key)] = value
+        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        sampling = Sampling(
+            max_tokens=limit or min(self.default_max_tokens, room),
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            stop=stop, presence_penalty=body.presence_penalty or 0.0,
+            frequency_penalty=body.frequency_penalty or 0.0, logit_bias=bias,
+        )
+        return Prepared(body.model, target, text, prompts, sampling, body.n or 1, body.seed, tools, echo)
+
+    def run(self, prepared: Prepared, cancelled: Callable[[], bool] = lambda: False) -> Iterator[Output]:
+        """Generate every choice in turn (choice i of prompt p has index p·n + i)."""
+        tokenizer = prepared.text.tokenizer
+        with self.pool.session(prepared.target) as model:
+            generator = torch.Generator(device=next(model.parameters()).device)
+            if prepared.seed is not None:
+                generator.manual_seed(prepared.seed)
+            else:
+                generator.seed()
+            stops = end_tokens(tokenizer, model)
+            for p, prompt in enumerate(prepared.prompts):
+                for i in range(prepared.n):
+                    index = p * prepared.n + i
+                    if prepared.echo:
+                        yield Output(index, prepared.echo[p], 0)
+                    pieces = generate(model, tokenizer, prompt, prepared.sampling, stops, generator, cancelled)
+                    yield from (_with_tool_calls(index, pieces) if prepared.tools else
+                                (Output(index, x.text, x.tokens, x.finish_reason) for x in pieces))
+                    if cancelled():
+                        return
+
+
+def _with_tool_calls(index: int, pieces: Iterator[Any]) -> Iterator[Output]:
+    """Collect the whole answer, then return `<tool_call>` blocks as tool calls (the way training wrote them)."""
+    text, tokens, reason = "", 0, None
+    for piece in pieces:
+        text, tokens, reason = text + piece.text, piece.tokens, piece.finish_reason
+    calls = []
+    for match in TOOL_CALL.finditer(text):
+        try:
+            call = json.loads(match.group(1))
+            name, arguments = call["name"], call.get("arguments", {})
+        except (ValueError, KeyError, TypeError):
+            continue  # not a well-formed call: leave it in the text
+        calls.append({"id": "call_" + secrets.token_hex(12), "type": "function", "function": {
+            "name": name, "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}})
+    if calls and reason == "stop":
+        rest = TOOL_CALL.sub("", text).strip()
+        yield Output(index, rest, tokens, "tool_calls", calls)
+    else:
+        yield Output(index, text, tokens, reason)
+
+
+def _refuse_unsupported(body: ChatCompletionRequest) -> None:
+    if body.logprobs or body.top_logprobs:
+        raise InvalidRequest("'logprobs' is not supported by ftserve's local models.", param="logprobs")
+    if body.response_format and body.response_format.get("type") not in (None, "text"):
+        raise InvalidRequest("Only response_format {'type': 'text'} is supported by ftserve's local models.",
+                             param="response_format")
+    if body.modalities and set(body.modalities) != {"text"}:
+        raise InvalidRequest("Only the 'text' modality is supported.", param="modalities")
+    if body.audio:
+        raise InvalidRequest("Audio output is not supported.", param="audio")
+    choice = body.tool_choice if body.tool_choice is not None else body.function_call
+    if choice is not None and choice not in ("auto", "none"):
+        raise InvalidRequest(
+            "tool_choice may be 'auto' or 'none': a local model cannot be forced to call a tool.", param="tool_choice"
+        )
+
+
+def _tools(body: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+    if body.tool_choice == "none" or body.function_call == "none":
+        return None
+    tools = body.tools or [{"type": "function", "function": f} for f in body.functions or []]
+    for i, tool in enumerate(tools):
+        function = tool.get("function")
+        if tool.get("type") != "function" or not isinstance(function, dict) or not function.get("name"):
+            raise InvalidRequest("Each tool must be {'type': 'function', 'function': {'name': ..., ...}}.",
+                                 param=f"tools[{i}]")
+    return tools or None
+
+
+def _plain_message(message: dict[str, Any], index: int) -> dict[str, Any]:
+    content = message.get("content")
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise InvalidRequest(
+                    f"ftserve's models read text only; messages[{index}].content[{j}] is {part.get('type')!r}.",
+                    param=f"messages[{index}].content[{j}]",
+                )
+    if message["role"] == "developer":  # the newer name for the system role
+        message = {**message, "role": "system"}
+    return message
+
+
+def resolver(catalogue: dict[str, BaseModel], find: Callable[[str, str], Path | None]) -> Callable[[str, str], Target]:
+    """Name -> what to run: a catalogue base model, or a fine-tuned model the project can see.
+
+    `find(project, name)` gives a visible fine-tuned model's artifact directory (404 when not visible).
+    """
+    def resolve(project: str, name: str) -> Target:
+        if name in catalogue:
+            return Target(name, source_of(catalogue[name]))
+        directory = find(project, name)
+        kind = artifact_kind(directory) if directory else None
+        if directory is None or kind is None:
+            raise ModelNotServable(f"The model '{name}' has no weights to serve (was it made by the fake trainer?).",
+                                   param="model")
+        base_id = manifest(directory).get("base_model")
+        if base_id not in catalogue:
+            raise ModelNotServable(f"The model '{name}' was trained from '{base_id}', which is no longer in the catalogue.",
+                                   param="model")
+        return Target(name, source_of(catalogue[base_id]), directory, kind)
+
+    return resolve

@@ -1,0 +1,251 @@
+"""After a real job succeeds, its model is usable at once: served on /v1/chat/completions in the format it
+learned, scored against its base, exported in three formats that load back and match the served
+model, and gone when deleted. One LoRA job on the default model is shared by every test here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import openai
+import pytest
+import torch
+from openai import OpenAI
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from ftserve.engine.export import VLLM_MODULES
+from tests.conftest import Databases, LiveServer, settings_for, start_server
+from tests.helpers import upload, wait_for
+from tests.tasks import chat_examples, follows_format, jsonl
+
+pytestmark = pytest.mark.engine
+
+BASE = "SmolLM2-135M-Instruct"
+PROBES = ["List: kiwi, lemon, mango, nectarine", "List: red, green, blue"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, databases: Databases, default_model_dir: Path) -> Iterator[LiveServer]:
+    settings = settings_for(tmp_path_factory.mktemp("serving"), databases.new(), trainer="local", lease_seconds=10.0)
+    live, uvicorn_server, thread = start_server(settings)
+    yield live
+    uvicorn_server.should_exit = True
+    thread.join(timeout=60)
+    live.runtime.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> OpenAI:
+    return OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def job(client: OpenAI) -> Any:
+    training = upload(client, jsonl(chat_examples(64)))
+    validation = upload(client, jsonl(chat_examples(12, offset=1000)), name="valid.jsonl")
+    created = client.fine_tuning.jobs.create(
+        model=BASE, training_file=training, validation_file=validation, suffix="items", seed=5,
+        method={"type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 5}}},
+    )
+    done = wait_for(client, created.id, timeout=1200)
+    assert done.status == "succeeded", done.error
+    return done
+
+
+def ask(client: OpenAI, model: str, prompt: str, **extra: Any) -> str:
+    answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                            temperature=0, max_tokens=40, **extra)
+    return answer.choices[0].message.content or ""
+
+
+def test_the_fine_tuned_model_answers_in_the_trained_format(client: OpenAI, job: Any) -> None:
+    prompts = [e["messages"][0]["content"] for e in chat_examples(8, offset=20_000)]
+    tuned = [ask(client, job.fine_tuned_model, p) for p in prompts]
+    base = [ask(client, BASE, p) for p in prompts]
+    assert sum(map(follows_format, tuned)) >= 6, tuned
+    assert sum(map(follows_format, base)) <= 1, base
+
+    stream = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": prompts[0]}],
+                                            temperature=0, max_tokens=40, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == tuned[0]
+
+
+def test_base_and_adapter_requests_interleave_on_one_base(client: OpenAI, job: Any, server: LiveServer) -> None:
+    for _ in range(2):
+        assert follows_format(ask(client, job.fine_tuned_model, PROBES[0]))
+        assert not follows_format(ask(client, BASE, PROBES[0]))
+    loaded = server.runtime.inference.pool.loaded()
+    assert loaded["bases"] == [BASE] and job.fine_tuned_model in loaded["fine_tuned"]
+    assert 0 < loaded["fine_tuned_bytes"] < 20 << 20  # an adapter, not a second copy of the model
+
+
+def test_checkpoint_models_are_served(client: OpenAI, job: Any) -> None:
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    earliest = min(checkpoints, key=lambda c: c.step_number)
+    assert ask(client, earliest.fine_tuned_model_checkpoint, PROBES[1])
+
+
+def test_the_job_shows_its_before_and_after_evaluation(client: OpenAI, job: Any) -> None:
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    [event] = [e for e in events if e.type == "metrics" and "evaluation" in (e.data or {})]
+    report = event.data["evaluation"]  # type: ignore[index]
+    base, tuned = report["base"], report["fine_tuned"]
+    assert report["examples"] == 12 and report["generated"] == 12
+    assert tuned["loss"] < base["loss"] / 3
+    assert tuned["token_accuracy"] > base["token_accuracy"] + 0.2
+    # The base model never answers in the format; a model this small learns the format long before it
+    # learns to count, so exact answers stay rare after three epochs.
+    assert base["exact_match"] == 0 and tuned["exact_match"] >= base["exact_match"]
+    assert "base → fine-tuned" in event.message
+
+    names = {client.files.retrieve(f).filename: f for f in job.result_files}
+    assert set(names) == {"step_metrics.csv", "evaluation.json"}
+    assert json.loads(client.files.content(names["evaluation.json"]).read()) == report
+
+
+def test_the_evaluation_endpoint_scores_any_served_model(client: OpenAI, job: Any) -> None:
+    scores = {
+        model: client.post("/ftserve/evaluations", body={"model": model, "file": job.validation_file}, cast_to=object)
+        for model in (BASE, job.fine_tuned_model)
+    }
+    base, tuned = scores[BASE], scores[job.fine_tuned_model]
+    assert base["object"] == "ftserve.evaluation" and base["examples"] == 12  # type: ignore[index]
+    assert tuned["loss"] < base["loss"] / 3 and tuned["token_accuracy"] > base["token_accuracy"]  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        client.post("/ftserve/evaluations", body={"model": BASE, "file": "file-missing"}, cast_to=object)
+
+
+def served_logits(server: LiveServer, model: str, prompt: str) -> torch.Tensor:
+    """Next-token logits of the served model, straight from the server's pool."""
+    inference = server.runtime.inference
+    target = inference.resolve("default", model)
+    text = inference.pool.text(target)
+    ids = torch.tensor([text.encoder.prompt([{"role": "user", "content": prompt}])])
+    with inference.pool.session(target) as loaded, torch.no_grad():
+        return loaded(input_ids=ids).logits[0, -1].float()
+
+
+def logits_of(model: PreTrainedModel, server: LiveServer, job: Any, prompt: str) -> torch.Tensor:
+    text = server.runtime.inference.pool.text(server.runtime.inference.resolve("default", job.fine_tuned_model))
+    ids = torch.tensor([text.encoder.prompt([{"role": "user", "content": prompt}])])
+    with torch.no_grad():
+        return model(input_ids=ids).logits[0, -1].float()
+
+
+def cli_export(server: LiveServer, model: str, out: Path, *options: str) -> Path:
+    done = subprocess.run(
+        [sys.executable, "-m", "ftserve.cli.main", "export", model, "--out", str(out), "--base-url", server.base_url, *options],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_adapter_export_is_what_vllm_loads_and_matches_the_served_model(server: LiveServer, job: Any,
+                                                                            tmp_path: Path, default_model_dir: Path) -> None:
+    from peft import PeftModel
+
+    adapter = cli_export(server, job.fine_tuned_model, tmp_path, "--format", "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) <= VLLM_MODULES and not config.get("modules_to_save")
+    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as weights:
+        names = list(weights.keys())
+    assert names and not any("embed_tokens" in n or "lm_head" in n for n in names)
+
+    base = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
+    loaded = PeftModel.from_pretrained(base, str(adapter)).eval()
+    for prompt in PROBES:
+        assert torch.allclose(logits_of(loaded, server, job, prompt), served_logits(server, job.fine_tuned_model, prompt), atol=1e-4)
+
+
+def test_the_merged_export_is_a_plain_hugging_face_model_that_matches(server: LiveServer, job: Any, tmp_path: Path) -> None:
+    merged = cli_export(server, job.fine_tuned_model, tmp_path, "--format", "merged")
+    model = AutoModelForCausalLM.from_pretrained(merged).eval()
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+    assert not (merged / "adapter_config.json").exists()
+    for prompt in PROBES:
+        assert torch.allclose(logits_of(model, server, job, prompt), served_logits(server, job.fine_tuned_model, prompt), atol=1e-3)
+
+
+@pytest.mark.parametrize(("quantization", "tolerance"), [("f16", 0.1), ("q8_0", 1.0)])
+def test_the_gguf_export_loads_back_and_matches(server: LiveServer, job: Any, tmp_path: Path,
+                                                quantization: str, tolerance: float) -> None:
+    path = cli_export(server, job.fine_tuned_model, tmp_path, "--format", "gguf", "--quantization", quantization)
+    assert path.suffix == ".gguf"
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+    for prompt in PROBES:
+        ours, served = logits_of(model, server, job, prompt), served_logits(server, job.fine_tuned_model, prompt)
+        assert (ours - served).abs().max() < tolerance
+        assert (ours - served).abs().mean() < tolerance / 5
+        assert int(ours.argmax()) == int(served.argmax())
+
+
+def test_exports_of_the_wrong_kind_are_refused(client: OpenAI, server: LiveServer) -> None:
+    response = httpx.get(f"{server.base_url}/ftserve/export", params={"model": BASE, "format": "adapter"})
+    assert response.status_code == 400 and "base model" in response.json()["error"]["message"]
+    response = httpx.get(f"{server.base_url}/ftserve/export", params={"model": BASE, "format": "zip"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "format"
+
+
+def test_deleting_the_model_stops_serving_it_and_removes_its_files(client: OpenAI, job: Any, server: LiveServer,
+                                                                  tmp_path: Path) -> None:
+    blobs = server.runtime.blobs
+    cli_export(server, job.fine_tuned_model, tmp_path, "--format", "adapter")
+    model_dir = server.runtime.models.artifact("default", job.fine_tuned_model)
+    assert model_dir is not None and model_dir.is_dir()
+    exports = list((blobs.root / "exports").iterdir())
+    assert exports
+
+    assert client.models.delete(job.fine_tuned_model).deleted
+    with pytest.raises(openai.NotFoundError):
+        ask(client, job.fine_tuned_model, PROBES[0])
+    assert job.fine_tuned_model not in server.runtime.inference.pool.loaded()["fine_tuned"]
+    assert not any(p.exists() for p in exports)
+    # The final model is also the last checkpoint's directory: it stays until that checkpoint goes too.
+    last = max(client.fine_tuning.jobs.checkpoints.list(job.id).data, key=lambda c: c.step_number)
+    assert model_dir.is_dir()
+    client.models.delete(last.fine_tuned_model_checkpoint)
+    assert not model_dir.exists()
+    assert not (model_dir.parent / "state").exists()  # resumable state went when the job succeeded
+
+    with pytest.raises(openai.BadRequestError):
+        client.models.delete(BASE)
+    assert ask(client, BASE, PROBES[0])
+
+
+def test_cli_evaluate_prints_scores(server: LiveServer, job: Any, tmp_path: Path) -> None:
+    local = tmp_path / "held_out.jsonl"
+    local.write_bytes(jsonl(chat_examples(4, offset=3000)))
+    done = subprocess.run(
+        [sys.executable, "-m", "ftserve.cli.main", "evaluate", BASE, str(local), "--base-url", server.base_url],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    scores = json.loads(done.stdout)
+    assert scores["examples"] == 4 and 0 <= scores["exact_match"] <= 1 and scores["loss"] > 0
+
+
+
+LLAMA_CPP = Path(__file__).parent.parent / "llama_cpp"
+
+
+@pytest.mark.skipif(shutil.which("node") is None or not (LLAMA_CPP / "node_modules" / "node-llama-cpp").is_dir(),
+                    reason="llama.cpp's prebuilt npm build is not installed (make installs it into tests/llama_cpp)")
+def test_llama_cpp_chats_with_the_gguf_export_in_the_trained_format(server: LiveServer, job: Any, tmp_path: Path) -> None:
+    path = cli_export(server, job.fine_tuned_model, tmp_path, "--format", "gguf", "--quantization", "q8_0")
+    done = subprocess.run(["node", str(LLAMA_CPP / "chat.mjs"), str(path), *PROBES],
+                          capture_output=True, text=True, timeout=300, cwd=LLAMA_CPP)
+    assert done.returncode == 0, done.stderr
+    replies = [json.loads(line)["reply"] for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(replies) == len(PROBES)
+    assert all(follows_format(reply) for reply in replies), replies
