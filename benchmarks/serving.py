@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ftserve.catalogue import load_catalogue, source_of
+from ftserve.engine.data import Encoder
 from ftserve.engine.models import load_tokenizer, local_dir
 from ftserve.inference.generate import Sampling, generate
 from ftserve.inference.pool import ModelPool, Target
@@ -95,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     source = source_of(load_catalogue()[MODEL_ID])
     base_dir = local_dir(source, args.cache_dir)
     tokenizer = load_tokenizer(base_dir)
-    prompt = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
-    prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+    prompt = Encoder(tokenizer, 2048).prompt(PROMPT)
     pool = ModelPool(args.cache_dir)
     base = Target(MODEL_ID, source)
 

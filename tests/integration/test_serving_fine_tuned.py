@@ -197,6 +197,21 @@ def test_exports_of_the_wrong_kind_are_refused(client: OpenAI, server: LiveServe
     assert response.status_code == 400 and response.json()["error"]["param"] == "format"
 
 
+LLAMA_CPP = Path(__file__).parent.parent / "llama_cpp"
+
+
+@pytest.mark.skipif(shutil.which("node") is None or not (LLAMA_CPP / "node_modules" / "node-llama-cpp").is_dir(),
+                    reason="llama.cpp's prebuilt npm build is not installed (make installs it into tests/llama_cpp)")
+def test_llama_cpp_chats_with_the_gguf_export_in_the_trained_format(server: LiveServer, job: Any, tmp_path: Path) -> None:
+    path = cli_export(server, job.fine_tuned_model, tmp_path, "--format", "gguf", "--quantization", "q8_0")
+    done = subprocess.run(["node", str(LLAMA_CPP / "chat.mjs"), str(path), *PROBES],
+                          capture_output=True, text=True, timeout=300, cwd=LLAMA_CPP)
+    assert done.returncode == 0, done.stderr
+    replies = [json.loads(line)["reply"] for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(replies) == len(PROBES)
+    assert all(follows_format(reply) for reply in replies), replies
+
+
 def test_deleting_the_model_stops_serving_it_and_removes_its_files(client: OpenAI, job: Any, server: LiveServer,
                                                                   tmp_path: Path) -> None:
     blobs = server.runtime.blobs
@@ -235,17 +250,3 @@ def test_cli_evaluate_prints_scores(server: LiveServer, job: Any, tmp_path: Path
     assert scores["examples"] == 4 and 0 <= scores["exact_match"] <= 1 and scores["loss"] > 0
 
 
-
-LLAMA_CPP = Path(__file__).parent.parent / "llama_cpp"
-
-
-@pytest.mark.skipif(shutil.which("node") is None or not (LLAMA_CPP / "node_modules" / "node-llama-cpp").is_dir(),
-                    reason="llama.cpp's prebuilt npm build is not installed (make installs it into tests/llama_cpp)")
-def test_llama_cpp_chats_with_the_gguf_export_in_the_trained_format(server: LiveServer, job: Any, tmp_path: Path) -> None:
-    path = cli_export(server, job.fine_tuned_model, tmp_path, "--format", "gguf", "--quantization", "q8_0")
-    done = subprocess.run(["node", str(LLAMA_CPP / "chat.mjs"), str(path), *PROBES],
-                          capture_output=True, text=True, timeout=300, cwd=LLAMA_CPP)
-    assert done.returncode == 0, done.stderr
-    replies = [json.loads(line)["reply"] for line in done.stdout.splitlines() if line.startswith("{")]
-    assert len(replies) == len(PROBES)
-    assert all(follows_format(reply) for reply in replies), replies

@@ -228,9 +228,7 @@ class Worker:
                 },
             )
             if moved:
-                model_path = (
-                    f"artifacts/{job.id}/{outcome.model_dir.relative_to(request_dir).as_posix()}" if outcome.model_dir else None
-                )
+                model_path = self.blobs.key_of(outcome.model_dir) if outcome.model_dir else None
                 model_rows.add_model(conn, job.output_model, job.project, job.id, job.model, finished, model_path)
                 if outcome.evaluation is not None:
                     event_rows.append(conn, job.id, finished, evaluation_message(outcome.evaluation), type="metrics",
