@@ -38,7 +38,8 @@ def client(trainer: LiveServer) -> OpenAI:
 
 def losses(client: OpenAI, job_id: str) -> list[tuple[int, float]]:
     events = client.fine_tuning.jobs.list_events(job_id, limit=1000).data
-    return sorted((e.data["step"], e.data["train_loss"]) for e in events if e.type == "metrics")  # type: ignore[index]
+    # Step metrics; the before/after evaluation is a metrics event of its own, with `evaluation` instead.
+    return sorted((e.data["step"], e.data["train_loss"]) for e in events if e.type == "metrics" and "step" in e.data)  # type: ignore[index, operator]
 
 
 def test_a_supervised_job_fine_tunes_the_default_model(client: OpenAI) -> None:

@@ -144,6 +144,7 @@ def _metrics(scores: Scores) -> dict[str, float]:
 
 
 def _write_json(path: Path, body: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # before the first step, nothing else has made it
     staging = path.with_name(path.name + ".tmp")
     staging.write_text(json.dumps(body, indent=2))
     staging.replace(path)
