@@ -13,8 +13,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ftserve.engine import models, state
 from ftserve.engine.batching import epoch_batches, steps_per_epoch
+from ftserve.engine.evaluate import HeldOut
 from ftserve.engine.hardware import Hardware
 from ftserve.engine.losses import Stats
+from ftserve.engine.setup import Prepared
 from ftserve.engine.sink import Sink
 from ftserve.engine.spec import JobSpec
 
@@ -117,10 +119,17 @@ def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     return Result(step, tokens, model_dir)
 
 
-def finished(sink: Sink, result: Result, evaluation: dict[str, Any] | None) -> Result:
-    """Report a run that trained to the end, with its before/after evaluation when it had one."""
+def train(spec: JobSpec, model: PreTrainedModel, ready: Prepared, task: Task, sink: Sink) -> Result:
+    """A recipe's whole run: `fit`, with the model scored before and after when the job has validation
+    examples, and a `finished` event (carrying that comparison) when it trained to the end."""
+    held_out = HeldOut(spec, ready.tokenizer, ready.encoder, ready.hardware, sink) if task.validation_size else None
+    if held_out:
+        held_out.measure_base(model)
+    result = fit(spec, model, ready.tokenizer, task, ready.hardware, sink)
+    if result.model_dir is None:  # stopped early: paused or cancelled
+        return result
     sink.event("finished", step=result.step, trained_tokens=result.trained_tokens, model_dir=result.model_dir,
-               evaluation=evaluation)
+               evaluation=held_out.compare(model) if held_out else None)
     return result
 
 

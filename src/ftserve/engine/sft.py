@@ -10,7 +10,6 @@ from transformers import PreTrainedModel
 from ftserve.engine import loop, models
 from ftserve.engine.batching import collate
 from ftserve.engine.data import Sequence
-from ftserve.engine.evaluate import HeldOut
 from ftserve.engine.losses import EMPTY, Stats, token_loss
 from ftserve.engine.setup import encode_dataset, prepare
 from ftserve.engine.sink import Sink
@@ -57,13 +56,7 @@ def run(spec: JobSpec, sink: Sink) -> loop.Result:
     ))
     model = models.load_for_training(ready.model_path, spec, ready.hardware)
     task = SupervisedTask(train, validation, ready.tokenizer.pad_token_id, ready.hardware.device, spec.batch_size)
-    held_out = HeldOut(spec, ready.tokenizer, ready.encoder, ready.hardware, sink) if validation else None
-    if held_out:
-        held_out.measure_base(model)
-    result = loop.fit(spec, model, ready.tokenizer, task, ready.hardware, sink)
-    if result.model_dir is None:  # stopped early: paused or cancelled
-        return result
-    return loop.finished(sink, result, held_out.compare(model) if held_out else None)
+    return loop.train(spec, model, ready, task, sink)
 
 
 def _trained(sequence: Sequence) -> int:

@@ -50,7 +50,7 @@ def _usage(prepared: Prepared, outputs: list[Output]) -> wire.Usage:
     # A choice's token count is cumulative: its last output holds the total.
     last = {o.index: o.tokens for o in outputs}
     completion = sum(last.values())
-    prompt = len(prepared.prompts[0]) if len(prepared.prompts) == 1 else prepared.prompt_tokens
+    prompt = prepared.prompt_tokens
     return wire.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
