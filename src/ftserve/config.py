@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -49,6 +49,23 @@ class Settings(BaseSettings):
     )
     inference_max_tokens: int = Field(
         1024, ge=1, description="Tokens a completion may generate when the request sets no max_tokens."
+    )
+
+    providers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Hosted providers by name, as JSON: `{\"together\": {\"api_key\": \"...\"}, "
+        "\"remote-lab\": {\"kind\": \"openai_compatible\", \"base_url\": \"https://lab.example/v1\", \"api_key\": \"...\"}}`. "
+        "A job whose model starts with `NAME/` runs there. `kind` defaults to the name (`remote-*` is openai_compatible); "
+        "the other keys are the provider's connection settings (docs/providers.md).",
+    )
+    providers_file: Path | None = Field(
+        None, description="A JSON file of more providers, in the same shape, for keys kept out of the environment."
+    )
+    reconcile_min_seconds: float = Field(
+        5.0, gt=0, description="How soon the worker first polls a hosted job, and again after anything changed."
+    )
+    reconcile_max_seconds: float = Field(
+        300.0, gt=0, description="The longest the worker waits between polls of a hosted job that shows no change."
     )
 
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for work.")

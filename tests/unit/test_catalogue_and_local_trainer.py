@@ -27,7 +27,7 @@ def test_a_user_catalogue_adds_local_and_hub_models(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ('[{"id": "x"}]', "entry 0: Value error, set exactly one of package, path or hub (got none)"),
+    ('[{"id": "x"}]', "entry 0: Value error, set exactly one of package, path, hub or provider (got none)"),
     ('[{"id": "x", "path": "/a", "hub": "b/c"}]', "got path, hub"),
     ('{"id": "x"}', "expected a JSON list"),
     ("[", "not JSON"),

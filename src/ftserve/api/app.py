@@ -43,7 +43,9 @@ def create_app(runtime: Runtime, *, with_worker: bool = False) -> FastAPI:
     app.include_router(fine_tuning.router(runtime.jobs, runtime.models, project), prefix="/v1")
     app.include_router(models.router(runtime.models, project), prefix="/v1")
     app.include_router(inference.router(runtime.inference, project), prefix="/v1")
-    app.include_router(extensions.router(runtime.inference, runtime.exports, project), prefix="/v1")
+    app.include_router(extensions.router(
+        runtime.inference, runtime.exports, runtime.jobs, runtime.models, runtime.providers, project,
+    ), prefix="/v1")
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:

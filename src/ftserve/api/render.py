@@ -53,7 +53,7 @@ def job(record: Job) -> wj.FineTuningJob:
         method=wj.Method.model_validate({"type": record.method, record.method: method_block}),
         metadata=record.metadata,
         user_provided_suffix=record.suffix,
-        ftserve=wj.FtserveJobOptions.model_validate(record.extensions) if record.extensions else None,
+        ftserve=_extension(record),
     )
 
 
@@ -70,3 +70,17 @@ def checkpoint(record: Checkpoint) -> wj.FineTuningJobCheckpoint:
         step_number=record.step_number, metrics=wj.CheckpointMetrics(**record.metrics),
         fine_tuning_job_id=record.job_id,
     )
+
+
+def _extension(record: Job) -> wj.FtserveJobInfo | None:
+    if not record.extensions and record.provider is None:
+        return None
+    info = wj.FtserveJobInfo.model_validate(record.extensions)
+    if record.provider is not None:
+        remote = record.remote or {}
+        info.provider = wj.ProviderState(
+            name=record.provider, job_id=remote.get("id"), status=remote.get("status"),
+            provider_status=remote.get("provider_status"), fine_tuned_model=remote.get("model"),
+            serving=remote.get("serving"),
+        )
+    return info

@@ -3,7 +3,8 @@
 An entry names where the weights come from with exactly one of:
 - `package` (+ `gguf_file`): a Python package that ships the model file, found without importing it;
 - `path` (+ optional `gguf_file`): a local Hugging Face model directory;
-- `hub` (+ optional `revision`): a Hugging Face hub id, for machines that can reach the hub.
+- `hub` (+ optional `revision`): a Hugging Face hub id, for machines that can reach the hub;
+- `provider` (+ optional `provider_model`): a configured hosted provider trains it, under its own id.
 """
 
 from __future__ import annotations
@@ -31,12 +32,18 @@ class BaseModel(Record):
     hub: str | None = None
     revision: str | None = None
     gguf_file: str | None = None
+    provider: str | None = None
+    """A configured hosted provider's name: jobs on this model run there, not here."""
+    provider_model: str | None = None
+    """The model's id at that provider; unset: the same as `id`."""
 
     @model_validator(mode="after")
     def _one_source(self) -> BaseModel:
-        named = [key for key in ("package", "path", "hub") if getattr(self, key) is not None]
+        named = [key for key in ("package", "path", "hub", "provider") if getattr(self, key) is not None]
         if len(named) != 1:
-            raise ValueError(f"set exactly one of package, path or hub (got {', '.join(named) or 'none'})")
+            raise ValueError(f"set exactly one of package, path, hub or provider (got {', '.join(named) or 'none'})")
+        if self.provider_model is not None and self.provider is None:
+            raise ValueError("provider_model needs provider")
         return self
 
 

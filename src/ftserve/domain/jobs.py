@@ -86,6 +86,10 @@ class Job:
     error: JobError | None = None
     attempts: int = 0
     worker_id: str | None = None
+    provider: str | None = None
+    """The configured hosted provider that runs the job; None: the local worker trains it."""
+    remote: dict[str, Any] | None = None
+    """A hosted job's state at its provider (`store.jobs.Remote`'s fields), once submitted."""
 
 
 @dataclass(frozen=True)
@@ -108,3 +112,4 @@ class Checkpoint:
     step_number: int
     metrics: dict[str, float]
     path: str | None = None
+    remote_model: str | None = None

@@ -20,12 +20,24 @@ from typing import IO, Any
 
 from ftserve.catalogue import BaseModel, source_of
 from ftserve.domain.errors import TrainingFailed
+from ftserve.domain.hyperparameters import resolve as resolve_auto
 from ftserve.engine.spec import JobSpec, LoraOptions
 from ftserve.providers.base import (
     Reporter,
     StopReason,
     TrainingOutcome,
     TrainingRequest,
+)
+from ftserve.providers.contract import (
+    BaseModelInfo,
+    Capabilities,
+    Change,
+    Estimate,
+    JobRequest,
+    ProviderUnsupported,
+    Resolved,
+    Staged,
+    tokens_of,
 )
 from ftserve.schemas.fine_tuning import FtserveJobOptions
 
@@ -84,6 +96,65 @@ class LocalTrainer:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1,
             )
             return _Session(child, reporter, log_path).run()
+
+
+class LocalProvider:
+    """The local engine as a provider: what it trains and the `JobSpec` it would run, without running it.
+
+    Running is the worker's job (claim, lease, `LocalTrainer`), so this implements the planning half
+    of the contract only.
+    """
+
+    kind = "local"
+    name = "local"
+
+    def __init__(self, catalogue: dict[str, BaseModel]):
+        self.catalogue = {key: base for key, base in catalogue.items() if base.provider is None}
+        self.planner = LocalTrainer(self.catalogue, Path("<models_dir>"))
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            methods=("supervised", "dpo"), training_types=("lora", "full"), data="local", serving="ready",
+            events=True, checkpoints=True, pause=True,
+        )
+
+    def list_base_models(self) -> list[BaseModelInfo]:
+        return [BaseModelInfo(base.id, ("supervised", "dpo")) for base in self.catalogue.values()]
+
+    def resolve(self, request: JobRequest, staged: Staged | None = None) -> Resolved:
+        hyperparameters = resolve_auto(request.hyperparameters, request.training_examples or 1)
+        training = TrainingRequest(
+            job_id=request.job_id, model=request.model, method=request.method, hyperparameters=hyperparameters,
+            method_config=request.method_config, seed=request.seed or 0, options=request.options,
+            training_file=Path(staged.training if staged else "<training_file>"),
+            training_examples=request.training_examples,
+            validation_file=Path(staged.validation) if staged and staged.validation
+            else Path("<validation_file>") if request.validation_file else None,
+            output_dir=Path("<artifacts>") / request.job_id,
+        )
+        try:
+            spec = self.planner.spec_for(training)
+        except TrainingFailed as error:
+            raise ProviderUnsupported(error.message, param="model" if request.method != "reinforcement" else "method") from None
+        converted = []
+        multiplier = request.hyperparameters.get("learning_rate_multiplier", "auto")
+        if multiplier != "auto":
+            converted.append(Change(
+                "hyperparameters.learning_rate_multiplier", multiplier, "learning_rate", spec.learning_rate,
+                f"the multiplier scales the catalogue's learning rate for {request.model}, "
+                f"{self.catalogue[request.model].learning_rate:g}",
+            ))
+        dropped = []
+        if request.integrations:
+            dropped.append(Change("integrations", request.integrations, None, reason="the local engine does not report to W&B"))
+        return Resolved(self.name, spec.model_dump(mode="json"), converted, dropped)
+
+    def estimate(self, request: JobRequest) -> Estimate:
+        epochs = resolve_auto(request.hyperparameters, request.training_examples or 1)["n_epochs"]
+        return Estimate(
+            tokens_of(request.training_file) * int(epochs), int(epochs),
+            basis="text of the training file at 4 characters per token, times the epochs; training here costs no fees",
+        )
 
 
 class _Session:

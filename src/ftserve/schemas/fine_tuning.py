@@ -95,6 +95,35 @@ class FtserveJobOptions(Request):
         description="Steps between resumable saves; unset: about 10 per run, and at every epoch end. "
         "Checkpoints usable as models are kept for the last 3 epochs, as at OpenAI.",
     )
+    provider_options: dict[str, dict[str, Any]] | SkipJsonSchema[None] = Field(
+        None,
+        description="Options only one hosted provider has, by provider kind: "
+        "`{\"together\": {\"n_checkpoints\": 3}}`. Each block is checked against that provider's options; "
+        "blocks for other providers are ignored, so one request can carry options for several.",
+    )
+
+
+class ProviderState(Wire):
+    """Where a hosted job runs and what its provider last said."""
+
+    name: str
+    """The configured provider (the model's prefix)."""
+    job_id: str | None = None
+    """The provider's id for the job, once submitted."""
+    status: str | None = None
+    """The provider's status, normalised: validating_files, queued, running, pausing, paused, cancelling,
+    succeeded, failed, cancelled or unknown."""
+    provider_status: str | None = None
+    """The provider's own status value, as it sent it."""
+    fine_tuned_model: str | None = None
+    """The provider's id for the fine-tuned model."""
+    serving: Literal["ready", "needs_deployment", "external"] | None = None
+
+
+class FtserveJobInfo(FtserveJobOptions):
+    """The `ftserve` field of a job: its options, and for a hosted job, the provider's side of it."""
+
+    provider: ProviderState | SkipJsonSchema[None] = None
 
 
 class CreateFineTuningJobRequest(Request):
@@ -145,7 +174,7 @@ class FineTuningJob(Wire):
     method: Method | SkipJsonSchema[None] = None
     metadata: Metadata | None = None
     user_provided_suffix: str | None = None
-    ftserve: FtserveJobOptions | SkipJsonSchema[None] = None
+    ftserve: FtserveJobInfo | SkipJsonSchema[None] = None
 
 
 class ListPaginatedFineTuningJobsResponse(Wire):

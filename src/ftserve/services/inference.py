@@ -251,6 +251,9 @@ def resolver(catalogue: dict[str, BaseModel], find: Callable[[str, str], Path | 
     """
     def resolve(project: str, name: str) -> Target:
         if name in catalogue:
+            if catalogue[name].provider is not None:
+                raise ModelNotServable(f"The model '{name}' lives at the provider '{catalogue[name].provider}'; "
+                                       "call it there.", param="model")
             return Target(name, source_of(catalogue[name]))
         directory = find(project, name)
         kind = artifact_kind(directory) if directory else None

@@ -18,10 +18,12 @@ from ftserve.domain.naming import fine_tuned_name
 from ftserve.schemas.fine_tuning import CreateFineTuningJobRequest, DpoHyperparameters, ReinforcementHyperparameters
 from ftserve.services.clock import now
 from ftserve.services.files import FINE_TUNE, FileService
+from ftserve.services.providers import Plan, ProviderService
 from ftserve.store import events as event_rows
 from ftserve.store import jobs as job_rows
 from ftserve.store import models as model_rows
 from ftserve.store.pages import Page
+
 
 @dataclass(frozen=True)
 class CreateContext:
@@ -32,11 +34,15 @@ class CreateContext:
 
 
 class JobService:
-    def __init__(self, engine: sa.Engine, files: FileService, catalogue: dict[str, BaseModel], dedup_seconds: float):
+    def __init__(
+        self, engine: sa.Engine, files: FileService, catalogue: dict[str, BaseModel], dedup_seconds: float,
+        providers: ProviderService,
+    ):
         self.engine = engine
         self.files = files
         self.catalogue = catalogue
         self.dedup_seconds = dedup_seconds
+        self.providers = providers
 
     def create(self, project: str, request: CreateFineTuningJobRequest, context: CreateContext) -> Job:
         """Create a job, or return the job an earlier attempt of the same request created.
@@ -69,15 +75,25 @@ class JobService:
             return _same_request(found, request_hash)
         return job
 
-    def _new_job(self, project: str, request: CreateFineTuningJobRequest) -> Job:
-        base = self._base_model(project, request.model)
+    def preview(self, project: str, request: CreateFineTuningJobRequest) -> Plan:
+        """What creating this job would send where, without creating it."""
+        return self.providers.plan(self._new_job(project, request, check=False))
+
+    def _new_job(self, project: str, request: CreateFineTuningJobRequest, check: bool = True) -> Job:
+        route = self.providers.providers.route(request.model)
+        base = self._base_model(project, request.model) if route.name is None else request.model
+        if route.name is None and request.ftserve and request.ftserve.provider_options:
+            raise InvalidRequest(
+                f"ftserve.provider_options apply to hosted providers; {request.model} trains on this server.",
+                param="ftserve.provider_options",
+            )
         method_type, hyperparameters, method_config = _method(request)
         self._check_file(project, request.training_file, "training_file")
         if request.validation_file is not None:
             self._check_file(project, request.validation_file, "validation_file")
             if request.validation_file == request.training_file:
                 raise InvalidRequest("validation_file must differ from training_file.", param="validation_file")
-        return Job(
+        job = Job(
             id=new_id("ftjob-"),
             project=project,
             created_at=now(),
@@ -94,9 +110,14 @@ class JobService:
             integrations=[i.model_dump(mode="json", exclude_none=True) for i in request.integrations]
             if request.integrations is not None
             else None,
-            extensions=request.ftserve.model_dump(mode="json") if request.ftserve else {},
+            # Only what the caller set: a hosted provider must tell a chosen value from a default.
+            extensions=request.ftserve.model_dump(mode="json", exclude_unset=True) if request.ftserve else {},
             output_model=fine_tuned_name(base, project, request.suffix),
+            provider=route.name,
         )
+        if check and route.name is not None:
+            self.providers.check(job, set(request.model_dump(exclude_unset=True)))
+        return job
 
     def _base_model(self, project: str, model: str) -> str:
         if model in self.catalogue:
@@ -144,6 +165,11 @@ class JobService:
 
     def pause(self, project: str, job_id: str) -> Job:
         job = self.get(project, job_id)
+        if job.provider is not None and not self.providers.providers.get(job.provider).capabilities().pause:
+            raise InvalidRequest(
+                f"The provider '{job.provider}' cannot pause jobs; cancel the job instead.",
+                param="fine_tuning_job_id", code="unsupported_by_provider",
+            )
         if job.status in (JobStatus.RUNNING,):
             return self._move(project, job_id, JobStatus.PAUSING, (JobStatus.RUNNING,), "Pausing fine-tuning job")
         return self._move(

@@ -48,9 +48,22 @@ class ModelService:
         model = self._visible(project, name)
         return ModelInfo(model.name, model.created_at, model.project)
 
+    def hosted(self, project: str, name: str) -> ModelRow:
+        """A model the project owns that a hosted job made."""
+        model = self._owned(project, name, "model")
+        if model.provider is None:
+            raise InvalidRequest(f"'{name}' was trained on this server; only hosted models are deployed.", param="model")
+        return model
+
     def artifact(self, project: str, name: str) -> Path | None:
         """The directory of a fine-tuned model the project can see (None: it has no weights on disk)."""
         model = self._visible(project, name)
+        if model.remote_model is not None:
+            raise InvalidRequest(
+                f"The model '{name}' lives at {model.provider or 'its provider'} as '{model.remote_model}'; call it there"
+                + (" (POST /v1/ftserve/deployments first, where the provider needs a deployment)." if model.provider else "."),
+                param="model", code="model_not_servable",
+            )
         if not model.path:
             return None
         directory = self.blobs.path(model.path)

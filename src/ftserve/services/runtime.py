@@ -10,11 +10,13 @@ from ftserve.catalogue import load_catalogue
 from ftserve.config import Settings
 from ftserve.files.storage import LocalBlobStore
 from ftserve.inference.pool import ModelPool
+from ftserve.providers.registry import providers_for
 from ftserve.services.exports import ExportService
 from ftserve.services.files import FileService
 from ftserve.services.inference import InferenceService, resolver
 from ftserve.services.jobs import JobService
 from ftserve.services.models import ModelService
+from ftserve.services.providers import ProviderService
 from ftserve.store.database import create_engine, migrate
 
 
@@ -28,6 +30,7 @@ class Runtime:
     models: ModelService
     inference: InferenceService
     exports: ExportService
+    providers: ProviderService
 
 
 def build(settings: Settings) -> Runtime:
@@ -43,13 +46,15 @@ def build(settings: Settings) -> Runtime:
     resolve = resolver(catalogue, models.artifact)
     exports = ExportService(resolve, pool, blobs, catalogue)
     models.on_delete += [pool.evict, exports.forget]
+    providers = ProviderService(providers_for(settings, catalogue), files, blobs)
     return Runtime(
         settings=settings,
         engine=engine,
         blobs=blobs,
         files=files,
-        jobs=JobService(engine, files, catalogue, settings.create_dedup_seconds),
+        jobs=JobService(engine, files, catalogue, settings.create_dedup_seconds, providers),
         models=models,
         inference=InferenceService(resolve, pool, files, blobs, settings.inference_max_tokens),
         exports=exports,
+        providers=providers,
     )

@@ -47,13 +47,17 @@ def add_checkpoint(conn: sa.Connection, checkpoint: Checkpoint, project: str) ->
 def _checkpoint(row: sa.Row) -> Checkpoint:
     return Checkpoint(
         id=row.id, job_id=row.job_id, created_at=row.created_at, fine_tuned_model_checkpoint=row.name,
-        step_number=row.step_number, metrics=row.metrics, path=row.path,
+        step_number=row.step_number, metrics=row.metrics, path=row.path, remote_model=row.remote_model,
     )
 
 
 def list_checkpoints(conn: sa.Connection, job_id: str, *, after: str | None, limit: int) -> Page[Checkpoint]:
     page = select_page(conn, checkpoints, [checkpoints.c.job_id == job_id], after=after, limit=limit)
     return Page([_checkpoint(r) for r in page.items], page.has_more)
+
+
+def checkpoint_steps(conn: sa.Connection, job_id: str) -> set[int]:
+    return set(conn.execute(sa.select(checkpoints.c.step_number).where(checkpoints.c.job_id == job_id)).scalars())
 
 
 def latest_checkpoint(conn: sa.Connection, job_id: str) -> Checkpoint | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import Any, Iterable
 
@@ -16,7 +17,7 @@ CLAIMABLE = (JobStatus.VALIDATING_FILES.value, JobStatus.QUEUED.value)
 
 def _job(row: sa.Row) -> Job:
     data = dict(row._mapping)
-    for internal in ("seq", "lease_expires_at", "request_hash", "idempotency_key"):
+    for internal in ("seq", "lease_expires_at", "request_hash", "idempotency_key", "poll_at"):
         data.pop(internal)
     data["status"] = JobStatus(data["status"])
     data["error"] = JobError(**data["error"]) if data["error"] else None
@@ -114,12 +115,17 @@ def update_running(conn: sa.Connection, job_id: str, worker_id: str, values: dic
     return result.rowcount > 0
 
 
-def claim(conn: sa.Connection, worker_id: str, lease_until: float) -> Job | None:
+def claim(conn: sa.Connection, worker_id: str, lease_until: float, now: float | None = None) -> Job | None:
     """Lease the oldest job that waits for a worker. One statement, so two workers never get the same job:
-    PostgreSQL skips rows another transaction holds; SQLite runs the statement under its write lock."""
+    PostgreSQL skips rows another transaction holds; SQLite runs the statement under its write lock.
+    A hosted job whose provider could not be reached waits out its back-off (`poll_at`) first."""
+    now = time.time() if now is None else now
     candidate = (
         sa.select(jobs.c.seq)
-        .where(jobs.c.status.in_(CLAIMABLE), jobs.c.worker_id.is_(None))
+        .where(
+            jobs.c.status.in_(CLAIMABLE), jobs.c.worker_id.is_(None),
+            sa.or_(jobs.c.poll_at.is_(None), jobs.c.poll_at <= now),
+        )
         .order_by(jobs.c.seq)
         .limit(1)
     )
@@ -137,6 +143,40 @@ def claim(conn: sa.Connection, worker_id: str, lease_until: float) -> Job | None
         .returning(*jobs.c)
     ).first()
     return _job(row) if row else None
+
+
+def claim_remote(conn: sa.Connection, worker_id: str, lease_until: float, now: float) -> Job | None:
+    """Lease the submitted hosted job whose next poll is most overdue, so one worker at a time talks to its provider."""
+    candidate = (
+        sa.select(jobs.c.seq)
+        .where(
+            jobs.c.poll_at <= now, jobs.c.provider.is_not(None), jobs.c.worker_id.is_(None),
+            jobs.c.status.not_in(CLAIMABLE),
+        )
+        .order_by(jobs.c.poll_at)
+        .limit(1)
+    )
+    if conn.dialect.name == "postgresql":
+        candidate = candidate.with_for_update(skip_locked=True)
+    row = conn.execute(
+        jobs.update()
+        .where(jobs.c.seq == candidate.scalar_subquery())
+        .values(worker_id=worker_id, lease_expires_at=lease_until)
+        .returning(*jobs.c)
+    ).first()
+    return _job(row) if row else None
+
+
+def set_remote(
+    conn: sa.Connection, job_id: str, worker_id: str, remote: dict[str, Any] | None, poll_at: float | None,
+    values: dict[str, Any] | None = None,
+) -> bool:
+    """Record what the provider reported and when to ask again (None: never), while this worker holds the job."""
+    result = conn.execute(
+        jobs.update().where(jobs.c.id == job_id, jobs.c.worker_id == worker_id)
+        .values(remote=remote, poll_at=poll_at, **(values or {}))
+    )
+    return result.rowcount > 0
 
 
 def heartbeat(conn: sa.Connection, job_id: str, worker_id: str, lease_until: float) -> JobStatus | None:

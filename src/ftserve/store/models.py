@@ -20,6 +20,9 @@ class ModelRow:
     created_at: int
     is_checkpoint: bool
     path: str | None
+    provider: str | None = None
+    remote_model: str | None = None
+    """The model's id at its hosted provider, for a model a hosted job made."""
 
 
 @dataclass(frozen=True)
@@ -30,10 +33,14 @@ class Permission:
     created_at: int
 
 
-def add_model(conn: sa.Connection, name: str, project: str, job_id: str, base_model: str, created_at: int, path: str | None) -> None:
+def add_model(
+    conn: sa.Connection, name: str, project: str, job_id: str, base_model: str, created_at: int, path: str | None,
+    provider: str | None = None, remote_model: str | None = None,
+) -> None:
     conn.execute(
         fine_tuned_models.insert().values(
-            name=name, project=project, job_id=job_id, base_model=base_model, created_at=created_at, path=path
+            name=name, project=project, job_id=job_id, base_model=base_model, created_at=created_at, path=path,
+            provider=provider, remote_model=remote_model,
         )
     )
 
@@ -54,20 +61,24 @@ def visible_models(conn: sa.Connection, project: str) -> list[ModelRow]:
         sa.select(checkpoints).where(sa.or_(checkpoints.c.project == project, checkpoints.c.name.in_(shared)))
         .order_by(checkpoints.c.seq)
     ).all()
-    return [ModelRow(r.name, r.project, r.job_id, r.created_at, False, r.path) for r in finals] + [
-        ModelRow(r.name, r.project, r.job_id, r.created_at, True, r.path) for r in ckpts
-    ]
+    return [_final(r) for r in finals] + [_checkpoint(r) for r in ckpts]
+
+
+def _final(row: sa.Row) -> ModelRow:
+    return ModelRow(row.name, row.project, row.job_id, row.created_at, False, row.path, row.provider, row.remote_model)
+
+
+def _checkpoint(row: sa.Row) -> ModelRow:
+    return ModelRow(row.name, row.project, row.job_id, row.created_at, True, row.path, None, row.remote_model)
 
 
 def find_model(conn: sa.Connection, name: str) -> ModelRow | None:
     """A fine-tuned or checkpoint model by name, whoever owns it."""
     row = conn.execute(sa.select(fine_tuned_models).where(fine_tuned_models.c.name == name)).first()
     if row:
-        return ModelRow(row.name, row.project, row.job_id, row.created_at, False, row.path)
+        return _final(row)
     row = conn.execute(sa.select(checkpoints).where(checkpoints.c.name == name)).first()
-    if row:
-        return ModelRow(row.name, row.project, row.job_id, row.created_at, True, row.path)
-    return None
+    return _checkpoint(row) if row else None
 
 
 def is_shared_with(conn: sa.Connection, name: str, project: str) -> bool:

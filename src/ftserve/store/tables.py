@@ -94,6 +94,10 @@ jobs = sa.Table(
     sa.Column("lease_expires_at", sa.Float),
     sa.Column("request_hash", sa.String(64), index=True),
     sa.Column("idempotency_key", sa.String(256)),
+    # Hosted jobs: the configured provider, what it last reported, and when the worker polls it next.
+    sa.Column("provider", sa.String(128)),
+    sa.Column("remote", _json()),
+    sa.Column("poll_at", sa.Float, index=True),
     sa.UniqueConstraint("project", "idempotency_key", name="uq_jobs_idempotency_key"),
 )
 
@@ -122,6 +126,7 @@ checkpoints = sa.Table(
     sa.Column("step_number", sa.Integer, nullable=False),
     sa.Column("metrics", _json(), nullable=False),
     sa.Column("path", sa.String(1024)),
+    sa.Column("remote_model", sa.String(1024)),
 )
 
 fine_tuned_models = sa.Table(
@@ -134,6 +139,9 @@ fine_tuned_models = sa.Table(
     sa.Column("base_model", sa.String(512), nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("path", sa.String(1024)),
+    # A hosted job's model lives at its provider, under the provider's own id.
+    sa.Column("provider", sa.String(128)),
+    sa.Column("remote_model", sa.String(1024)),
 )
 
 checkpoint_permissions = sa.Table(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ftserve.providers.registry import trainer_for
 from ftserve.services.runtime import Runtime
 from ftserve.worker.loop import Worker, WorkerConfig
+from ftserve.worker.reconcile import Backoff
 
 
 def worker_for(runtime: Runtime) -> Worker:
@@ -14,5 +15,9 @@ def worker_for(runtime: Runtime) -> Worker:
         runtime.blobs,
         runtime.files,
         trainer_for(settings),
-        WorkerConfig(poll_seconds=settings.worker_poll_seconds, lease_seconds=settings.lease_seconds),
+        WorkerConfig(
+            poll_seconds=settings.worker_poll_seconds, lease_seconds=settings.lease_seconds,
+            backoff=Backoff(settings.reconcile_min_seconds, settings.reconcile_max_seconds),
+        ),
+        runtime.providers.providers,
     )

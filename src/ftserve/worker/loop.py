@@ -7,9 +7,6 @@ reaper of any worker and runs again from its last checkpoint.
 
 from __future__ import annotations
 
-import base64
-import csv
-import io
 import json
 import logging
 import shutil
@@ -28,12 +25,14 @@ from ftserve.domain.jobs import LIVE, Job, JobError, JobStatus
 from ftserve.files.jsonl import JsonlValidator
 from ftserve.files.storage import BlobStore, iter_blob
 from ftserve.providers.base import Trainer, TrainingOutcome, TrainingRequest
+from ftserve.providers.registry import Providers
 from ftserve.services.clock import now
 from ftserve.services.files import FileService
 from ftserve.store import events as event_rows
 from ftserve.store import jobs as job_rows
 from ftserve.store import models as model_rows
-from ftserve.worker.reporter import JobReporter, evaluation_message
+from ftserve.worker.reconcile import Backoff, Reconciler
+from ftserve.worker.reporter import JobReporter, evaluation_message, metrics_csv
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +43,20 @@ FORMATS = {
     "reinforcement": ("reinforcement", "chat"),
 }
 MAX_ATTEMPTS = 3
-CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     poll_seconds: float
     lease_seconds: float
+    backoff: Backoff = Backoff(5.0, 300.0)
+    """How often hosted jobs are polled: from min_seconds, doubling while nothing changes."""
 
 
 class Worker:
     def __init__(
-        self, engine: sa.Engine, blobs: BlobStore, files: FileService, trainer: Trainer | None, config: WorkerConfig
+        self, engine: sa.Engine, blobs: BlobStore, files: FileService, trainer: Trainer | None, config: WorkerConfig,
+        providers: Providers | None = None,
     ):
         self.engine = engine
         self.blobs = blobs
@@ -63,6 +64,10 @@ class Worker:
         self.trainer = trainer
         self.config = config
         self.id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.hosted = (
+            Reconciler(engine, blobs, files, providers, self.id, config.lease_seconds, config.backoff)
+            if providers is not None else None
+        )
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker %s started", self.id)
@@ -76,13 +81,14 @@ class Worker:
                 stop.wait(self.config.poll_seconds)
 
     def run_once(self) -> bool:
-        """Reap, then take one job and do its next piece of work. False when there was nothing to do."""
+        """Reap, then take one job and do its next piece of work, or poll one hosted job that is due.
+        False when there was nothing to do."""
         self.reap()
         self.files.delete_expired()
         with self.engine.begin() as conn:
             job = job_rows.claim(conn, self.id, time.time() + self.config.lease_seconds)
         if job is None:
-            return False
+            return self.hosted.poll_once() if self.hosted is not None else False
         try:
             if job.status == JobStatus.VALIDATING_FILES:
                 self._validate(job)
@@ -100,7 +106,9 @@ class Worker:
         """Take back jobs whose worker stopped renewing its lease."""
         with self.engine.begin() as conn:
             for job in job_rows.stalled(conn, time.time()):
-                if job.status == JobStatus.RUNNING and job.attempts >= MAX_ATTEMPTS:
+                if job.provider is not None:  # a hosted job runs at its provider: only the lease was lost
+                    job_rows.release(conn, job.id, job.worker_id or "")
+                elif job.status == JobStatus.RUNNING and job.attempts >= MAX_ATTEMPTS:
                     error = JobError("worker_lost", f"The job lost its worker {job.attempts} times.", None)
                     if job_rows.move(conn, job.id, JobStatus.FAILED, source=[job.status], release=True,
                                      values={"error": error, "finished_at": now()}):
@@ -155,6 +163,11 @@ class Worker:
     # Training: queued -> running -> succeeded | failed | paused | cancelled.
 
     def _train(self, job: Job) -> None:
+        if job.provider is not None:
+            if self.hosted is None:
+                raise FtserveError(f"This worker has no providers configured; {job.provider} jobs need FTSERVE_PROVIDERS.")
+            self.hosted.submit(job)
+            return
         if self.trainer is None:
             self._fail(job, JobError(
                 "no_trainer",
@@ -215,7 +228,9 @@ class Worker:
             return
         if outcome.stopped is not None:
             return
-        results = [self.files.store_result(job.project, "step_metrics.csv", self._metrics_csv(job.id))]
+        with self.engine.connect() as conn:
+            csv_data = metrics_csv(conn, job.id)
+        results = [self.files.store_result(job.project, "step_metrics.csv", csv_data)]
         if outcome.evaluation is not None:
             results.append(self.files.store_result(job.project, "evaluation.json", json.dumps(outcome.evaluation, indent=2).encode()))
         finished = now()
@@ -240,20 +255,6 @@ class Worker:
                 self.files.delete(job.project, result.id)
             return
         shutil.rmtree(request_dir / "state", ignore_errors=True)  # resumable state is dead weight now
-
-    def _metrics_csv(self, job_id: str) -> bytes:
-        """OpenAI's `step_metrics.csv`, built from the job's metrics events, served base64-encoded as OpenAI does."""
-        with self.engine.connect() as conn:
-            rows = event_rows.metrics_of(conn, job_id)
-        # A resumed job repeats the steps after its last checkpoint; the later report of a step wins.
-        by_step = {data["step"]: data for data in rows if "step" in data}  # the evaluation event has no step
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        for _, data in sorted(by_step.items()):
-            data = {**data, "train_accuracy": data.get("train_mean_token_accuracy")}
-            writer.writerow([data.get(column, "") if data.get(column) is not None else "" for column in CSV_COLUMNS])
-        return base64.b64encode(out.getvalue().encode())
 
     def _fail(self, job: Job, error: JobError) -> None:
         with self.engine.begin() as conn:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import csv
+import io
 import threading
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +19,22 @@ from ftserve.providers.base import StopReason
 from ftserve.services.clock import now
 from ftserve.store import events as event_rows
 from ftserve.store import jobs as job_rows
+
+CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+
+
+def metrics_csv(conn: sa.Connection, job_id: str) -> bytes:
+    """OpenAI's `step_metrics.csv`, built from the job's metrics events, served base64-encoded as OpenAI does."""
+    rows = event_rows.metrics_of(conn, job_id)
+    # A resumed job repeats the steps after its last checkpoint; the later report of a step wins.
+    by_step = {data["step"]: data for data in rows if "step" in data}  # the evaluation event has no step
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for _, data in sorted(by_step.items()):
+        data = {**data, "train_accuracy": data.get("train_mean_token_accuracy")}
+        writer.writerow([data.get(column, "") if data.get(column) is not None else "" for column in CSV_COLUMNS])
+    return base64.b64encode(out.getvalue().encode())
 
 
 def metrics_message(step: int, total: int, metrics: dict[str, float]) -> str:

@@ -1,4 +1,5 @@
-"""ftserve's own endpoints, under `/v1/ftserve`: evaluate a served model, and export one for other servers.
+"""ftserve's own endpoints, under `/v1/ftserve`: evaluate a served model, export one for other servers,
+dry-run a job on its provider, list the providers, and deploy a hosted model.
 
 `GET /ftserve/export` answers a GGUF file as itself and a directory (adapter, merged) as a tar
 stream written on the fly, so no second copy of the weights is made for a download.
@@ -7,6 +8,7 @@ stream written on the fly, so no second copy of the weights is made for a downlo
 
 import tarfile
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -15,16 +17,59 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 
 from ftserve.engine.export import ExportFormat
+from ftserve.schemas import fine_tuning as jobs_wire
 from ftserve.schemas import inference as wire
+from ftserve.schemas import providers as providers_wire
 from ftserve.services.exports import ExportService, Quantization
 from ftserve.services.inference import InferenceService
+from ftserve.services.jobs import JobService
+from ftserve.services.models import ModelService
+from ftserve.services.providers import ProviderService
 
 CHUNK = 1 << 20
 
 
-def router(inference: InferenceService, exports: ExportService, project: Callable[..., str]) -> APIRouter:
+def router(
+    inference: InferenceService, exports: ExportService, jobs: JobService, models: ModelService,
+    providers: ProviderService, project: Callable[..., str],
+) -> APIRouter:
     api = APIRouter(prefix="/ftserve", tags=["ftserve"])
     Project = Annotated[str, Depends(project)]
+
+    @api.post("/fine_tuning/resolve", response_model=providers_wire.Resolution)
+    async def resolve(body: jobs_wire.CreateFineTuningJobRequest, owner: Project) -> providers_wire.Resolution:
+        """Dry-run a job create: the provider's native request, every converted and dropped parameter, an estimate."""
+        plan = await run_in_threadpool(jobs.preview, owner, body)
+        return providers_wire.Resolution(
+            provider=plan.resolved.provider, kind=plan.route.provider.kind, model=plan.route.model,
+            native=plan.resolved.native,
+            converted=[providers_wire.ParameterChange(**asdict(c)) for c in plan.resolved.converted],
+            dropped=[providers_wire.ParameterChange(**asdict(c)) for c in plan.resolved.dropped],
+            estimate=providers_wire.JobEstimate(**asdict(plan.estimate)),
+        )
+
+    @api.get("/providers", response_model=providers_wire.ProviderList)
+    async def list_providers(owner: Project) -> providers_wire.ProviderList:
+        """Where jobs can run: this server, and each configured hosted provider with what it can do."""
+        return providers_wire.ProviderList(data=[
+            providers_wire.ProviderObject(
+                name=info.name, kind=info.kind,
+                capabilities=providers_wire.ProviderCapabilities(**{
+                    key: list(value) if isinstance(value, tuple) else value
+                    for key, value in asdict(info.capabilities).items()
+                }),
+            ) for info in providers.list()
+        ])
+
+    @api.post("/deployments", response_model=providers_wire.DeploymentObject)
+    async def deploy(body: providers_wire.DeploymentRequest, owner: Project) -> providers_wire.DeploymentObject:
+        """Make a hosted model callable at its provider. This is the provider's billed step, so it is never automatic."""
+        hosted = models.hosted(owner, body.model)
+        deployment = await run_in_threadpool(providers.deploy, hosted.provider, hosted.remote_model, body.model)
+        return providers_wire.DeploymentObject(
+            id=deployment.id, model=body.model, provider=hosted.provider or "", provider_model=deployment.model,
+            status=deployment.status,
+        )
 
     @api.post("/evaluations", response_model=wire.Evaluation)
     async def evaluate(body: wire.EvaluationRequest, owner: Project) -> wire.Evaluation:

@@ -1,0 +1,133 @@
+"""Use cases that reach past this server: plan a job on its provider, list providers, deploy a hosted model.
+
+`plan` is the dry run behind job creation and `POST /ftserve/fine_tuning/resolve`: where the job
+runs, the exact native request, every converted and dropped parameter, and an estimate. A hosted
+job is refused when the provider would drop something the caller set; silently training with
+different settings is the failure this contract exists to prevent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pydantic import ValidationError
+
+from ftserve.domain.errors import InvalidRequest, NotFound
+from ftserve.domain.files import StoredFile
+from ftserve.domain.jobs import Job
+from ftserve.files.storage import BlobStore
+from ftserve.providers.contract import (
+    Capabilities,
+    Deployment,
+    Estimate,
+    JobRequest,
+    Provider,
+    ProviderUnsupported,
+    Resolved,
+)
+from ftserve.providers.registry import HOSTED, Providers, Route
+from ftserve.services.files import FileService
+
+
+@dataclass(frozen=True)
+class Plan:
+    route: Route
+    request: JobRequest
+    resolved: Resolved
+    estimate: Estimate
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    name: str
+    kind: str
+    capabilities: Capabilities
+
+
+def job_request(job: Job, model: str, training: StoredFile, validation: StoredFile | None, blobs: BlobStore) -> JobRequest:
+    """A stored job as a provider sees it: files on local disk, `ftserve` split into common and provider options."""
+    options = dict(job.extensions)
+    provider_options = (options.pop("provider_options", None) or {})
+    return JobRequest(
+        job_id=job.id, model=model, method=job.method, hyperparameters=job.hyperparameters,
+        method_config=job.method_config, seed=job.seed, suffix=job.suffix, metadata=job.metadata,
+        integrations=job.integrations, options=options,
+        provider_options=provider_options,
+        training_file=blobs.path(training.storage_key), training_examples=training.examples or 0,
+        validation_file=blobs.path(validation.storage_key) if validation else None,
+        validation_examples=validation.examples or 0 if validation else 0,
+    )
+
+
+def provider_block(provider: Provider, options: dict[str, Any]) -> dict[str, Any]:
+    """The options block for `provider` out of `ftserve.provider_options`; unknown kinds are refused."""
+    unknown = sorted(set(options) - set(HOSTED))
+    if unknown:
+        raise InvalidRequest(
+            f"ftserve.provider_options has no provider kind {', '.join(map(repr, unknown))}; "
+            f"kinds are {', '.join(HOSTED)}.", param=f"ftserve.provider_options.{unknown[0]}",
+        )
+    return options.get(provider.kind, {})
+
+
+class ProviderService:
+    def __init__(self, providers: Providers, files: FileService, blobs: BlobStore):
+        self.providers = providers
+        self.files = files
+        self.blobs = blobs
+
+    def plan(self, job: Job) -> Plan:
+        """Resolve and estimate `job` (not yet stored) on the provider its model routes to."""
+        route = self.providers.route(job.model)
+        training = self.files.get(job.project, job.training_file)
+        validation = self.files.get(job.project, job.validation_file) if job.validation_file else None
+        request = job_request(job, route.model, training, validation, self.blobs)
+        request = replace(request, provider_options=provider_block(route.provider, request.provider_options))
+        try:
+            if route.name is not None:
+                route.provider.Options.model_validate(request.provider_options)  # type: ignore[attr-defined]  # hosted adapters declare Options
+            resolved = route.provider.resolve(request)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise InvalidRequest(
+                f"ftserve.provider_options.{route.provider.kind}.{where}: {first['msg']}",
+                param=f"ftserve.provider_options.{route.provider.kind}.{where}",
+            ) from None
+        except ProviderUnsupported as error:
+            raise InvalidRequest(error.message, param=error.param or "model", code=error.code) from None
+        return Plan(route, request, resolved, route.provider.estimate(request))
+
+    def check(self, job: Job, explicit: set[str]) -> Plan:
+        """The plan of a hosted job about to be created, refused if it would drop a parameter the caller set."""
+        plan = self.plan(job)
+        # Metadata is kept on this server's job whatever the provider does with it.
+        lost = [change for change in plan.resolved.dropped
+                if change.field.split(".")[0] in explicit and change.field != "metadata"]
+        if lost:
+            first = lost[0]
+            names = ", ".join(change.field for change in lost)
+            raise InvalidRequest(
+                f"{plan.route.name} cannot honour {names}: {first.reason}. Remove {'it' if len(lost) == 1 else 'them'}, "
+                f"or see POST /v1/ftserve/fine_tuning/resolve for how this job maps onto {plan.route.name}.",
+                param=first.field, code="unsupported_by_provider",
+            )
+        return plan
+
+    def list(self) -> list[ProviderInfo]:
+        providers: list[Provider] = [self.providers.local, *self.providers.hosted.values()]
+        return [ProviderInfo(p.name, p.kind, p.capabilities()) for p in providers]
+
+    def deploy(self, provider: str | None, remote_model: str | None, name: str) -> Deployment:
+        if provider is None or remote_model is None:
+            raise InvalidRequest(f"'{name}' is served by this server already; only hosted models are deployed.",
+                                 param="model")
+        hosted = self.providers.hosted.get(provider)
+        if hosted is None:
+            raise NotFound(f"'{name}' lives at the provider '{provider}', which this server no longer configures.",
+                           param="model")
+        try:
+            return hosted.deploy(remote_model)
+        except ProviderUnsupported as error:
+            raise InvalidRequest(error.message, param="model", code=error.code) from None
