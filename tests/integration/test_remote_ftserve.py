@@ -174,6 +174,19 @@ def test_pause_and_resume_pass_through(near: OpenAI, far: OpenAI) -> None:
     assert _provider(done)["job_id"] == remote_id  # resumed, not submitted again
 
 
+def test_cancelling_a_paused_remote_job_cancels_it_there(near: OpenAI, far: OpenAI) -> None:
+    job = near.fine_tuning.jobs.create(model=f"remote-b/{BASE}", training_file=upload(near, chat_jsonl(40)),
+                                       hyperparameters={"n_epochs": 2, "batch_size": 1})
+    remote_id = _provider(_wait_provider(near, job.id, "running"))["job_id"]
+    near.fine_tuning.jobs.pause(job.id)
+    wait_for(near, job.id, ("paused",), timeout=30)
+    assert near.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    deadline = time.time() + 20
+    while far.fine_tuning.jobs.retrieve(remote_id).status != "cancelled":
+        assert time.time() < deadline, "the paused far job was never cancelled"
+        time.sleep(0.1)
+
+
 def test_the_provider_refusing_the_job_fails_it_with_the_providers_message(near: OpenAI) -> None:
     job = near.fine_tuning.jobs.create(model="remote-b/no-such-model", training_file=upload(near, chat_jsonl(4)))
     done = wait_for(near, job.id, timeout=30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,8 +161,12 @@ class JobService:
             )
 
     def cancel(self, project: str, job_id: str) -> Job:
-        """Cancel at once; a worker running the job sees it at its next heartbeat and stops."""
-        return self._move(project, job_id, JobStatus.CANCELLED, LIVE, "Fine-tuning job cancelled", finished=True)
+        """Cancel at once; a worker running the job sees it at its next heartbeat and stops. A hosted job
+        is due for a poll at once, which passes the cancel on to its provider."""
+        job = self.get(project, job_id)
+        hosted = {"poll_at": time.time()} if job.provider is not None and (job.remote or {}).get("id") else {}
+        return self._move(project, job_id, JobStatus.CANCELLED, LIVE, "Fine-tuning job cancelled", finished=True,
+                          values=hosted)
 
     def pause(self, project: str, job_id: str) -> Job:
         job = self.get(project, job_id)
@@ -182,10 +187,10 @@ class JobService:
 
     def _move(
         self, project: str, job_id: str, target: JobStatus, source: tuple[JobStatus, ...], message: str,
-        finished: bool = False,
+        finished: bool = False, values: dict[str, Any] | None = None,
     ) -> Job:
         job = self.get(project, job_id)
-        values: dict[str, Any] = {"finished_at": now(), "estimated_finish": None} if finished else {}
+        values = {**(values or {}), **({"finished_at": now(), "estimated_finish": None} if finished else {})}
         with self.engine.begin() as conn:
             moved = job_rows.move(conn, job_id, target, source=source, values=values)
             if moved:
