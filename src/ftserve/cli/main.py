@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ftserve.catalogue import CatalogueError
 from ftserve.config import Settings
+from ftserve.providers.registry import ProviderConfigError
 
 
 def _is_loopback(host: str) -> bool:
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args, settings))
-    except CatalogueError as error:
+    except (CatalogueError, ProviderConfigError) as error:
         print(f"ftserve: {error}", file=sys.stderr)
         return 2
 

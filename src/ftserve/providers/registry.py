@@ -60,10 +60,6 @@ class Route:
     name: str | None
     model: str
 
-    @property
-    def hosted(self) -> HostedProvider | None:
-        return self.provider if self.name is not None else None  # type: ignore[return-value]  # hosted by construction
-
 
 class Providers:
     """The local provider plus every configured hosted one, by name."""

@@ -116,52 +116,38 @@ def update_running(conn: sa.Connection, job_id: str, worker_id: str, values: dic
 
 
 def claim(conn: sa.Connection, worker_id: str, lease_until: float, now: float | None = None) -> Job | None:
-    """Lease the oldest job that waits for a worker. One statement, so two workers never get the same job:
-    PostgreSQL skips rows another transaction holds; SQLite runs the statement under its write lock.
+    """Lease the oldest job that waits for a worker.
     A hosted job whose provider could not be reached waits out its back-off (`poll_at`) first."""
     now = time.time() if now is None else now
-    candidate = (
-        sa.select(jobs.c.seq)
-        .where(
-            jobs.c.status.in_(CLAIMABLE), jobs.c.worker_id.is_(None),
-            sa.or_(jobs.c.poll_at.is_(None), jobs.c.poll_at <= now),
-        )
-        .order_by(jobs.c.seq)
-        .limit(1)
+    return _lease_first(
+        conn, worker_id, lease_until,
+        [jobs.c.status.in_(CLAIMABLE), sa.or_(jobs.c.poll_at.is_(None), jobs.c.poll_at <= now)], jobs.c.seq,
+        # Only training counts as an attempt; checking files does not.
+        attempts=jobs.c.attempts + sa.case((jobs.c.status == JobStatus.QUEUED.value, 1), else_=0),
     )
-    if conn.dialect.name == "postgresql":
-        candidate = candidate.with_for_update(skip_locked=True)
-    row = conn.execute(
-        jobs.update()
-        .where(jobs.c.seq == candidate.scalar_subquery())
-        .values(
-            worker_id=worker_id,
-            lease_expires_at=lease_until,
-            # Only training counts as an attempt; checking files does not.
-            attempts=jobs.c.attempts + sa.case((jobs.c.status == JobStatus.QUEUED.value, 1), else_=0),
-        )
-        .returning(*jobs.c)
-    ).first()
-    return _job(row) if row else None
 
 
 def claim_remote(conn: sa.Connection, worker_id: str, lease_until: float, now: float) -> Job | None:
     """Lease the submitted hosted job whose next poll is most overdue, so one worker at a time talks to its provider."""
-    candidate = (
-        sa.select(jobs.c.seq)
-        .where(
-            jobs.c.poll_at <= now, jobs.c.provider.is_not(None), jobs.c.worker_id.is_(None),
-            jobs.c.status.not_in(CLAIMABLE),
-        )
-        .order_by(jobs.c.poll_at)
-        .limit(1)
+    return _lease_first(
+        conn, worker_id, lease_until,
+        [jobs.c.poll_at <= now, jobs.c.provider.is_not(None), jobs.c.status.not_in(CLAIMABLE)], jobs.c.poll_at,
     )
+
+
+def _lease_first(
+    conn: sa.Connection, worker_id: str, lease_until: float, where: list[sa.ColumnElement[bool]],
+    order: sa.ColumnElement[Any], **values: Any,
+) -> Job | None:
+    """Lease the first unleased job matching `where`. One statement, so two workers never get the same job:
+    PostgreSQL skips rows another transaction holds; SQLite runs the statement under its write lock."""
+    candidate = sa.select(jobs.c.seq).where(*where, jobs.c.worker_id.is_(None)).order_by(order).limit(1)
     if conn.dialect.name == "postgresql":
         candidate = candidate.with_for_update(skip_locked=True)
     row = conn.execute(
         jobs.update()
         .where(jobs.c.seq == candidate.scalar_subquery())
-        .values(worker_id=worker_id, lease_expires_at=lease_until)
+        .values(worker_id=worker_id, lease_expires_at=lease_until, **values)
         .returning(*jobs.c)
     ).first()
     return _job(row) if row else None
