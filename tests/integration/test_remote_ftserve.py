@@ -248,6 +248,11 @@ def test_providers_are_listed_with_what_they_can_do(near: OpenAI) -> None:
     assert set(listed) == {"local", "remote-b", "remote-plain", "remote-down"}
     assert listed["remote-b"]["kind"] == "openai_compatible" and listed["remote-b"]["capabilities"]["pause"] is True
     assert listed["remote-plain"]["capabilities"]["training_types"] == ["lora"]
+    models = near.get("/ftserve/providers/remote-b/models", cast_to=object)["data"]
+    assert BASE in {m["id"] for m in models}  # what the far server lists, its fine-tuned models left out
+    assert not any(m["id"].startswith("ft:") for m in models)
+    with pytest.raises(openai.BadRequestError, match="'remote-x' is not configured"):
+        near.get("/ftserve/providers/remote-x/models", cast_to=object)
 
 
 def _wait_provider(client: OpenAI, job_id: str, status: str, timeout: float = 30) -> object:

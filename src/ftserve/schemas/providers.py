@@ -64,6 +64,19 @@ class ProviderList(Wire):
     data: list[ProviderObject]
 
 
+class ProviderModel(Wire):
+    object: Literal["ftserve.provider.model"] = "ftserve.provider.model"
+    id: str
+    """The model in the provider's naming; prefix it with the provider's name to train it here."""
+    methods: list[str]
+    context_length: int | None
+
+
+class ProviderModelList(Wire):
+    object: Literal["list"] = "list"
+    data: list[ProviderModel]
+
+
 class DeploymentRequest(Request):
     model: str
     """A fine-tuned model that a hosted job made."""

@@ -18,6 +18,7 @@ from ftserve.domain.files import StoredFile
 from ftserve.domain.jobs import Job
 from ftserve.files.storage import BlobStore
 from ftserve.providers.contract import (
+    BaseModelInfo,
     Capabilities,
     Deployment,
     Estimate,
@@ -119,6 +120,11 @@ class ProviderService:
     def list(self) -> list[ProviderInfo]:
         providers: list[Provider] = [self.providers.local, *self.providers.hosted.values()]
         return [ProviderInfo(p.name, p.kind, p.capabilities()) for p in providers]
+
+    def base_models(self, name: str) -> list[BaseModelInfo]:
+        """The models a provider trains, as it lists them (`local`: the catalogue)."""
+        provider: Provider = self.providers.local if name == "local" else self.providers.get(name, param="name")
+        return provider.list_base_models()
 
     def deploy(self, provider: str | None, remote_model: str | None, name: str) -> Deployment:
         if provider is None or remote_model is None:

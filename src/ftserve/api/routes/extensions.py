@@ -61,6 +61,14 @@ def router(
             ) for info in providers.list()
         ])
 
+    @api.get("/providers/{name}/models", response_model=providers_wire.ProviderModelList)
+    async def provider_models(name: str, owner: Project) -> providers_wire.ProviderModelList:
+        """The base models a provider fine-tunes, as it lists them."""
+        found = await run_in_threadpool(providers.base_models, name)
+        return providers_wire.ProviderModelList(data=[
+            providers_wire.ProviderModel(id=m.id, methods=list(m.methods), context_length=m.context_length) for m in found
+        ])
+
     @api.post("/deployments", response_model=providers_wire.DeploymentObject)
     async def deploy(body: providers_wire.DeploymentRequest, owner: Project) -> providers_wire.DeploymentObject:
         """Make a hosted model callable at its provider. This is the provider's billed step, so it is never automatic."""
