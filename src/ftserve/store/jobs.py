@@ -127,12 +127,19 @@ def claim(conn: sa.Connection, worker_id: str, lease_until: float, now: float | 
     )
 
 
+def _poll_due(now: float) -> list[sa.ColumnElement[bool]]:
+    return [jobs.c.poll_at <= now, jobs.c.provider.is_not(None), jobs.c.status.not_in(CLAIMABLE)]
+
+
+def poll_due(conn: sa.Connection, now: float) -> bool:
+    """Whether a submitted hosted job is due for a poll: a read, so an idle worker takes no write lock to learn it."""
+    query = sa.select(jobs.c.seq).where(*_poll_due(now), jobs.c.worker_id.is_(None)).limit(1)
+    return conn.execute(query).first() is not None
+
+
 def claim_remote(conn: sa.Connection, worker_id: str, lease_until: float, now: float) -> Job | None:
     """Lease the submitted hosted job whose next poll is most overdue, so one worker at a time talks to its provider."""
-    return _lease_first(
-        conn, worker_id, lease_until,
-        [jobs.c.poll_at <= now, jobs.c.provider.is_not(None), jobs.c.status.not_in(CLAIMABLE)], jobs.c.poll_at,
-    )
+    return _lease_first(conn, worker_id, lease_until, _poll_due(now), jobs.c.poll_at)
 
 
 def _lease_first(

@@ -121,6 +121,9 @@ class Reconciler:
 
     def poll_once(self) -> bool:
         """Poll the most overdue hosted job, if one is due. False when none was."""
+        with self.engine.connect() as conn:
+            if not job_rows.poll_due(conn, time.time()):
+                return False
         with self.engine.begin() as conn:
             job = job_rows.claim_remote(conn, self.worker_id, time.time() + self.lease_seconds, time.time())
         if job is None:
