@@ -15,6 +15,7 @@ the server's provider configuration (`Connection`), never from the job.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,6 +262,15 @@ def chosen(request: JobRequest, name: str) -> Any | None:
     """A hyperparameter the caller set, or None where it is `"auto"` or absent (the provider's default applies)."""
     value = request.hyperparameters.get(name, "auto")
     return None if value == "auto" else value
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file, read a block at a time: uploads are named by it, so a retry finds the earlier one."""
+    digest = hashlib.sha256()
+    with path.open("rb") as data:
+        for block in iter(lambda: data.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def tokens_of(path: Path) -> int:

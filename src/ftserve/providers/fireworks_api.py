@@ -12,7 +12,6 @@ One module rather than several: every part of it translates the same two SDK res
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from contextlib import contextmanager
@@ -45,6 +44,7 @@ from ftserve.providers.contract import (
     Resolved,
     Staged,
     chosen,
+    file_digest,
     map_status,
     tokens_of,
 )
@@ -377,7 +377,7 @@ class FireworksProvider:
 
     def _dataset(self, path: Path, examples: int) -> str:
         """The dataset holding `path`, uploaded once: it is named after the file's hash, and a READY one is reused."""
-        dataset_id = f"ftserve-{file_hash(path)[:40]}"  # a letter first: Fireworks refuses ids that start with a digit
+        dataset_id = f"ftserve-{file_digest(path)[:40]}"  # a letter first: Fireworks refuses ids that start with a digit
         try:
             with self._calling():
                 existing = self._sdk.datasets.get(dataset_id)
@@ -580,14 +580,6 @@ class FireworksProvider:
 def resource_id(text: str) -> str:
     """`text` as a Fireworks resource id: lowercase letters, digits and '-', at most 63 characters."""
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:RESOURCE_ID_LENGTH].rstrip("-")
-
-
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def provider_message(body: object, fallback: str) -> str:

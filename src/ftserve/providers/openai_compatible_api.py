@@ -8,7 +8,6 @@ ftserve's own options in the `ftserve` extension field; Azure takes its training
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +34,7 @@ from ftserve.providers.contract import (
     RemoteStatus,
     Resolved,
     Staged,
+    file_digest,
     map_status,
     tokens_of,
 )
@@ -165,8 +165,7 @@ class OpenAICompatibleProvider:
 
     def _upload(self, path: Path) -> str:
         # Named after the content, so a retry (or another job on the same data) reuses the upload.
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        filename = f"ftserve-{digest[:32]}.jsonl"
+        filename = f"ftserve-{file_digest(path)[:32]}.jsonl"
         with _errors(self.name):
             for existing in self.client.files.list(purpose="fine-tune"):
                 if existing.filename == filename and existing.status != "error":

@@ -52,6 +52,7 @@ from ftserve.providers.contract import (
     Serving,
     Staged,
     chosen,
+    file_digest,
     map_status,
     tokens_of,
 )
@@ -570,11 +571,7 @@ def _suffix(suffix: str | None, job_id: str) -> str:
 
 
 def _filename(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as data:
-        for block in iter(lambda: data.read(1 << 20), b""):
-            digest.update(block)
-    return f"ftserve-{digest.hexdigest()}.jsonl"
+    return f"ftserve-{file_digest(path)}.jsonl"
 
 
 def _endpoint_name(model: str) -> str:

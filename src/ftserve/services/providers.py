@@ -8,13 +8,12 @@ different settings is the failure this contract exists to prevent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from ftserve.domain.errors import InvalidRequest, NotFound
-from ftserve.domain.files import StoredFile
 from ftserve.domain.jobs import Job
 from ftserve.files.storage import BlobStore
 from ftserve.providers.contract import (
@@ -47,15 +46,18 @@ class ProviderInfo:
     capabilities: Capabilities
 
 
-def job_request(job: Job, model: str, training: StoredFile, validation: StoredFile | None, blobs: BlobStore) -> JobRequest:
-    """A stored job as a provider sees it: files on local disk, `ftserve` split into common and provider options."""
+def job_request(job: Job, route: Route, files: FileService, blobs: BlobStore) -> JobRequest:
+    """A job as its provider sees it: files on local disk, `ftserve` split into common options and the
+    provider's own options block."""
+    training = files.get(job.project, job.training_file)
+    validation = files.get(job.project, job.validation_file) if job.validation_file else None
     options = dict(job.extensions)
-    provider_options = (options.pop("provider_options", None) or {})
+    provider_options = options.pop("provider_options", None) or {}
     return JobRequest(
-        job_id=job.id, model=model, method=job.method, hyperparameters=job.hyperparameters,
+        job_id=job.id, model=route.model, method=job.method, hyperparameters=job.hyperparameters,
         method_config=job.method_config, seed=job.seed, suffix=job.suffix, metadata=job.metadata,
         integrations=job.integrations, options=options,
-        provider_options=provider_options,
+        provider_options=provider_block(route.provider, provider_options),
         training_file=blobs.path(training.storage_key), training_examples=training.examples or 0,
         validation_file=blobs.path(validation.storage_key) if validation else None,
         validation_examples=validation.examples or 0 if validation else 0,
@@ -82,10 +84,7 @@ class ProviderService:
     def plan(self, job: Job, *, estimate: bool = True) -> Plan:
         """Resolve and estimate `job` (not yet stored) on the provider its model routes to."""
         route = self.providers.route(job.model)
-        training = self.files.get(job.project, job.training_file)
-        validation = self.files.get(job.project, job.validation_file) if job.validation_file else None
-        request = job_request(job, route.model, training, validation, self.blobs)
-        request = replace(request, provider_options=provider_block(route.provider, request.provider_options))
+        request = job_request(job, route, self.files, self.blobs)
         try:
             if route.name is not None:
                 route.provider.Options.model_validate(request.provider_options)  # type: ignore[attr-defined]  # hosted adapters declare Options

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,7 +29,7 @@ from ftserve.providers.contract import HostedProvider, ProviderError, RemoteJob
 from ftserve.providers.registry import Providers
 from ftserve.services.clock import now
 from ftserve.services.files import FileService
-from ftserve.services.providers import job_request, provider_block
+from ftserve.services.providers import job_request
 from ftserve.store import events as event_rows
 from ftserve.store import jobs as job_rows
 from ftserve.store import models as model_rows
@@ -102,11 +102,7 @@ class Reconciler:
                 job_rows.set_remote(conn, job.id, self.worker_id, remote_state(state, remote), time.time())
 
     def _start(self, job: Job, provider: HostedProvider) -> RemoteJob:
-        route = self.providers.route(job.model)
-        training = self.files.get(job.project, job.training_file)
-        validation = self.files.get(job.project, job.validation_file) if job.validation_file else None
-        request = job_request(job, route.model, training, validation, self.blobs)
-        request = replace(request, provider_options=provider_block(provider, request.provider_options))
+        request = job_request(job, self.providers.route(job.model), self.files, self.blobs)
         return provider.submit(request, provider.stage_data(request))
 
     def _retry_later(self, job: Job, error: ProviderError) -> None:
