@@ -28,7 +28,9 @@ class Sampling:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # Below this, logits / temperature can overflow to inf (and softmax to NaN); sampling that
+        # cold picks the most likely token anyway.
+        return self.temperature < 1e-6
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ def _choose(logits: torch.Tensor, sampling: Sampling, counts: torch.Tensor | Non
         sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest set of tokens whose mass reaches top_p; the most likely token always stays.
         outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= sampling.top_p
+        outside[0] = False  # top_p=0 would otherwise drop it too, leaving nothing to sample
         sorted_probs[outside] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
+
+T = TypeVar("T")
 
 # A query parameter that may be left out but is never null on the wire.
 OptionalQuery = str | SkipJsonSchema[None]
+
+# A field that may be unset and is then left out of the JSON, never sent as null: the spec types
+# these non-nullable, so `null` would break clients that trust it.
+Omitted = Annotated[T | SkipJsonSchema[None], Field(exclude_if=lambda v: v is None)]
 
 
 class Wire(BaseModel):

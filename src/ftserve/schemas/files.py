@@ -7,13 +7,14 @@ from typing import Literal
 from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
-from ftserve.schemas.common import Request, Wire
+from ftserve.schemas.common import Omitted, Request, Wire
 
 FilePurpose = Literal[
     "assistants", "assistants_output", "batch", "batch_output", "fine-tune", "fine-tune-results", "vision", "user_data"
 ]
-# What a caller may upload. The spec lists `evals` too, and the SDK's FilePurpose carries it.
-UploadPurpose = Literal["assistants", "batch", "fine-tune", "vision", "user_data", "evals"]
+# What a caller may upload: the spec's list (and the SDK's FilePurpose) less `evals`, files for
+# OpenAI's Evals API, which ftserve does not have and whose purpose the File object cannot carry back.
+UploadPurpose = Literal["assistants", "batch", "fine-tune", "vision", "user_data"]
 
 
 class OpenAIFile(Wire):
@@ -22,13 +23,12 @@ class OpenAIFile(Wire):
     id: str
     bytes: int
     created_at: int
-    # Left out, not null, when unset: the spec types both as non-nullable.
-    expires_at: int | SkipJsonSchema[None] = Field(None, exclude_if=lambda v: v is None)
+    expires_at: Omitted[int] = None
     filename: str
     object: Literal["file"] = "file"
     purpose: FilePurpose
     status: Literal["uploaded", "processed", "error"]
-    status_details: str | SkipJsonSchema[None] = Field(None, exclude_if=lambda v: v is None)
+    status_details: Omitted[str] = None
 
 
 class ListFilesResponse(Wire):
@@ -80,7 +80,7 @@ class CreateFileRequest(Request):
     """The multipart body of `POST /files`; documented here, parsed by hand."""
 
     file: bytes = Field(json_schema_extra={"format": "binary"})
-    purpose: UploadPurpose
+    purpose: Literal["assistants", "batch", "fine-tune", "vision", "user_data", "evals"]  # as the spec lists it
     expires_after: FileExpirationAfter | SkipJsonSchema[None] = None
 
 

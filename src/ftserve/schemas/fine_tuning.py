@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
-from ftserve.schemas.common import Request, Wire
+from ftserve.schemas.common import Omitted, Request, Wire
 from ftserve.schemas.graders import Grader
 
 Auto = Literal["auto"]
@@ -40,32 +40,32 @@ class ReinforcementHyperparameters(SupervisedHyperparameters):
 
 
 class SupervisedMethod(Request):
-    hyperparameters: SupervisedHyperparameters | SkipJsonSchema[None] = None
+    hyperparameters: Omitted[SupervisedHyperparameters] = None
 
 
 class DpoMethod(Request):
-    hyperparameters: DpoHyperparameters | SkipJsonSchema[None] = None
+    hyperparameters: Omitted[DpoHyperparameters] = None
 
 
 class ReinforcementMethod(Request):
     grader: Grader
-    hyperparameters: ReinforcementHyperparameters | SkipJsonSchema[None] = None
+    hyperparameters: Omitted[ReinforcementHyperparameters] = None
     # Used by OpenAI's RFT guide for structured outputs; not in the spec. Stored as sent.
-    response_format: dict[str, Any] | SkipJsonSchema[None] = None
+    response_format: Omitted[dict[str, Any]] = None
 
 
 class Method(Request):
     type: Literal["supervised", "dpo", "reinforcement"]
-    supervised: SupervisedMethod | SkipJsonSchema[None] = None
-    dpo: DpoMethod | SkipJsonSchema[None] = None
-    reinforcement: ReinforcementMethod | SkipJsonSchema[None] = None
+    supervised: Omitted[SupervisedMethod] = None
+    dpo: Omitted[DpoMethod] = None
+    reinforcement: Omitted[ReinforcementMethod] = None
 
 
 class WandbIntegration(Request):
     project: str
     name: str | None = None
     entity: str | None = None
-    tags: list[str] | SkipJsonSchema[None] = None
+    tags: Omitted[list[str]] = None
 
 
 class Integration(Request):
@@ -95,7 +95,7 @@ class FtserveJobOptions(Request):
         description="Steps between resumable saves; unset: about 10 per run, and at every epoch end. "
         "Checkpoints usable as models are kept for the last 3 epochs, as at OpenAI.",
     )
-    provider_options: dict[str, dict[str, Any]] | SkipJsonSchema[None] = Field(
+    provider_options: Omitted[dict[str, dict[str, Any]]] = Field(
         None,
         description="Options only one hosted provider has, by provider kind: "
         "`{\"together\": {\"n_checkpoints\": 3}}`. Each block is checked against that provider's options; "
@@ -123,7 +123,7 @@ class ProviderState(Wire):
 class FtserveJobInfo(FtserveJobOptions):
     """The `ftserve` field of a job: its options, and for a hosted job, the provider's side of it."""
 
-    provider: ProviderState | SkipJsonSchema[None] = None
+    provider: Omitted[ProviderState] = None
 
 
 class CreateFineTuningJobRequest(Request):
@@ -171,10 +171,10 @@ class FineTuningJob(Wire):
     integrations: list[Integration] | None = None
     seed: int
     estimated_finish: int | None = None
-    method: Method | SkipJsonSchema[None] = None
+    method: Omitted[Method] = None
     metadata: Metadata | None = None
     user_provided_suffix: str | None = None
-    ftserve: FtserveJobInfo | SkipJsonSchema[None] = None
+    ftserve: Omitted[FtserveJobInfo] = None
 
 
 class ListPaginatedFineTuningJobsResponse(Wire):
@@ -189,8 +189,8 @@ class FineTuningJobEvent(Wire):
     created_at: int
     level: Literal["info", "warn", "error"]
     message: str
-    type: Literal["message", "metrics"] | SkipJsonSchema[None] = None
-    data: dict[str, Any] | SkipJsonSchema[None] = None
+    type: Omitted[Literal["message", "metrics"]] = None
+    data: Omitted[dict[str, Any]] = None
 
 
 class ListFineTuningJobEventsResponse(Wire):
@@ -200,13 +200,13 @@ class ListFineTuningJobEventsResponse(Wire):
 
 
 class CheckpointMetrics(Wire):
-    step: float | SkipJsonSchema[None] = None
-    train_loss: float | SkipJsonSchema[None] = None
-    train_mean_token_accuracy: float | SkipJsonSchema[None] = None
-    valid_loss: float | SkipJsonSchema[None] = None
-    valid_mean_token_accuracy: float | SkipJsonSchema[None] = None
-    full_valid_loss: float | SkipJsonSchema[None] = None
-    full_valid_mean_token_accuracy: float | SkipJsonSchema[None] = None
+    step: Omitted[float] = None
+    train_loss: Omitted[float] = None
+    train_mean_token_accuracy: Omitted[float] = None
+    valid_loss: Omitted[float] = None
+    valid_mean_token_accuracy: Omitted[float] = None
+    full_valid_loss: Omitted[float] = None
+    full_valid_mean_token_accuracy: Omitted[float] = None
 
 
 class FineTuningJobCheckpoint(Wire):

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
-from pydantic.json_schema import SkipJsonSchema
 
-from ftserve.schemas.common import Request
+from ftserve.schemas.common import Omitted, Request
 
 
 class PromptCacheBreakpoint(Request):
@@ -17,7 +16,7 @@ class PromptCacheBreakpoint(Request):
 class InputTextContent(Request):
     type: Literal["input_text"] = "input_text"
     text: str
-    prompt_cache_breakpoint: PromptCacheBreakpoint | SkipJsonSchema[None] = None
+    prompt_cache_breakpoint: Omitted[PromptCacheBreakpoint] = None
 
 
 class OutputTextContent(Request):
@@ -28,7 +27,7 @@ class OutputTextContent(Request):
 class InputImageContent(Request):
     type: Literal["input_image"]
     image_url: str
-    detail: str | SkipJsonSchema[None] = None
+    detail: Omitted[str] = None
 
 
 class AudioData(Request):
@@ -47,7 +46,7 @@ ContentItem = str | InputTextContent | OutputTextContent | InputImageContent | I
 class EvalItem(Request):
     role: Literal["user", "assistant", "system", "developer"]
     content: ContentItem | list[ContentItem]
-    type: Literal["message"] | SkipJsonSchema[None] = None
+    type: Omitted[Literal["message"]] = None
 
 
 class GraderStringCheck(Request):
@@ -73,7 +72,7 @@ class GraderPython(Request):
     type: Literal["python"]
     name: str
     source: str
-    image_tag: str | SkipJsonSchema[None] = None
+    image_tag: Omitted[str] = None
 
 
 class SamplingParams(Request):
@@ -88,9 +87,9 @@ class GraderScoreModel(Request):
     type: Literal["score_model"]
     name: str
     model: str
-    sampling_params: SamplingParams | SkipJsonSchema[None] = None
+    sampling_params: Omitted[SamplingParams] = None
     input: list[EvalItem]
-    range: list[float] | SkipJsonSchema[None] = None
+    range: Omitted[list[float]] = None
 
 
 class GraderLabelModel(Request):

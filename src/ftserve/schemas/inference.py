@@ -12,13 +12,30 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from ftserve.schemas.common import Request, Wire
+from ftserve.schemas.common import Omitted, Request, Wire
 
 Stop = str | Annotated[list[str], Field(max_length=4)] | SkipJsonSchema[None]
 Temperature = Annotated[float, Field(ge=0, le=2)]
 TopP = Annotated[float, Field(ge=0, le=1)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 N = Annotated[int, Field(ge=1, le=16)]
+
+
+class MessageFunctionCall(BaseModel):
+    """A call an earlier assistant turn made, as the prompt renders it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    arguments: str
+
+
+class MessageToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str | SkipJsonSchema[None] = None
+    type: Literal["function"] = "function"
+    function: MessageFunctionCall
 
 
 class ChatMessage(BaseModel):
@@ -29,7 +46,8 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
     name: str | SkipJsonSchema[None] = None
-    tool_calls: list[dict[str, Any]] | SkipJsonSchema[None] = None
+    tool_calls: list[MessageToolCall] | SkipJsonSchema[None] = None
+    function_call: MessageFunctionCall | SkipJsonSchema[None] = None
     tool_call_id: str | SkipJsonSchema[None] = None
 
 
@@ -60,10 +78,10 @@ class ChatCompletionRequest(Sampled):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | SkipJsonSchema[None] = None
     tools: list[dict[str, Any]] | SkipJsonSchema[None] = None
-    tool_choice: str | dict[str, Any] | SkipJsonSchema[None] = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | SkipJsonSchema[None] = None
     parallel_tool_calls: bool | SkipJsonSchema[None] = None
     functions: list[dict[str, Any]] | SkipJsonSchema[None] = None
-    function_call: str | dict[str, Any] | SkipJsonSchema[None] = None
+    function_call: Literal["none", "auto"] | dict[str, Any] | SkipJsonSchema[None] = None
     # Accepted and not acted on: they change bookkeeping at OpenAI, not the answer.
     metadata: dict[str, str] | SkipJsonSchema[None] = None
     store: bool | SkipJsonSchema[None] = None
@@ -108,7 +126,7 @@ class AssistantMessage(Wire):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: None = None
-    tool_calls: list[ToolCall] | SkipJsonSchema[None] = None
+    tool_calls: Omitted[list[ToolCall]] = None
 
 
 FinishReason = Literal["stop", "length", "tool_calls"]

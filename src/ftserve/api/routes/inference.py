@@ -19,13 +19,15 @@ from ftserve.schemas import inference as wire
 from ftserve.services.inference import InferenceService, Output, Prepared
 
 _END = object()
+# With `stream: true` the answer is server-sent events (chunk objects, then `data: [DONE]`).
+_STREAMED = {200: {"content": {"text/event-stream": {}}}}
 
 
 def router(inference: InferenceService, project: Callable[..., str]) -> APIRouter:
     api = APIRouter(tags=["Chat"])
     Project = Annotated[str, Depends(project)]
 
-    @api.post("/chat/completions", response_model=wire.ChatCompletion)
+    @api.post("/chat/completions", response_model=wire.ChatCompletion, responses=_STREAMED)
     async def create_chat_completion(body: wire.ChatCompletionRequest, owner: Project) -> object:
         prepared = await run_in_threadpool(inference.prepare_chat, owner, body)
         if body.stream:
@@ -34,7 +36,7 @@ def router(inference: InferenceService, project: Callable[..., str]) -> APIRoute
         outputs = await run_in_threadpool(lambda: list(inference.run(prepared)))
         return _chat_completion(prepared, outputs)
 
-    @api.post("/completions", response_model=wire.Completion)
+    @api.post("/completions", response_model=wire.Completion, responses=_STREAMED)
     async def create_completion(body: wire.CompletionRequest, owner: Project) -> object:
         prepared = await run_in_threadpool(inference.prepare_completion, owner, body)
         if body.stream:
