@@ -8,7 +8,6 @@ from typing import Literal
 FileStatus = Literal["uploaded", "processed", "error"]
 UploadStatus = Literal["pending", "completed", "cancelled", "expired"]
 
-MAX_FILE_BYTES = 512 * 1024**2
 MAX_UPLOAD_BYTES = 8 * 1024**3
 MAX_PART_BYTES = 64 * 1024**2
 UPLOAD_TTL_SECONDS = 3600

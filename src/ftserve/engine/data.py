@@ -51,8 +51,12 @@ class Pair:
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as lines:
+    """Examples and their line numbers, with lines as the upload's validator counts them: a line ends at
+    "\n" only (text mode would also end one at a lone "\r"), and the file may open with a UTF-8 BOM."""
+    with path.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
+            if number == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")
             if line.strip():
                 yield number, json.loads(line)
 

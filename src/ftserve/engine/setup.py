@@ -52,6 +52,7 @@ def encode_file(path: Path, encode: Callable[[dict], T], trained: Callable[[T], 
     A file where nothing at all is left to train fails here, before any weights load.
     """
     items, skipped = [], []
+    first_reason = ""
     for line, example in read_jsonl(path):
         try:
             item = encode(example)
@@ -59,17 +60,25 @@ def encode_file(path: Path, encode: Callable[[dict], T], trained: Callable[[T], 
             raise DataError(f"{label}, line {line}: {error}") from error
         if trained(item):
             items.append(item)
-        else:
-            skipped.append(line)
+            continue
+        if not skipped:
+            first_reason = (
+                f"the example is longer than max_seq_length={max_length} tokens, and its assistant tokens "
+                "all lie beyond it" if len(item) >= max_length else "every assistant message has weight 0"
+            )
+        skipped.append(line)
+    if not items and not skipped:
+        raise DataError(f"{label}: the file has no examples")
+    lines = f"lines {', '.join(map(str, skipped[:10]))}{'…' if len(skipped) > 10 else ''}"
+    if not items:
+        raise DataError(
+            f"{label}, line {skipped[0]}: {first_reason}; no example has assistant tokens to train on "
+            f"within max_seq_length={max_length} ({lines})"
+        )
     if skipped:
         sink.event(
             "message", level="warn",
             text=f"{label}: skipped {len(skipped)} example(s) with no assistant tokens to train within "
-            f"max_seq_length={max_length} (lines {', '.join(map(str, skipped[:10]))}{'…' if len(skipped) > 10 else ''})",
-        )
-    if not items:
-        raise DataError(
-            f"{label}: no example has assistant tokens to train on (every assistant message has weight 0 "
-            f"or lies beyond max_seq_length={max_length})"
+            f"max_seq_length={max_length} ({lines}); the first, line {skipped[0]}: {first_reason}",
         )
     return items

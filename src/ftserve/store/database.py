@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -14,6 +15,13 @@ from alembic.config import Config
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant works; it keeps two processes that start together from migrating at once.
 _PG_MIGRATION_LOCK = 7_104_211
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> bool:
+    """Whether every backend can hold `text`: PostgreSQL refuses NUL characters, and no driver encodes half
+    a surrogate pair. No row holds a value that is not storable, so a lookup by one finds nothing at once."""
+    return _UNSTORABLE.search(text) is None
 
 
 def create_engine(url: str) -> sa.Engine:

@@ -7,6 +7,7 @@ from dataclasses import asdict
 import sqlalchemy as sa
 
 from ftserve.domain.files import StoredFile, Upload
+from ftserve.store.database import storable
 from ftserve.store.pages import Page, select_page
 from ftserve.store.tables import files, upload_parts, uploads
 
@@ -24,6 +25,8 @@ def insert_file(conn: sa.Connection, record: StoredFile) -> None:
 
 
 def get_file(conn: sa.Connection, project: str, file_id: str) -> StoredFile | None:
+    if not storable(file_id):
+        return None
     row = conn.execute(sa.select(files).where(files.c.id == file_id, files.c.project == project)).first()
     return _file(row) if row else None
 
@@ -33,7 +36,7 @@ def list_files(
 ) -> Page[StoredFile]:
     where = [files.c.project == project]
     if purpose is not None:
-        where.append(files.c.purpose == purpose)
+        where.append(files.c.purpose == purpose if storable(purpose) else sa.false())
     page = select_page(conn, files, where, after=after, limit=limit, newest_first=newest_first)
     return Page([_file(r) for r in page.items], page.has_more)
 
@@ -52,6 +55,8 @@ def insert_upload(conn: sa.Connection, record: Upload) -> None:
 
 
 def get_upload(conn: sa.Connection, project: str, upload_id: str) -> Upload | None:
+    if not storable(upload_id):
+        return None
     row = conn.execute(sa.select(uploads).where(uploads.c.id == upload_id, uploads.c.project == project)).first()
     return _upload(row) if row else None
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from ftserve.store.database import storable
 from ftserve.store.pages import Page, select_page
 from ftserve.store.tables import checkpoint_permissions, checkpoints, fine_tuned_models
 
@@ -74,6 +75,8 @@ def _checkpoint(row: sa.Row) -> ModelRow:
 
 def find_model(conn: sa.Connection, name: str) -> ModelRow | None:
     """A fine-tuned or checkpoint model by name, whoever owns it."""
+    if not storable(name):
+        return None
     row = conn.execute(sa.select(fine_tuned_models).where(fine_tuned_models.c.name == name)).first()
     if row:
         return _final(row)

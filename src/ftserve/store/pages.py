@@ -8,6 +8,7 @@ from typing import Generic, Sequence, TypeVar
 import sqlalchemy as sa
 
 from ftserve.domain.errors import NotFound
+from ftserve.store.database import storable
 
 T = TypeVar("T")
 
@@ -33,7 +34,7 @@ def select_page(
     if after is not None:
         cursor = conn.execute(
             sa.select(table.c.seq).where(table.c[id_column] == after, *where)
-        ).scalar_one_or_none()
+        ).scalar_one_or_none() if storable(after) else None
         if cursor is None:
             raise NotFound(f"No object with id '{after}' to page after.", param="after")
         conditions.append(table.c.seq < cursor if newest_first else table.c.seq > cursor)

@@ -13,7 +13,7 @@ from ftserve.schemas.common import OptionalQuery
 from ftserve.services.jobs import CreateContext, JobService
 from ftserve.services.models import ModelService
 
-_METADATA_KEY = re.compile(r"^metadata\[(.+)\]$")
+_METADATA_KEY = re.compile(r"metadata\[([^\[\]]+)\]")
 # The spec's `metadata` parameter is a deepObject (`metadata[k]=v`), which FastAPI cannot parse;
 # the route reads it from the raw query string and documents it here.
 _METADATA_PARAMETER = {
@@ -32,6 +32,8 @@ _METADATA_PARAMETER = {
 
 
 def _metadata_filter(request: Request) -> tuple[dict[str, str] | None, bool]:
+    """`metadata[k]=v` filters (all must hold) or `metadata=null`. A malformed one is a 400, never ignored:
+    a filter dropped in silence would list every job."""
     pairs: dict[str, str] = {}
     is_null = False
     for key, value in request.query_params.multi_items():
@@ -39,7 +41,16 @@ def _metadata_filter(request: Request) -> tuple[dict[str, str] | None, bool]:
             if value != "null":
                 raise InvalidRequest("Filter with metadata[key]=value, or metadata=null for jobs without metadata.", param="metadata")
             is_null = True
-        elif match := _METADATA_KEY.match(key):
+        elif key.startswith("metadata["):
+            match = _METADATA_KEY.fullmatch(key)
+            shown = key if len(key) <= 80 else key[:77] + "..."
+            if match is None:
+                raise InvalidRequest(
+                    f"Malformed metadata filter '{shown}': filter with metadata[key]=value, "
+                    "where the key is not empty and holds no brackets.", param="metadata",
+                )
+            if match.group(1) in pairs:
+                raise InvalidRequest(f"The metadata filter '{shown}' is given more than once.", param="metadata")
             pairs[match.group(1)] = value
     if is_null and pairs:
         raise InvalidRequest("metadata=null cannot be combined with metadata[key]=value filters.", param="metadata")
