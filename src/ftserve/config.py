@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     inference_max_tokens: int = Field(
         1024, ge=1, description="Tokens a completion may generate when the request sets no max_tokens."
     )
+    max_file_bytes: int = Field(
+        512 * 1024**2, ge=1, description="The largest file `POST /v1/files` accepts (512 MB, as at OpenAI); "
+        "a larger one is refused with 413 and nothing is stored. Larger files go through `/v1/uploads`.",
+    )
 
     providers: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -68,11 +72,36 @@ class Settings(BaseSettings):
         300.0, gt=0, description="The longest the worker waits between polls of a hosted job that shows no change."
     )
 
+    worker_name: str | None = Field(
+        None, description="How this process's worker names itself in job events and logs, followed by a random "
+        "suffix. Unset: the host name.",
+    )
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for work.")
     lease_seconds: float = Field(30.0, gt=0, description="A worker that misses its heartbeat this long loses its job.")
     fake_step_seconds: float = Field(0.2, ge=0, description="How long each step of the fake trainer takes.")
     create_dedup_seconds: float = Field(
         900.0, ge=0, description="How long a retried job create without an Idempotency-Key is recognised."
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="A job whose worker dies (stops renewing its lease) this many times fails with "
+        "`worker_lost` instead of running again. A worker that shuts down cleanly does not use up an attempt.",
+    )
+    shutdown_grace_seconds: float = Field(
+        60.0, gt=0, description="How long a stopping server or worker waits for its running job to save its state "
+        "and go back to the queue.",
+    )
+
+    rate_limit_per_minute: int = Field(
+        0, ge=0, description="Requests each project may make per minute (a token bucket of this size, refilled "
+        "evenly); over it, 429 with Retry-After. 0: no limit.",
+    )
+    max_active_jobs: int = Field(
+        0, ge=0, description="Fine-tuning jobs a project may have in flight (validating, queued, running, pausing "
+        "or paused); one more is refused with 429 and Retry-After. 0: no limit.",
+    )
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="The largest request body outside file uploads (which have "
+        "their own limits); a larger one is refused with 413.",
     )
 
     @field_validator("api_keys", mode="before")

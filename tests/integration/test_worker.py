@@ -103,3 +103,35 @@ def test_store_refuses_moves_the_state_machine_does_not_have(runtime: Runtime) -
     with runtime.engine.begin() as conn, pytest.raises(ValueError, match="no move"):
         job_rows.move(conn, job_id, JobStatus.SUCCEEDED, source=[JobStatus.VALIDATING_FILES])
     assert runtime.jobs.get("default", job_id).status == JobStatus.VALIDATING_FILES
+
+
+def test_a_stopping_worker_hands_its_job_back_at_once_without_using_an_attempt(runtime: Runtime) -> None:
+    job_id = make_job(runtime, n_epochs=4, batch_size=1)  # 16 steps, a checkpoint every 4
+    config = WorkerConfig(poll_seconds=0.05, lease_seconds=30.0)
+    stopping = Worker(runtime.engine, runtime.blobs, runtime.files, FakeTrainer(step_seconds=0.05), config)
+    stop = threading.Event()
+    thread = threading.Thread(target=stopping.run, args=(stop,))
+    thread.start()
+    deadline = time.time() + 30
+    while not runtime.jobs.events("default", job_id, after=None, limit=100).items[0].message.startswith("Step 6/"):
+        assert time.time() < deadline
+        time.sleep(0.02)
+    stop.set()  # what SIGTERM does
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+    job = runtime.jobs.get("default", job_id)
+    assert job.status == JobStatus.QUEUED and job.worker_id is None  # nobody waits for the 30 s lease
+    messages = [e.message for e in runtime.jobs.events("default", job_id, after=None, limit=100).items]
+    stopped_at = int(messages[0].removeprefix("The worker shut down; job requeued at step "))
+    assert stopped_at >= 6
+
+    successor = Worker(runtime.engine, runtime.blobs, runtime.files, FakeTrainer(step_seconds=0.01), config)
+    successor.run_once()
+    job = runtime.jobs.get("default", job_id)
+    # Started twice, but the hand-over was not a lost worker: one attempt used of max_attempts.
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 1
+    events = list(reversed(runtime.jobs.events("default", job_id, after=None, limit=100).items))
+    assert [e.data["step"] for e in events if e.type == "metrics"] == list(range(1, 17))  # repeats not recorded twice
+    assert [e.message for e in events].count("Fine-tuning job restarted") == 1
+    assert [e.message for e in events].count("Checkpoint created at step 4") == 1

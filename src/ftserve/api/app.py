@@ -11,9 +11,11 @@ from fastapi import FastAPI
 from ftserve import __version__
 from ftserve.api import errors
 from ftserve.api.auth import project_resolver
+from ftserve.api.limits import MULTIPART_FRAMING, BodyLimit, RateLimiter
 from ftserve.api.middleware import RequestId
 from ftserve.api.openapi import openai_style
 from ftserve.api.routes import extensions, files, fine_tuning, inference, models
+from ftserve.domain.files import MAX_PART_BYTES
 from ftserve.services.runtime import Runtime
 from ftserve.worker import worker_for
 
@@ -31,14 +33,22 @@ def create_app(runtime: Runtime, *, with_worker: bool = False) -> FastAPI:
         try:
             yield
         finally:
-            stop.set()
+            stop.set()  # a job in training saves its state and goes back to the queue
             if thread is not None:
-                thread.join(timeout=30)
+                thread.join(timeout=runtime.settings.shutdown_grace_seconds)
 
     app = FastAPI(title="ftserve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     errors.install(app)
+    settings = runtime.settings
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes, overrides=[
+        ("POST", "/v1/files", settings.max_file_bytes + MULTIPART_FRAMING,
+         f"File is larger than {settings.max_file_bytes} bytes. Larger files go through /v1/uploads in parts."),
+        ("POST", "/v1/uploads/[^/]+/parts", MAX_PART_BYTES + MULTIPART_FRAMING,
+         f"A part can hold at most {MAX_PART_BYTES} bytes."),
+    ])
     app.add_middleware(RequestId)
-    project = project_resolver(runtime.settings.api_keys)
+    limiter = RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
+    project = project_resolver(settings.api_keys, limiter)
     app.include_router(files.router(runtime.files, project), prefix="/v1")
     app.include_router(fine_tuning.router(runtime.jobs, runtime.models, project), prefix="/v1")
     app.include_router(models.router(runtime.models, project), prefix="/v1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any
 
@@ -11,12 +12,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ftserve.domain.errors import FtserveError
+from ftserve.domain.errors import FtserveError, PayloadTooLarge, RateLimited
 
 log = logging.getLogger(__name__)
 
 
 def envelope(status: int, message: str, type: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    # A message may quote the caller's input, and JSON input may hold half a surrogate pair, which UTF-8
+    # cannot encode: it is shown escaped (`\ud800`) rather than failing the response.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
 
@@ -52,6 +56,8 @@ def _validation_message(error: dict[str, Any], param: str | None) -> str:
         return "We could not parse the JSON body of your request. Send valid JSON."
     if kind == "extra_forbidden":
         return f"Unrecognized request argument supplied: {param}"
+    if param is None:  # the body as a whole, such as a JSON array where an object belongs
+        return f"Invalid request body: {error.get('msg', 'invalid')}."
     if kind == "missing":
         return f"Missing required parameter: '{param}'."
     return f"Invalid value for '{param}': {error.get('msg', 'invalid')}."
@@ -60,7 +66,10 @@ def _validation_message(error: dict[str, Any], param: str | None) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(FtserveError)
     async def _domain(_: Request, error: FtserveError) -> JSONResponse:
-        return envelope(error.status_code, error.message, error.type, error.param, error.code)
+        response = envelope(error.status_code, error.message, error.type, error.param, error.code)
+        if isinstance(error, RateLimited):  # whole seconds, rounded up, as the SDK and proxies read it
+            response.headers["retry-after"] = str(max(1, math.ceil(error.retry_after)))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -78,7 +87,8 @@ def install(app: FastAPI) -> None:
             message = f"Method {request.method} is not allowed on {request.url.path}"
         else:
             message = str(error.detail)
-        return envelope(error.status_code, message, "invalid_request_error", None, None)
+        code = PayloadTooLarge.code if error.status_code == 413 else None
+        return envelope(error.status_code, message, "invalid_request_error", None, code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -80,6 +80,19 @@ class PayloadTooLarge(FtserveError):
     code = "payload_too_large"
 
 
+class RateLimited(FtserveError):
+    """Rate limit reached for requests. Retry after the time in the Retry-After header."""
+
+    status_code = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str | None = None, *, retry_after: float, param: str | None = None,
+                 code: str | None = None):
+        self.retry_after = retry_after
+        super().__init__(message, param=param, code=code)
+
+
 class TrainingFailed(FtserveError):
     """Training failed."""
 

@@ -26,6 +26,8 @@ class JobStatus(str, enum.Enum):
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 LIVE = tuple(s for s in JobStatus if s not in TERMINAL)
+# Jobs that hold, or wait for, a worker: what a project's quota of active jobs counts.
+ACTIVE = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSING)
 
 # Every move a job can make. Moves into a terminal status are allowed from every live status:
 # a job can be cancelled, or fail, wherever it is.

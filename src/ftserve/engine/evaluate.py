@@ -168,9 +168,12 @@ class HeldOut:
                      autocast=self.hardware.autocast)
 
     def measure_base(self, model: PreTrainedModel) -> None:
-        """Score the model before its first step (or read the scores an earlier attempt kept)."""
+        """Score the model before its first step (or read the scores an earlier attempt kept, which
+        reported them already)."""
+        fresh = not (self.spec.output_dir / BASELINE_FILE).exists()
         self.base = baseline(self.spec.output_dir, lambda: self._score(model))
-        self.sink.event("message", text=f"Base model on {self.base.examples} held-out examples: {describe(self.base)}")
+        if fresh:
+            self.sink.event("message", text=f"Base model on {self.base.examples} held-out examples: {describe(self.base)}")
 
     def compare(self, model: PreTrainedModel) -> dict[str, Any] | None:
         """Score the trained model and write the comparison; None (with a warning) if scoring fails,

@@ -64,12 +64,17 @@ def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
 
     torch.manual_seed(spec.seed)
     step, tokens = 0, 0
-    resume = state.latest(spec.output_dir)
-    if resume is not None:
-        saved = state.load(resume, weights, optimizer, scheduler)
+    for resume in state.saved_states(spec.output_dir):
+        try:
+            saved = state.load(resume, weights, optimizer, scheduler)
+        except Exception as error:  # any unreadable state: fall back to the one before it
+            sink.event("message", level="warn", text=f"The state saved at {resume.name} could not be read ({error}); "
+                       "trying the one before it")
+            continue
         step, tokens = saved.step, saved.trained_tokens
         task.restore(saved.extra)
         sink.event("message", text=f"Resuming from step {step}")
+        break
     sink.event("started", step=step, total_steps=total, hardware=hardware.describe())
 
     def keep_state() -> None:
@@ -82,7 +87,7 @@ def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         for indices in batches[step - epoch * per_epoch :]:
             stop = sink.requested_stop()
             if stop is not None:
-                if stop == "pause":
+                if stop in ("pause", "shutdown"):  # both continue later from here
                     keep_state()
                 sink.event("stopped", reason=stop, step=step, trained_tokens=tokens)
                 return Result(step, tokens, None)

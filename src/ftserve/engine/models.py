@@ -153,7 +153,14 @@ def trainable(model: PreTrainedModel) -> dict[str, torch.Tensor]:
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path, spec: JobSpec, step: int) -> Path:
-    """Write a usable model: a PEFT adapter (LoRA) or a full checkpoint, with a manifest naming its base."""
+    """Write a usable model: a PEFT adapter (LoRA) or a full checkpoint, with a manifest naming its base.
+
+    The directory appears complete or not at all (written aside, then renamed). One that is already
+    complete is kept as it is: a run resumed from an earlier state repeats steps, and the checkpoint
+    recorded the first time may already be listed and served.
+    """
+    if (directory / MANIFEST).exists():
+        return directory
     staging = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)

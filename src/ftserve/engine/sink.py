@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
-Command = Literal["pause", "cancel"]
+Command = Literal["pause", "cancel", "shutdown"]
 
 
 class Sink(Protocol):
@@ -19,7 +19,8 @@ class Sink(Protocol):
 
 
 class JsonLinesSink:
-    """Writes one JSON object per line; a `pause` or `cancel` line on the input asks the engine to stop.
+    """Writes one JSON object per line; a `pause`, `cancel` or `shutdown` line on the input asks the engine to stop
+    (`pause` and `shutdown` save resumable state first).
 
     The input closing means the parent is gone, which counts as cancel: an orphaned engine must not
     keep a GPU busy.
@@ -44,7 +45,7 @@ class JsonLinesSink:
     def _listen(self, commands: IO[str]) -> None:
         for line in commands:
             word = line.strip()
-            if word in ("pause", "cancel") and self._stop != "cancel":
+            if word in ("pause", "cancel", "shutdown") and self._stop != "cancel":
                 self._stop = word  # type: ignore[assignment]  # narrowed by the check above
         if self._stop is None:
             self._stop = "cancel"

@@ -1,12 +1,14 @@
 """Resumable training state: the trainable weights, optimizer, schedule, step and RNG, saved atomically.
 
 A state lives in `state/step-N` under the job's output dir. It is written under a temporary
-name and renamed when complete, so an engine killed mid-save leaves the previous state intact.
-Only the newest state is kept.
+name, flushed to disk and renamed when complete, so an engine killed mid-save leaves the earlier
+states intact. The two newest are kept: if the newest cannot be read back (a disk that lost
+unsynced writes, a torn copy), training resumes from the one before it.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 
 FILE = "state.pt"
+KEEP = 2
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,9 @@ def save(output_dir: Path, step: int, trained_tokens: int, weights: dict[str, to
          optimizer: torch.optim.Optimizer, scheduler: Any, extra: dict[str, Any]) -> Path:
     root = output_dir / "state"
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".step-*.tmp"):  # left by an engine killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
     staging = root / f".step-{step}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     torch.save(
         {
@@ -40,18 +44,28 @@ def save(output_dir: Path, step: int, trained_tokens: int, weights: dict[str, to
         },
         staging / FILE,
     )
+    _sync(staging / FILE)
     target = root / f"step-{step}"
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
-    for old in root.glob("step-*"):
-        if old != target:
-            shutil.rmtree(old, ignore_errors=True)
+    _sync(root)
+    for old in saved_states(output_dir)[KEEP:]:
+        shutil.rmtree(old, ignore_errors=True)
     return target
 
 
-def latest(output_dir: Path) -> Path | None:
+def saved_states(output_dir: Path) -> list[Path]:
+    """The complete states under `output_dir`, newest first."""
     done = [p for p in (output_dir / "state").glob("step-*") if (p / FILE).exists()]
-    return max(done, key=lambda p: int(p.name.removeprefix("step-")), default=None)
+    return sorted(done, key=lambda p: int(p.name.removeprefix("step-")), reverse=True)
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load(path: Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any) -> Saved:

@@ -8,7 +8,8 @@ from typing import Any, Literal, Protocol
 
 from ftserve.domain.jobs import MethodType
 
-StopReason = Literal["cancel", "pause", "lost"]
+StopReason = Literal["cancel", "pause", "lost", "shutdown"]
+"""`shutdown`: the worker is stopping; the trainer saves what it needs to continue and returns."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Reporter(Protocol):
     def checkpoint(self, step: int, metrics: dict[str, float], path: Path | None) -> None: ...
     def message(self, text: str, level: Literal["info", "warn", "error"] = "info") -> None: ...
     def should_stop(self) -> StopReason | None:
-        """Polled between steps: cancel, pause, or the worker lost its lease."""
+        """Polled between steps: cancel, pause, shutdown, or the worker lost its lease."""
         ...
 
 

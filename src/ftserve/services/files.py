@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import replace
 from typing import BinaryIO, Iterator
 
 import sqlalchemy as sa
 
 from ftserve.domain.errors import InvalidFileFormat, InvalidRequest, NotFound, PayloadTooLarge
-from ftserve.domain.files import (
-    MAX_FILE_BYTES, MAX_PART_BYTES, MAX_UPLOAD_BYTES, UPLOAD_TTL_SECONDS, StoredFile, Upload,
-)
+from ftserve.domain.files import MAX_PART_BYTES, MAX_UPLOAD_BYTES, UPLOAD_TTL_SECONDS, StoredFile, Upload
 from ftserve.domain.ids import new_id
 from ftserve.files.jsonl import DatasetSummary, JsonlValidator
 from ftserve.files.storage import CHUNK, BlobStore, iter_blob
@@ -20,21 +19,29 @@ from ftserve.store import files as rows
 from ftserve.store.pages import Page
 
 FINE_TUNE = "fine-tune"
+MAX_FILENAME = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class FileService:
-    """Files belong to one project; another project's file is a 404, never a 403."""
+    """Files belong to one project; another project's file is a 404, never a 403.
 
-    def __init__(self, engine: sa.Engine, blobs: BlobStore):
+    `max_file_bytes` bounds a file sent whole (`POST /files`); uploads in parts have their own, larger bound.
+    """
+
+    def __init__(self, engine: sa.Engine, blobs: BlobStore, max_file_bytes: int):
         self.engine = engine
         self.blobs = blobs
+        self.max_file_bytes = max_file_bytes
 
     def create(
         self, project: str, filename: str, purpose: str, source: BinaryIO, *, expires_after: int | None = None
     ) -> StoredFile:
         """Store a file; a fine-tuning file is validated line by line while it is copied, and kept only if valid."""
-        _check_filename(filename, purpose)
-        return self._store(project, filename, purpose, _chunks(source), limit=MAX_FILE_BYTES, expires_after=expires_after)
+        filename = _clean_filename(filename, purpose)
+        return self._store(
+            project, filename, purpose, _chunks(source), limit=self.max_file_bytes, expires_after=expires_after
+        )
 
     def _store(
         self,
@@ -82,10 +89,16 @@ class FileService:
             raise
         return record
 
-    def store_result(self, project: str, filename: str, data: bytes) -> StoredFile:
-        """A file ftserve writes itself (`fine-tune-results`)."""
-        return self._store(
-            project, filename, "fine-tune-results", iter([data]), limit=MAX_FILE_BYTES, expires_after=None
+    def result_file(self, project: str, job_id: str, filename: str, data: bytes) -> StoredFile:
+        """A `fine-tune-results` file ftserve writes itself. Its bytes are stored here; its row is the
+        caller's to insert, in the same transaction that finishes the job, so a crash in between leaves
+        no file listed. The blob's key is fixed per job, so a job finished again overwrites it."""
+        key = f"results/{job_id}/{filename}"
+        with self.blobs.writer(key) as out:
+            out.write(data)
+        return StoredFile(
+            id=new_id("file-"), project=project, filename=filename, purpose="fine-tune-results", bytes=len(data),
+            created_at=now(), expires_at=None, status="processed", storage_key=key, format=None, examples=None,
         )
 
     def get(self, project: str, file_id: str) -> StoredFile:
@@ -122,7 +135,7 @@ class FileService:
     def create_upload(
         self, project: str, filename: str, purpose: str, size: int, mime_type: str, expires_after: int | None
     ) -> Upload:
-        _check_filename(filename, purpose)
+        filename = _clean_filename(filename, purpose, param="filename")
         if size > MAX_UPLOAD_BYTES:
             raise InvalidRequest(f"An upload can hold at most {MAX_UPLOAD_BYTES} bytes.", param="bytes")
         created = now()
@@ -219,11 +232,17 @@ def _chunks(source: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
-def _check_filename(filename: str, purpose: str) -> None:
-    if not filename:
-        raise InvalidRequest("The file needs a filename.", param="file")
-    if purpose == FINE_TUNE and not filename.lower().endswith(".jsonl"):
+def _clean_filename(filename: str, purpose: str, param: str = "file") -> str:
+    """The name kept and shown for a file: its last path component, as OpenAI keeps it, without control
+    characters. Names never reach the file system (blobs are stored by id); this is only what users see."""
+    name = _CONTROL.sub("", re.split(r"[/\\]", filename)[-1]).strip()
+    if name in ("", ".", ".."):
+        raise InvalidRequest("The file needs a filename.", param=param)
+    if len(name) > MAX_FILENAME:
+        raise InvalidRequest(f"The filename is longer than {MAX_FILENAME} characters.", param=param)
+    if purpose == FINE_TUNE and not name.lower().endswith(".jsonl"):
         raise InvalidRequest(
-            f"Files for fine-tuning must be JSONL with a .jsonl name; got '{filename}'.", param="file",
+            f"Files for fine-tuning must be JSONL with a .jsonl name; got '{name}'.", param=param,
             code="invalid_file_format",
         )
+    return name

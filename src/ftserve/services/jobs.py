@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ftserve.catalogue import BaseModel
-from ftserve.domain.errors import Conflict, InvalidRequest, NotFound
+from ftserve.domain.errors import Conflict, InvalidRequest, NotFound, RateLimited
 from ftserve.domain.ids import new_id
 from ftserve.domain.jobs import LIVE, Checkpoint, Job, JobEvent, JobStatus, MethodType
 from ftserve.domain.naming import fine_tuned_name
@@ -24,6 +24,9 @@ from ftserve.store import events as event_rows
 from ftserve.store import jobs as job_rows
 from ftserve.store import models as model_rows
 from ftserve.store.pages import Page
+
+# When none of a project's active jobs has an estimated finish yet, try again after this long.
+QUOTA_RETRY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -37,13 +40,14 @@ class CreateContext:
 class JobService:
     def __init__(
         self, engine: sa.Engine, files: FileService, catalogue: dict[str, BaseModel], dedup_seconds: float,
-        providers: ProviderService,
+        providers: ProviderService, max_active: int = 0,
     ):
         self.engine = engine
         self.files = files
         self.catalogue = catalogue
         self.dedup_seconds = dedup_seconds
         self.providers = providers
+        self.max_active = max_active
 
     def create(self, project: str, request: CreateFineTuningJobRequest, context: CreateContext) -> Job:
         """Create a job, or return the job an earlier attempt of the same request created.
@@ -65,6 +69,7 @@ class JobService:
         job = self._new_job(project, request)
         try:
             with self.engine.begin() as conn:
+                self._check_quota(conn, project)
                 job_rows.insert(conn, job, request_hash=request_hash, idempotency_key=context.idempotency_key)
                 event_rows.append(conn, job.id, job.created_at, f"Created fine-tuning job: {job.id}")
         except sa.exc.IntegrityError:
@@ -183,7 +188,23 @@ class JobService:
         )
 
     def resume(self, project: str, job_id: str) -> Job:
+        self.get(project, job_id)  # an unknown id is a 404 before it is a 429
+        with self.engine.connect() as conn:
+            self._check_quota(conn, project)
         return self._move(project, job_id, JobStatus.QUEUED, (JobStatus.PAUSED,), "Fine-tuning job resumed")
+
+    def _check_quota(self, conn: sa.Connection, project: str) -> None:
+        """Refuse one more active job past the project's quota, saying when a slot is likely to free up."""
+        if not self.max_active:
+            return
+        count, soonest = job_rows.active(conn, project)
+        if count >= self.max_active:
+            wait = min(60.0, max(1.0, (soonest or 0) - time.time())) if soonest else QUOTA_RETRY_SECONDS
+            raise RateLimited(
+                f"Project {project} already has {count} active fine-tuning jobs, its limit; "
+                "try again when one of them has finished.",
+                retry_after=wait, code="too_many_active_jobs",
+            )
 
     def _move(
         self, project: str, job_id: str, target: JobStatus, source: tuple[JobStatus, ...], message: str,

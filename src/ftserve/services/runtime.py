@@ -40,7 +40,7 @@ def build(settings: Settings) -> Runtime:
     migrate(engine)
     blobs = LocalBlobStore(settings.data_dir / "blobs")
     catalogue = load_catalogue(settings.catalogue_file)
-    files = FileService(engine, blobs)
+    files = FileService(engine, blobs, settings.max_file_bytes)
     models = ModelService(engine, blobs, catalogue)
     pool = ModelPool(settings.resolved_models_dir, settings.device, settings.inference_cache_mb << 20)
     resolve = resolver(catalogue, models.artifact)
@@ -52,7 +52,7 @@ def build(settings: Settings) -> Runtime:
         engine=engine,
         blobs=blobs,
         files=files,
-        jobs=JobService(engine, files, catalogue, settings.create_dedup_seconds, providers),
+        jobs=JobService(engine, files, catalogue, settings.create_dedup_seconds, providers, settings.max_active_jobs),
         models=models,
         inference=InferenceService(resolve, pool, files, blobs, settings.inference_max_tokens),
         exports=exports,

@@ -56,6 +56,11 @@ def list_checkpoints(conn: sa.Connection, job_id: str, *, after: str | None, lim
     return Page([_checkpoint(r) for r in page.items], page.has_more)
 
 
+def has_message(conn: sa.Connection, job_id: str, message: str) -> bool:
+    query = sa.select(job_events.c.seq).where(job_events.c.job_id == job_id, job_events.c.message == message).limit(1)
+    return conn.execute(query).first() is not None
+
+
 def checkpoint_steps(conn: sa.Connection, job_id: str) -> set[int]:
     return set(conn.execute(sa.select(checkpoints.c.step_number).where(checkpoints.c.job_id == job_id)).scalars())
 

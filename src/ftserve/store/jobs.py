@@ -8,7 +8,8 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from ftserve.domain.jobs import Job, JobError, JobStatus, can_move
+from ftserve.domain.jobs import ACTIVE, Job, JobError, JobStatus, can_move
+from ftserve.store.database import storable
 from ftserve.store.pages import Page, select_page
 from ftserve.store.tables import jobs
 
@@ -32,6 +33,8 @@ def insert(conn: sa.Connection, job: Job, *, request_hash: str | None, idempoten
 
 
 def get(conn: sa.Connection, job_id: str, project: str | None = None) -> Job | None:
+    if not storable(job_id):
+        return None
     query = sa.select(jobs).where(jobs.c.id == job_id)
     if project is not None:
         query = query.where(jobs.c.project == project)
@@ -67,9 +70,17 @@ def list_page(
     if metadata_is_null:
         where.append(jobs.c.metadata.is_(None))
     for key, value in (metadata or {}).items():
-        where.append(jobs.c.metadata[key].as_string() == value)
+        where.append(_metadata_is(conn, key, value) if storable(key) and storable(value) else sa.false())
     page = select_page(conn, jobs, where, after=after, limit=limit)
     return Page([_job(r) for r in page.items], page.has_more)
+
+
+def _metadata_is(conn: sa.Connection, key: str, value: str) -> sa.ColumnElement[bool]:
+    if conn.dialect.name == "sqlite":
+        # SQLite's JSON paths cannot quote a key that holds '"'; json_each compares keys as plain strings.
+        pairs = sa.func.json_each(jobs.c.metadata).table_valued("key", "value")
+        return sa.exists().where(pairs.c.key == key, pairs.c.value == value)
+    return jobs.c.metadata[key].as_string() == value
 
 
 def move(
@@ -113,6 +124,15 @@ def update_running(conn: sa.Connection, job_id: str, worker_id: str, values: dic
         .values(**(values or {"worker_id": worker_id}))
     )
     return result.rowcount > 0
+
+
+def active(conn: sa.Connection, project: str) -> tuple[int, int | None]:
+    """How many of a project's jobs are active, and the soonest any of them expects to finish."""
+    row = conn.execute(
+        sa.select(sa.func.count(), sa.func.min(jobs.c.estimated_finish))
+        .where(jobs.c.project == project, jobs.c.status.in_([s.value for s in ACTIVE]))
+    ).one()
+    return int(row[0]), row[1]
 
 
 def claim(conn: sa.Connection, worker_id: str, lease_until: float, now: float | None = None) -> Job | None:

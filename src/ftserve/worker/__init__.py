@@ -18,6 +18,8 @@ def worker_for(runtime: Runtime) -> Worker:
         WorkerConfig(
             poll_seconds=settings.worker_poll_seconds, lease_seconds=settings.lease_seconds,
             backoff=Backoff(settings.reconcile_min_seconds, settings.reconcile_max_seconds),
+            max_attempts=settings.max_attempts,
         ),
         runtime.providers.providers,
+        name=settings.worker_name,
     )

@@ -29,6 +29,7 @@ from ftserve.providers.registry import Providers
 from ftserve.services.clock import now
 from ftserve.services.files import FileService
 from ftserve.store import events as event_rows
+from ftserve.store import files as file_rows
 from ftserve.store import jobs as job_rows
 from ftserve.store import models as model_rows
 from ftserve.worker.reconcile import Backoff, Reconciler
@@ -42,7 +43,7 @@ FORMATS = {
     "dpo": ("preference",),
     "reinforcement": ("reinforcement", "chat"),
 }
-MAX_ATTEMPTS = 3
+STARTED = "Fine-tuning job started"
 
 
 @dataclass(frozen=True)
@@ -51,26 +52,32 @@ class WorkerConfig:
     lease_seconds: float
     backoff: Backoff = Backoff(5.0, 300.0)
     """How often hosted jobs are polled: from min_seconds, doubling while nothing changes."""
+    max_attempts: int = 3
+    """A job whose worker dies this many times fails (`worker_lost`) instead of running again."""
 
 
 class Worker:
     def __init__(
         self, engine: sa.Engine, blobs: BlobStore, files: FileService, trainer: Trainer | None, config: WorkerConfig,
-        providers: Providers | None = None,
+        providers: Providers | None = None, name: str | None = None,
     ):
         self.engine = engine
         self.blobs = blobs
         self.files = files
         self.trainer = trainer
         self.config = config
-        self.id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.id = f"{name or socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.stopping = threading.Event()
         self.hosted = (
             Reconciler(engine, blobs, files, providers, self.id, config.lease_seconds, config.backoff)
             if providers is not None else None
         )
 
     def run(self, stop: threading.Event) -> None:
+        """Work until `stop` is set. A job in training when it is set saves its state, goes back to the
+        queue and gives up its lease, so another worker continues it without waiting for the lease to expire."""
         log.info("worker %s started", self.id)
+        self.stopping = stop
         while not stop.is_set():
             try:
                 worked = self.run_once()
@@ -108,7 +115,7 @@ class Worker:
             for job in job_rows.stalled(conn, time.time()):
                 if job.provider is not None:  # a hosted job runs at its provider: only the lease was lost
                     job_rows.release(conn, job.id, job.worker_id or "")
-                elif job.status == JobStatus.RUNNING and job.attempts >= MAX_ATTEMPTS:
+                elif job.status == JobStatus.RUNNING and job.attempts >= self.config.max_attempts:
                     error = JobError("worker_lost", f"The job lost its worker {job.attempts} times.", None)
                     if job_rows.move(conn, job.id, JobStatus.FAILED, source=[job.status], release=True,
                                      values={"error": error, "finished_at": now()}):
@@ -154,10 +161,10 @@ class Worker:
             return error.message
         accepted = FORMATS[job.method]
         if summary.format not in accepted:
-            return (
-                f"line 1: is a {summary.format} example, but {job.method} jobs train on "
-                + " or ".join(accepted) + " examples."
-            )
+            # A `messages` example without an assistant message is a reinforcement prompt: say what it lacks.
+            what = ("has no assistant message to train on (a reinforcement prompt)" if summary.format == "reinforcement"
+                    else f"is a {summary.format} example")
+            return f"line {summary.first_line}: {what}, but {job.method} jobs train on " + " or ".join(accepted) + " examples."
         return None
 
     # Training: queued -> running -> succeeded | failed | paused | cancelled.
@@ -184,7 +191,9 @@ class Worker:
                 values={"hyperparameters": hyperparameters},
             ):
                 return
-            event_rows.append(conn, job.id, now(), "Fine-tuning job started")
+            restarted = event_rows.has_message(conn, job.id, STARTED)
+            event_rows.append(conn, job.id, now(), "Fine-tuning job restarted" if restarted else STARTED,
+                              data={"worker": self.id})
             resume = event_rows.latest_checkpoint(conn, job.id)
         validation = self.files.get(job.project, job.validation_file) if job.validation_file else None
         request = TrainingRequest(
@@ -196,7 +205,7 @@ class Worker:
             resume_step=resume.step_number if resume else 0,
             resume_path=self.blobs.path(resume.path) if resume and resume.path else None,
         )
-        reporter = JobReporter(self.engine, self.blobs, job, self.id, started)
+        reporter = JobReporter(self.engine, self.blobs, job, self.id, started, self.stopping)
         done = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job, reporter, done), daemon=True)
         beat.start()
@@ -226,13 +235,21 @@ class Worker:
                 if job_rows.move(conn, job.id, JobStatus.PAUSED, source=[JobStatus.PAUSING], worker_id=self.id):
                     event_rows.append(conn, job.id, now(), f"Fine-tuning job paused at step {outcome.step}")
             return
+        if outcome.stopped == "shutdown":
+            with self.engine.begin() as conn:
+                # Handing the job on is not a failed attempt, so it does not count towards max_attempts.
+                if job_rows.move(conn, job.id, JobStatus.QUEUED, source=[JobStatus.RUNNING], worker_id=self.id,
+                                 release=True, values={"attempts": max(0, job.attempts - 1)}):
+                    event_rows.append(conn, job.id, now(), f"The worker shut down; job requeued at step {outcome.step}")
+            return
         if outcome.stopped is not None:
             return
         with self.engine.connect() as conn:
             csv_data = metrics_csv(conn, job.id)
-        results = [self.files.store_result(job.project, "step_metrics.csv", csv_data)]
+        results = [self.files.result_file(job.project, job.id, "step_metrics.csv", csv_data)]
         if outcome.evaluation is not None:
-            results.append(self.files.store_result(job.project, "evaluation.json", json.dumps(outcome.evaluation, indent=2).encode()))
+            results.append(self.files.result_file(job.project, job.id, "evaluation.json",
+                                                  json.dumps(outcome.evaluation, indent=2).encode()))
         finished = now()
         with self.engine.begin() as conn:
             moved = job_rows.move(
@@ -243,6 +260,8 @@ class Worker:
                 },
             )
             if moved:
+                for result in results:
+                    file_rows.insert_file(conn, result)
                 model_path = self.blobs.key_of(outcome.model_dir) if outcome.model_dir else None
                 model_rows.add_model(conn, job.output_model, job.project, job.id, job.model, finished, model_path)
                 if outcome.evaluation is not None:
@@ -252,7 +271,7 @@ class Worker:
                 event_rows.append(conn, job.id, finished, "The job has successfully completed")
         if not moved:
             for result in results:
-                self.files.delete(job.project, result.id)
+                self.blobs.delete(result.storage_key)
             return
         shutil.rmtree(request_dir / "state", ignore_errors=True)  # resumable state is dead weight now
 

@@ -31,6 +31,7 @@ from ftserve.services.clock import now
 from ftserve.services.files import FileService
 from ftserve.services.providers import job_request
 from ftserve.store import events as event_rows
+from ftserve.store import files as file_rows
 from ftserve.store import jobs as job_rows
 from ftserve.store import models as model_rows
 from ftserve.worker.reporter import metrics_csv
@@ -196,14 +197,16 @@ class Reconciler:
             # Built from the mirrored metrics events, as for a local job; stored before the move that lists it.
             with self.engine.connect() as conn:
                 csv = metrics_csv(conn, job.id)
-            results = [self.files.store_result(job.project, "step_metrics.csv", csv)]
+            results = [self.files.result_file(job.project, job.id, "step_metrics.csv", csv)]
         with self.engine.begin() as conn:
             moved = self._move(conn, job, state, live, finished, [r.id for r in results])
             if moved:
                 job_rows.set_remote(conn, job.id, self.worker_id, remote, None)
+                for result in results:
+                    file_rows.insert_file(conn, result)
         if not moved:
             for result in results:
-                self.files.delete(job.project, result.id)
+                self.blobs.delete(result.storage_key)
 
     def _move(self, conn: sa.Connection, job: Job, state: RemoteJob, live: list[JobStatus], finished: int,
               results: list[str]) -> bool:

@@ -57,14 +57,22 @@ def evaluation_message(evaluation: dict[str, Any]) -> str:
 
 
 class JobReporter:
-    def __init__(self, engine: sa.Engine, blobs: BlobStore, job: Job, worker_id: str, started_at: float):
+    """A job resumed after a crash repeats the steps since its last saved state. Each step's metrics and
+    each checkpoint are recorded once: the repeats are not reported again."""
+
+    def __init__(self, engine: sa.Engine, blobs: BlobStore, job: Job, worker_id: str, started_at: float,
+                 shutdown: threading.Event | None = None):
         self.engine = engine
         self.blobs = blobs
         self.job = job
         self.worker_id = worker_id
         self.started_at = started_at
+        self.shutdown = shutdown or threading.Event()
         self._status: JobStatus | None = JobStatus.RUNNING
         self._lock = threading.Lock()
+        with engine.connect() as conn:
+            self._reported_step = max((d["step"] for d in event_rows.metrics_of(conn, job.id) if "step" in d), default=0)
+            self._checkpointed = event_rows.checkpoint_steps(conn, job.id)
 
     def observe(self, status: JobStatus | None) -> None:
         """Called by the heartbeat with the job's status in the database (None: lease lost)."""
@@ -80,9 +88,14 @@ class JobReporter:
             return "pause"
         if status != JobStatus.RUNNING:
             return "cancel"
+        if self.shutdown.is_set():
+            return "shutdown"
         return None
 
     def metrics(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
+        if step <= self._reported_step:
+            return
+        self._reported_step = step
         elapsed = max(1e-6, now() - self.started_at)
         estimate = int(self.started_at + elapsed / step * total_steps) if step else None
         with self.engine.begin() as conn:
@@ -93,6 +106,9 @@ class JobReporter:
                 )
 
     def checkpoint(self, step: int, metrics: dict[str, float], path: Path | None) -> None:
+        if step in self._checkpointed:
+            return
+        self._checkpointed.add(step)
         checkpoint = Checkpoint(
             id=new_id("ftckpt_"), job_id=self.job.id, created_at=now(),
             fine_tuned_model_checkpoint=checkpoint_name(self.job.output_model, step),

@@ -3,21 +3,19 @@ bracketed fields (`expires_after[anchor]`) the SDK sends."""
 
 
 from typing import Annotated, Any, Callable, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 
 from ftserve.api import render
-from ftserve.domain.errors import InvalidRequest, PayloadTooLarge
-from ftserve.domain.files import MAX_FILE_BYTES, MAX_PART_BYTES
+from ftserve.domain.errors import InvalidRequest
 from ftserve.schemas import files as wire
 from ftserve.schemas.common import OptionalQuery
 from ftserve.services.files import FileService
-
-# Room for the multipart framing around the largest file we accept.
-_FRAMING = 1024 * 1024
 
 
 def _multipart(schema: type) -> dict[str, Any]:
@@ -26,14 +24,20 @@ def _multipart(schema: type) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": body}}}}
 
 
-async def _form(request: Request, limit: int) -> FormData:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit + _FRAMING:
-        raise PayloadTooLarge(f"The request is larger than the {limit} bytes allowed.", param="file")
+async def _form(request: Request) -> FormData:
+    """The form of a multipart body; the app's BodyLimit has already refused one too large for the route."""
     try:
         return await request.form(max_files=1, max_fields=16)
+    except HTTPException:  # the body limit, raised while the body streams in
+        raise
     except Exception as error:  # python-multipart raises several unrelated types for a malformed body
         raise InvalidRequest(f"Could not read the multipart/form-data body: {error}") from None
+
+
+def _attachment(filename: str) -> str:
+    # Header values are latin-1 and a quote would end the name: anything else goes as RFC 5987's filename*.
+    quoted = quote(filename)
+    return f'attachment; filename="{filename}"' if quoted == filename else f"attachment; filename*=utf-8''{quoted}"
 
 
 def _upload_field(form: FormData, name: str) -> UploadFile:
@@ -62,7 +66,7 @@ def router(files: FileService, project: Callable[..., str]) -> APIRouter:
 
     @api.post("/files", response_model=wire.OpenAIFile, openapi_extra=_multipart(wire.CreateFileRequest))
     async def create_file(request: Request, owner: Project) -> wire.OpenAIFile:
-        form = await _form(request, MAX_FILE_BYTES)
+        form = await _form(request)
         upload = _upload_field(form, "file")
         purpose = form.get("purpose")
         allowed = wire.UploadPurpose.__args__  # type: ignore[attr-defined]
@@ -108,7 +112,7 @@ def router(files: FileService, project: Callable[..., str]) -> APIRouter:
         return StreamingResponse(
             files.content(owner, file_id),
             media_type="application/octet-stream",
-            headers={"content-length": str(record.bytes), "content-disposition": f'attachment; filename="{record.filename}"'},
+            headers={"content-length": str(record.bytes), "content-disposition": _attachment(record.filename)},
         )
 
     uploads = APIRouter(tags=["Uploads"])
@@ -120,7 +124,7 @@ def router(files: FileService, project: Callable[..., str]) -> APIRouter:
 
     @uploads.post("/uploads/{upload_id}/parts", response_model=wire.UploadPart, openapi_extra=_multipart(wire.AddUploadPartRequest))
     async def add_upload_part(upload_id: str, request: Request, owner: Project) -> wire.UploadPart:
-        form = await _form(request, MAX_PART_BYTES)
+        form = await _form(request)
         data = _upload_field(form, "data")
         part_id, created = await run_in_threadpool(files.add_part, owner, upload_id, data.file)
         return wire.UploadPart(id=part_id, created_at=created, upload_id=upload_id)
