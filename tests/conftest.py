@@ -15,6 +15,7 @@ from typing import Iterator
 import pytest
 import sqlalchemy as sa
 import uvicorn
+from openai import OpenAI
 
 from ftserve.api.app import create_app
 from ftserve.catalogue import load_catalogue
@@ -128,6 +129,18 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Ite
     server.should_exit = True
     thread.join(timeout=30)
     live.runtime.engine.dispose()
+
+
+@pytest.fixture
+def alpha(keyed: LiveServer) -> OpenAI:
+    """The official SDK as project alpha of the `keyed` server."""
+    return OpenAI(base_url=keyed.base_url, api_key="sk-alpha", max_retries=0)
+
+
+@pytest.fixture
+def beta(keyed: LiveServer) -> OpenAI:
+    """The official SDK as project beta of the `keyed` server."""
+    return OpenAI(base_url=keyed.base_url, api_key="sk-beta", max_retries=0)
 
 
 @pytest.fixture(scope="session")

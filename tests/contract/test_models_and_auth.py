@@ -14,16 +14,6 @@ from tests.helpers import chat_jsonl, upload, wait_for
 MODEL = "SmolLM2-135M-Instruct"
 
 
-@pytest.fixture
-def alpha(keyed) -> OpenAI:  # type: ignore[no-untyped-def]
-    return OpenAI(base_url=keyed.base_url, api_key="sk-alpha", max_retries=0)
-
-
-@pytest.fixture
-def beta(keyed) -> OpenAI:  # type: ignore[no-untyped-def]
-    return OpenAI(base_url=keyed.base_url, api_key="sk-beta", max_retries=0)
-
-
 def test_requests_need_a_valid_key(keyed) -> None:  # type: ignore[no-untyped-def]
     for key in ("wrong", ""):
         with pytest.raises(openai.AuthenticationError) as error:

@@ -227,16 +227,6 @@ def operations(server) -> set[str]:  # type: ignore[no-untyped-def]
     return {f"{method.upper()} {path}" for path, ops in document["paths"].items() for method in ops}
 
 
-@pytest.fixture
-def alpha(keyed) -> OpenAI:  # type: ignore[no-untyped-def]
-    return OpenAI(base_url=keyed.base_url, api_key="sk-alpha", max_retries=0)
-
-
-@pytest.fixture
-def beta(keyed) -> OpenAI:  # type: ignore[no-untyped-def]
-    return OpenAI(base_url=keyed.base_url, api_key="sk-beta", max_retries=0)
-
-
 def test_every_operation_has_a_walk_entry(keyed, beta: OpenAI) -> None:  # type: ignore[no-untyped-def]
     with httpx.Client() as api:
         table = walk(beta, api, Own("", "", "", ""))

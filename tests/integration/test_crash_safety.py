@@ -227,9 +227,9 @@ def kill_at_random(cluster: Cluster, client: OpenAI, rng: random.Random, kills: 
     """Start the target and kill it at a random point of the job, again and again until `kills` kills landed
     on a live job, starting a new job whenever one finished; then let the last one finish.
 
-    A point is a step drawn from 0 to one past the last (past it: the final save, evaluation and finish),
-    plus a random delay after the job reports that step, so kills land in start-up, steps, state saves,
-    evaluation, export and the finishing transaction alike.
+    A point is a step drawn from the one the job has reached to one past the last (past it: the final
+    save, evaluation and finish), plus a random delay of up to 3 s after the job reports that step, so
+    kills land in start-up, steps, state saves, checkpoint saves, evaluation and the finishing transaction.
     """
     def upload(name: str, data: bytes) -> str:
         return patiently(lambda: client.files.create(file=(name, data), purpose="fine-tune")).id
@@ -242,7 +242,8 @@ def kill_at_random(cluster: Cluster, client: OpenAI, rng: random.Random, kills: 
         if job.status in ("succeeded", "failed", "cancelled"):
             assert job.status == "succeeded", job.error
             jobs.append(new_job(client, training, validation))
-        target, delay = rng.randint(0, TOTAL_STEPS + 1), rng.uniform(0.0, 3.0)
+        reached = last_step(events_of(client, job.id))
+        target, delay = rng.randint(reached, TOTAL_STEPS + 1), rng.uniform(0.0, 3.0)
         started = time.monotonic()
         cluster.start_target()
         deadline = time.time() + 300

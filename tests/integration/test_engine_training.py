@@ -87,6 +87,26 @@ def test_pause_then_resume_continues_exactly_where_it_stopped(tmp_path: Path, de
     assert resumed.of("finished")[0]["trained_tokens"] == whole.of("finished")[0]["trained_tokens"]
 
 
+def test_an_unreadable_state_is_skipped_for_the_one_before_it(tmp_path: Path, default_model: ModelSource,
+                                                              uninterrupted: tuple[JobSpec, MemorySink]) -> None:
+    _, whole = uninterrupted
+    job = spec(tmp_path, default_model, "torn", examples=jsonl(chat_examples(8)), checkpoint_interval=2)
+    sft.run(job, MemorySink(stop_after_step=5, stop="cancel"))  # states saved at steps 2 and 4
+    states = sorted(p.name for p in (job.output_dir / "state").iterdir())
+    assert states == ["step-2", "step-4"]  # the two newest are kept
+    newest = job.output_dir / "state" / "step-4" / "state.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # torn, as by a disk that lost writes
+
+    resumed = MemorySink()
+    sft.run(job, resumed)
+    texts = [m["text"] for m in resumed.of("message")]
+    assert any(t.startswith("The state saved at step-4 could not be read") for t in texts)
+    assert "Resuming from step 2" in texts
+    assert list(losses(resumed)) == list(range(3, 9))
+    for step, loss in losses(resumed).items():  # the same run as one never interrupted
+        assert loss == pytest.approx(losses(whole)[step], abs=1e-4)
+
+
 def test_dpo_learns_the_preference_against_the_frozen_base(tmp_path: Path, default_model: ModelSource,
                                                           default_model_dir: Path) -> None:
     job = spec(tmp_path, default_model, "dpo", method="dpo", examples=jsonl(preference_examples(12)),
