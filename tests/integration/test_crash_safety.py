@@ -239,14 +239,14 @@ def kill_at_random(cluster: Cluster, client: OpenAI, rng: random.Random, kills: 
     jobs = [new_job(client, training, validation)]
     while len(landed) < kills:
         job = patiently(lambda: client.fine_tuning.jobs.retrieve(jobs[-1]))
-        if job.status in ("succeeded", "failed", "cancelled"):
+        if job.status in TERMINAL:
             assert job.status == "succeeded", job.error
             jobs.append(new_job(client, training, validation))
-        reached = last_step(events_of(client, job.id))
+        reached = last_step(events_of(client, jobs[-1]))
         target, delay = rng.randint(reached, TOTAL_STEPS + 1), rng.uniform(0.0, 3.0)
         started = time.monotonic()
         cluster.start_target()
-        deadline = time.time() + 300
+        deadline = time.time() + 600  # a guard against a hang; a loaded 2-core machine has taken 280 s
         while (job := patiently(lambda: client.fine_tuning.jobs.retrieve(jobs[-1]))).status not in TERMINAL:
             if target <= TOTAL_STEPS and last_step(events_of(client, job.id)) >= target:
                 break

@@ -362,6 +362,18 @@ def test_unknown_ids_through_the_sdk(client: OpenAI, http: httpx.Client) -> None
         assert response.status_code == 400 and envelope(response)["param"] == "training_file", response.text
 
 
+def test_text_no_database_can_store_is_a_400_naming_the_field(client: OpenAI) -> None:
+    training = upload(client, lines(CHAT, CHAT))
+    for fields, param in [({"suffix": "a\x00b"}, "suffix"), ({"metadata": {"k": "v\x00"}}, "metadata.k"),
+                          ({"metadata": {"k\x00": "v"}}, "metadata.k\x00")]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.fine_tuning.jobs.create(model=MODEL, training_file=training, **fields)  # type: ignore[arg-type]
+        assert refused.value.param == param and "cannot be stored" in refused.value.message
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.uploads.create(filename="t.jsonl", purpose="fine-tune", bytes=10, mime_type="text/jsonl\x00")
+    assert refused.value.param == "mime_type"
+
+
 # Malformed metadata filters
 
 

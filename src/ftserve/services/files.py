@@ -16,6 +16,7 @@ from ftserve.files.jsonl import DatasetSummary, JsonlValidator
 from ftserve.files.storage import CHUNK, BlobStore, iter_blob
 from ftserve.services.clock import now
 from ftserve.store import files as rows
+from ftserve.store.database import storable
 from ftserve.store.pages import Page
 
 FINE_TUNE = "fine-tune"
@@ -136,6 +137,8 @@ class FileService:
         self, project: str, filename: str, purpose: str, size: int, mime_type: str, expires_after: int | None
     ) -> Upload:
         filename = _clean_filename(filename, purpose, param="filename")
+        if not storable(mime_type):
+            raise InvalidRequest("mime_type holds a NUL character or half a surrogate pair.", param="mime_type")
         if size > MAX_UPLOAD_BYTES:
             raise InvalidRequest(f"An upload can hold at most {MAX_UPLOAD_BYTES} bytes.", param="bytes")
         created = now()

@@ -23,6 +23,7 @@ from ftserve.services.providers import Plan, ProviderService
 from ftserve.store import events as event_rows
 from ftserve.store import jobs as job_rows
 from ftserve.store import models as model_rows
+from ftserve.store.database import storable
 from ftserve.store.pages import Page
 
 # When none of a project's active jobs has an estimated finish yet, try again after this long.
@@ -86,6 +87,11 @@ class JobService:
         return self.providers.plan(self._new_job(project, request, check=False))
 
     def _new_job(self, project: str, request: CreateFineTuningJobRequest, check: bool = True) -> Job:
+        stored = [("suffix", request.suffix or "")] + [(f"metadata.{k}", f"{k}{v}") for k, v in (request.metadata or {}).items()]
+        for param, text in stored:
+            if not storable(text):
+                raise InvalidRequest(f"{param} holds a NUL character or half a surrogate pair, which cannot be stored.",
+                                     param=param)
         route = self.providers.providers.route(request.model)
         base = self._base_model(project, request.model) if route.name is None else request.model
         if route.name is None and request.ftserve and request.ftserve.provider_options:
