@@ -227,9 +227,9 @@ def kill_at_random(cluster: Cluster, client: OpenAI, rng: random.Random, kills: 
     """Start the target and kill it at a random point of the job, again and again until `kills` kills landed
     on a live job, starting a new job whenever one finished; then let the last one finish.
 
-    A point is a step drawn from the one the job has reached to one past the last (past it: the final
-    save, evaluation and finish), plus a random delay of up to 3 s after the job reports that step, so
-    kills land in start-up, steps, state saves, checkpoint saves, evaluation and the finishing transaction.
+    A point is either a step the job has not reported yet, plus up to 3 s after it reports it, or a time
+    up to 40 s after the start, so kills land in start-up, steps, state saves, checkpoint saves, and the
+    final evaluation, export and finishing transaction.
     """
     def upload(name: str, data: bytes) -> str:
         return patiently(lambda: client.files.create(file=(name, data), purpose="fine-tune")).id
@@ -243,12 +243,17 @@ def kill_at_random(cluster: Cluster, client: OpenAI, rng: random.Random, kills: 
             assert job.status == "succeeded", job.error
             jobs.append(new_job(client, training, validation))
         reached = last_step(events_of(client, jobs[-1]))
-        target, delay = rng.randint(reached, TOTAL_STEPS + 1), rng.uniform(0.0, 3.0)
+        # Half the kills wait for a step the job has not reported yet; the others (and all once every step is
+        # reported) come at a random time after the start, landing in start-up, replayed steps or the finish.
+        if reached < TOTAL_STEPS and rng.random() < 0.5:
+            target, delay = rng.randint(reached + 1, TOTAL_STEPS), rng.uniform(0.0, 3.0)
+        else:
+            target, delay = reached, rng.uniform(0.0, 40.0)
         started = time.monotonic()
         cluster.start_target()
         deadline = time.time() + 600  # a guard against a hang; a loaded 2-core machine has taken 280 s
         while (job := patiently(lambda: client.fine_tuning.jobs.retrieve(jobs[-1]))).status not in TERMINAL:
-            if target <= TOTAL_STEPS and last_step(events_of(client, job.id)) >= target:
+            if last_step(events_of(client, job.id)) >= target:
                 break
             assert time.time() < deadline, f"{job.id} made no progress"
             time.sleep(0.1)

@@ -65,6 +65,8 @@ def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     torch.manual_seed(spec.seed)
     step, tokens = 0, 0
     for resume in state.saved_states(spec.output_dir):
+        if spec.resume_at_most is not None and state.step_of(resume) > spec.resume_at_most:
+            continue
         try:
             saved = state.load(resume, weights, optimizer, scheduler)
         except Exception as error:  # any unreadable state: fall back to the one before it

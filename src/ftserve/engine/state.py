@@ -57,7 +57,11 @@ def save(output_dir: Path, step: int, trained_tokens: int, weights: dict[str, to
 def saved_states(output_dir: Path) -> list[Path]:
     """The complete states under `output_dir`, newest first."""
     done = [p for p in (output_dir / "state").glob("step-*") if (p / FILE).exists()]
-    return sorted(done, key=lambda p: int(p.name.removeprefix("step-")), reverse=True)
+    return sorted(done, key=step_of, reverse=True)
+
+
+def step_of(path: Path) -> int:
+    return int(path.name.removeprefix("step-"))
 
 
 def _sync(path: Path) -> None:

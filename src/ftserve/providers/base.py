@@ -30,6 +30,8 @@ class TrainingRequest:
     """The trainer's own directory; `state/` under it is scratch that the worker removes once the job succeeded."""
     resume_step: int = 0
     resume_path: Path | None = None
+    reported_step: int = 0
+    """The last step whose metrics the service recorded; training resumes from no later than this."""
 
 
 @dataclass(frozen=True)

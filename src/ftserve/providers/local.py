@@ -81,6 +81,7 @@ class LocalTrainer:
             lora=LoraOptions(rank=options.lora_rank, alpha=options.lora_alpha, dropout=options.lora_dropout),
             max_seq_length=options.max_seq_length, warmup_ratio=options.warmup_ratio,
             eval_interval=options.eval_interval, checkpoint_interval=options.checkpoint_interval,
+            resume_at_most=request.reported_step,
             device=self.device,  # type: ignore[arg-type]  # Settings.device has the same literal
         )
 

@@ -56,6 +56,11 @@ def list_checkpoints(conn: sa.Connection, job_id: str, *, after: str | None, lim
     return Page([_checkpoint(r) for r in page.items], page.has_more)
 
 
+def last_metrics_step(conn: sa.Connection, job_id: str) -> int:
+    """The last training step a job's metrics events reached (0 before its first)."""
+    return max((data["step"] for data in metrics_of(conn, job_id) if "step" in data), default=0)
+
+
 def has_message(conn: sa.Connection, job_id: str, message: str) -> bool:
     query = sa.select(job_events.c.seq).where(job_events.c.job_id == job_id, job_events.c.message == message).limit(1)
     return conn.execute(query).first() is not None

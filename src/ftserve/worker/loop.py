@@ -195,6 +195,7 @@ class Worker:
             event_rows.append(conn, job.id, now(), "Fine-tuning job restarted" if restarted else STARTED,
                               data={"worker": self.id})
             resume = event_rows.latest_checkpoint(conn, job.id)
+            reported = event_rows.last_metrics_step(conn, job.id)
         validation = self.files.get(job.project, job.validation_file) if job.validation_file else None
         request = TrainingRequest(
             job_id=job.id, model=job.model, method=job.method, hyperparameters=hyperparameters,
@@ -204,6 +205,7 @@ class Worker:
             output_dir=self.blobs.path(f"artifacts/{job.id}"),
             resume_step=resume.step_number if resume else 0,
             resume_path=self.blobs.path(resume.path) if resume and resume.path else None,
+            reported_step=reported,
         )
         reporter = JobReporter(self.engine, self.blobs, job, self.id, started, self.stopping)
         done = threading.Event()

@@ -71,7 +71,7 @@ class JobReporter:
         self._status: JobStatus | None = JobStatus.RUNNING
         self._lock = threading.Lock()
         with engine.connect() as conn:
-            self._reported_step = max((d["step"] for d in event_rows.metrics_of(conn, job.id) if "step" in d), default=0)
+            self._reported_step = event_rows.last_metrics_step(conn, job.id)
             self._checkpointed = event_rows.checkpoint_steps(conn, job.id)
 
     def observe(self, status: JobStatus | None) -> None:
