@@ -207,7 +207,7 @@ class Worker:
             resume_path=self.blobs.path(resume.path) if resume and resume.path else None,
             reported_step=reported,
         )
-        reporter = JobReporter(self.engine, self.blobs, job, self.id, started, self.stopping)
+        reporter = JobReporter(self.engine, self.blobs, job, self.id, started, self.stopping, reported)
         done = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job, reporter, done), daemon=True)
         beat.start()

@@ -61,7 +61,7 @@ class JobReporter:
     each checkpoint are recorded once: the repeats are not reported again."""
 
     def __init__(self, engine: sa.Engine, blobs: BlobStore, job: Job, worker_id: str, started_at: float,
-                 shutdown: threading.Event | None = None):
+                 shutdown: threading.Event | None = None, reported_step: int = 0):
         self.engine = engine
         self.blobs = blobs
         self.job = job
@@ -70,8 +70,8 @@ class JobReporter:
         self.shutdown = shutdown or threading.Event()
         self._status: JobStatus | None = JobStatus.RUNNING
         self._lock = threading.Lock()
+        self._reported_step = reported_step  # the last step already recorded, read by the worker when it started the job
         with engine.connect() as conn:
-            self._reported_step = event_rows.last_metrics_step(conn, job.id)
             self._checkpointed = event_rows.checkpoint_steps(conn, job.id)
 
     def observe(self, status: JobStatus | None) -> None:
