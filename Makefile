@@ -9,9 +9,9 @@ POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 # Pinned and installed first: a bare torch requirement would pull several GB of CUDA wheels on a CPU box.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install run test test-sqlite test-postgres benchmark benchmark-serving clean
+.PHONY: install run test test-sqlite test-postgres quickstart benchmark benchmark-serving clean
 
-$(STAMP): pyproject.toml tests/llama_cpp/package-lock.json
+$(STAMP): pyproject.toml tests/llama_cpp/package-lock.json tests/browser/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml tests/llama_cpp/package-lock.json
 	$(BIN)/pip download --quiet --no-deps --dest .cache/wheels runpod==1.12.0
 	# llama.cpp, prebuilt for the CPU, for the test that chats with GGUF exports (skipped without Node.js).
 	if command -v npm >/dev/null; then cd tests/llama_cpp && npm install --silent --no-audit --no-fund --omit=optional --ignore-scripts; fi
+	# Debian's Chromium and playwright-core, for the test that drives the dashboard in a browser (skipped without them).
+	if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; fi
+	if command -v npm >/dev/null; then cd tests/browser && npm install --silent --no-audit --no-fund --omit=optional --ignore-scripts; fi
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,13 +36,18 @@ run: $(STAMP)
 	$(BIN)/ftserve serve --host $(HOST) --port $(PORT)
 
 # The whole suite on SQLite, then everything that touches the database again on PostgreSQL.
+# Each pass ends with its slowest tests, to see where CI's time goes.
 test: test-sqlite test-postgres
 
 test-sqlite: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-postgres: $(STAMP)
-	FTSERVE_TEST_DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q -m "not engine"
+	FTSERVE_TEST_DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q --durations=15 -m "not engine"
+
+# From nothing to a fine-tuned model you can chat with: starts a server, trains, compares the answers.
+quickstart: $(STAMP)
+	$(BIN)/ftserve quickstart
 
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks.train_throughput
@@ -46,4 +56,4 @@ benchmark-serving: $(STAMP)
 	$(BIN)/python -m benchmarks.serving
 
 clean:
-	rm -rf $(VENV) .ftserve .cache tests/llama_cpp/node_modules
+	rm -rf $(VENV) .ftserve .cache tests/llama_cpp/node_modules tests/browser/node_modules tests/artifacts

@@ -104,6 +104,32 @@ class Settings(BaseSettings):
         "their own limits); a larger one is refused with 413.",
     )
 
+    webhook_retry_seconds: float = Field(
+        10.0, gt=0, description="How soon a webhook delivery that failed is tried again; the wait doubles after "
+        "each failure, up to 3 hours.",
+    )
+    webhook_give_up_seconds: float = Field(
+        86400.0, gt=0, description="How long after its event a webhook delivery is still retried (a day).",
+    )
+
+    log_format: Literal["text", "json"] = Field(
+        "text", description="How the server and workers log to stderr: `text` for reading, `json` (one object a line, "
+        "with request and job ids as fields) for a log collector.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="The least severe level logged.")
+    metrics: bool = Field(
+        True, description="Serve Prometheus metrics at `GET /metrics`, without auth, like /health (docs/observability.md).",
+    )
+    worker_metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="A port on which a process that runs a worker also serves its metrics, for "
+        "`ftserve worker`, which has no HTTP server. Unset: none.",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:

@@ -56,6 +56,7 @@ failed_checks: Counter[str] = Counter()
 SEEDS = {
     "files": 1, "victim_files": 1, "jobs": 2, "victim_jobs": 1, "models": 3, "victim_models": 1,
     "checkpoints": 2, "permissions": 1, "uploads": 1, "providers": 1, "projects": 1,
+    "webhooks": 1, "victim_webhooks": 1,
 }
 
 
@@ -111,6 +112,7 @@ def _config() -> schemathesis.Config:
             "path.model": bind("models"), "query.model": bind("models"), "body.model": bind("models"),
             "path.fine_tuned_model_checkpoint": bind("checkpoints"), "path.permission_id": bind("permissions"),
             "path.name": bind("providers"), "query.project_id": bind("projects"),
+            "path.webhook_endpoint_id": bind("webhooks"),
         },
         # `include-name` is the operation's label; an entry's include-* keys would match either.
         "operations": [
@@ -123,6 +125,8 @@ def _config() -> schemathesis.Config:
             {"include-name": "DELETE /v1/models/{model}", "parameters": {"path.model": bind("victim_models")}},
             {"include-name": "POST /v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel",
              "parameters": {"path.fine_tuning_job_id": bind("victim_jobs")}},
+            {"include-name": "DELETE /v1/webhook_endpoints/{webhook_endpoint_id}",
+             "parameters": {"path.webhook_endpoint_id": bind("victim_webhooks")}},
         ],
     })
 
@@ -168,6 +172,9 @@ def _seed(url: str) -> dict[str, list[str]]:
     # jobs created after it stay queued for cancel.
     running = job(upload("long.jsonl", 200), 50, batch_size=1)
     queued = job(keeper_file, 1)
+    # Port 9 refuses at once: deliveries and tests of these endpoints fail fast, and are logged.
+    hooks = [post("/webhook_endpoints", json={"name": name, "url": "http://127.0.0.1:9/", "event_types": [
+        "fine_tuning.job.succeeded", "fine_tuning.job.cancelled"]})["id"] for name in ("keeper", "victim")]
     pending = post("/uploads", json={
         "filename": "parts.jsonl", "purpose": "fine-tune", "bytes": 1000, "mime_type": "text/jsonl",
     })
@@ -184,6 +191,8 @@ def _seed(url: str) -> dict[str, list[str]]:
         "uploads": [pending["id"]],
         "providers": ["local"],
         "projects": ["fuzz-friend"],
+        "webhooks": hooks[:1],
+        "victim_webhooks": hooks[1:],
     }
 
 

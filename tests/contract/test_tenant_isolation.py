@@ -84,6 +84,7 @@ class Own:
     job: str
     checkpoint: str
     upload: str
+    webhook: str
 
 
 ALPHA_FILES = ("file", "result_file", "upload_file")
@@ -116,6 +117,7 @@ def walk(beta: OpenAI, api: httpx.Client, own: Own) -> dict[str, list[Probe]]:
     jobs, checkpoints = beta.fine_tuning.jobs.with_raw_response, beta.fine_tuning.jobs.checkpoints.with_raw_response
     permissions = beta.fine_tuning.checkpoints.permissions.with_raw_response
     chat, completions = beta.chat.completions.with_raw_response, beta.completions.with_raw_response
+    hooks = beta.webhooks.with_raw_response
     granted = ("checkpoint", "model", "shared")
     return {
         "GET /v1/files": [
@@ -197,6 +199,25 @@ def walk(beta: OpenAI, api: httpx.Client, own: Own) -> dict[str, list[Probe]]:
             *each(ALPHA_MODELS, lambda m: completions.create(model=m, prompt="hi", stream=True),
                   code="model_not_found", note=" streamed"),
         ],
+        "POST /v1/webhook_endpoints": [listing("beta's own endpoint", lambda i: call(
+            hooks.create, name="beta", url="http://127.0.0.1:9/beta", event_types=["fine_tuning.job.failed"]))],
+        "GET /v1/webhook_endpoints": [
+            listing("beta's endpoints", lambda i: call(hooks.list)),
+            hidden("page after alpha's endpoint", lambda i: call(hooks.list, after=i["webhook"])),
+        ],
+        "GET /v1/webhook_endpoints/{webhook_endpoint_id}": each(("webhook",), hooks.retrieve),
+        "POST /v1/webhook_endpoints/{webhook_endpoint_id}": each(("webhook",), hooks.update, name="beta's now"),
+        "DELETE /v1/webhook_endpoints/{webhook_endpoint_id}": each(("webhook",), hooks.delete),
+        "POST /v1/webhook_endpoints/{webhook_endpoint_id}/rotate_secret": each(("webhook",), hooks.rotate_secret),
+        "POST /v1/webhook_endpoints/{webhook_endpoint_id}/test": each(
+            ("webhook",), hooks.test, event_type="fine_tuning.job.succeeded"),
+        "GET /v1/webhook_event_types": [listing("event types", lambda i: call(hooks.event_types.list))],
+        "GET /v1/ftserve/webhook_endpoints/{webhook_endpoint_id}/deliveries": [
+            hidden("alpha's endpoint", lambda i: call(api.get, f"ftserve/webhook_endpoints/{i['webhook']}/deliveries")),
+            listing("beta's endpoint", lambda i: call(api.get, f"ftserve/webhook_endpoints/{own.webhook}/deliveries")),
+            hidden("beta's endpoint after alpha's delivery", lambda i: call(
+                api.get, f"ftserve/webhook_endpoints/{own.webhook}/deliveries", params={"after": i["delivery"]})),
+        ],
         "POST /v1/ftserve/fine_tuning/resolve": [
             like_unknown("training_file", lambda i: call(
                 api.post, "ftserve/fine_tuning/resolve", json={"model": MODEL, "training_file": i["file"]})),
@@ -229,7 +250,7 @@ def operations(server) -> set[str]:  # type: ignore[no-untyped-def]
 
 def test_every_operation_has_a_walk_entry(keyed, beta: OpenAI) -> None:  # type: ignore[no-untyped-def]
     with httpx.Client() as api:
-        table = walk(beta, api, Own("", "", "", ""))
+        table = walk(beta, api, Own("", "", "", "", ""))
     schema = operations(keyed)
     assert not schema - set(table), "operations with no tenant-isolation walk entry"
     assert not set(table) - schema, "walk entries for operations the app no longer has"
@@ -241,6 +262,9 @@ def _alpha_estate(alpha: OpenAI) -> dict[str, str]:
         {"role": "user", "content": f"{SECRET} {n}"}, {"role": "assistant", "content": str(n)}]}).encode() + b"\n"
         for n in range(4))
     ids = {"file": upload(alpha, data, name=f"{SECRET}.jsonl"), "idempotency_key": f"key-{SECRET}"}
+    # Port 9 refuses at once, so the job's end is a delivery that fails and stays in the log.
+    ids["webhook"] = alpha.webhooks.create(name=SECRET, url=f"http://127.0.0.1:9/{SECRET}",
+                                           event_types=["fine_tuning.job.succeeded"]).id
     jobs = alpha.fine_tuning.jobs
     job = jobs.create(**job_args(ids["file"]), extra_headers={"Idempotency-Key": ids["idempotency_key"]})
     paused = jobs.create(**slow_job_args(ids["file"]))
@@ -253,6 +277,9 @@ def _alpha_estate(alpha: OpenAI) -> dict[str, str]:
     ids.update(job=job.id, paused_job=paused.id, model=done.fine_tuned_model, result_file=done.result_files[0],
                checkpoint=steps[1].fine_tuned_model_checkpoint, checkpoint_id=steps[1].id,
                shared=steps[2].fine_tuned_model_checkpoint, event=jobs.list_events(job.id).data[-1].id)
+    deliveries = alpha.get(f"/ftserve/webhook_endpoints/{ids['webhook']}/deliveries", cast_to=object)["data"]
+    assert [d["event_type"] for d in deliveries] == ["fine_tuning.job.succeeded"]
+    ids["delivery"] = deliveries[0]["id"]
     permissions = alpha.fine_tuning.checkpoints.permissions
     ids["permission"] = permissions.create(ids["checkpoint"], project_ids=["gamma"]).data[0].id
     ids["shared_permission"] = permissions.create(ids["shared"], project_ids=["beta"]).data[0].id
@@ -333,6 +360,7 @@ def _snapshot(alpha: OpenAI, ids: Ids) -> dict[str, Any]:
         "checkpoints": [c.id for c in jobs.checkpoints.list(ids["job"])],
         "models": {m: alpha.models.retrieve(ids[m]).model_dump() for m in (*ALPHA_MODELS, "shared")},
         "permissions": {m: [p.model_dump() for p in permissions.list(ids[m])] for m in ("checkpoint", "shared")},
+        "webhook": alpha.webhooks.retrieve(ids["webhook"]).model_dump(),
     }
 
 
@@ -344,6 +372,7 @@ def _beta_estate(beta: OpenAI) -> Own:
         file=file, job=job.id,
         checkpoint=beta.fine_tuning.jobs.checkpoints.list(job.id).data[0].fine_tuned_model_checkpoint,
         upload=beta.uploads.create(bytes=10, filename="b.jsonl", purpose="fine-tune", mime_type="text/jsonl").id,
+        webhook=beta.webhooks.create(name="beta", url="http://127.0.0.1:9/", event_types=["fine_tuning.job.failed"]).id,
     )
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from ftserve.config import Settings
 from ftserve.domain.hyperparameters import auto_epochs, resolve
 from ftserve.domain.jobs import TERMINAL, JobStatus, can_move
 from ftserve.domain.naming import checkpoint_name, fine_tuned_name
+from ftserve.domain.webhooks import Retry, new_secret, signature_header
 
 
 @pytest.mark.parametrize(
@@ -51,3 +55,29 @@ def test_model_names() -> None:
 def test_api_keys_parse_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FTSERVE_API_KEYS", "sk-a=alpha, sk-b")
     assert Settings().api_keys == {"sk-a": "alpha", "sk-b": "default"}
+
+
+def test_failed_webhook_deliveries_back_off_and_stop_after_a_day() -> None:
+    retry = Retry(first=10, cap=3 * 3600, give_up=24 * 3600)
+    created, now, waits = 1_000_000.0, 1_000_000.0, []
+    attempts = 1
+    while (following := retry.next_attempt(created, attempts, now)) is not None:
+        waits.append(following - now)
+        now, attempts = following, attempts + 1
+    assert waits[:5] == [10, 20, 40, 80, 160]
+    assert max(waits) == 3 * 3600
+    assert now - created <= 24 * 3600 < now - created + 3 * 3600  # the last try came within the final wait of a day
+    assert 15 <= attempts <= 25
+
+
+def test_a_webhook_signature_is_what_standard_webhooks_verifies() -> None:
+    import standardwebhooks
+
+    secret = new_secret()
+    body = b'{"id":"evt_1","type":"fine_tuning.job.succeeded"}'
+    headers = {"webhook-id": "evt_1", "webhook-timestamp": str(int(time.time())),
+               "webhook-signature": signature_header([secret], "evt_1", int(time.time()), body)}
+    assert standardwebhooks.Webhook(secret).verify(body, headers) == json.loads(body)
+    headers["webhook-signature"] = signature_header([new_secret()], "evt_1", int(time.time()), body)
+    with pytest.raises(standardwebhooks.WebhookVerificationError):
+        standardwebhooks.Webhook(secret).verify(body, headers)

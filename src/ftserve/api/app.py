@@ -8,13 +8,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from ftserve import __version__
+from ftserve import __version__, dashboard
 from ftserve.api import errors
 from ftserve.api.auth import project_resolver
 from ftserve.api.limits import MULTIPART_FRAMING, BodyLimit, RateLimiter
+from ftserve.api.metrics import Observed, expose
 from ftserve.api.middleware import RequestId
 from ftserve.api.openapi import openai_style
-from ftserve.api.routes import extensions, files, fine_tuning, inference, models
+from ftserve.api.routes import extensions, files, fine_tuning, inference, models, webhooks
 from ftserve.domain.files import MAX_PART_BYTES
 from ftserve.services.runtime import Runtime
 from ftserve.worker import worker_for
@@ -46,6 +47,7 @@ def create_app(runtime: Runtime, *, with_worker: bool = False) -> FastAPI:
         ("POST", "/v1/uploads/[^/]+/parts", MAX_PART_BYTES + MULTIPART_FRAMING,
          f"A part can hold at most {MAX_PART_BYTES} bytes."),
     ])
+    app.add_middleware(Observed, seconds=runtime.metrics.http_seconds)  # inside RequestId: its log line has the id
     app.add_middleware(RequestId)
     limiter = RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
     project = project_resolver(settings.api_keys, limiter)
@@ -56,10 +58,15 @@ def create_app(runtime: Runtime, *, with_worker: bool = False) -> FastAPI:
     app.include_router(extensions.router(
         runtime.inference, runtime.exports, runtime.jobs, runtime.models, runtime.providers, project,
     ), prefix="/v1")
+    app.include_router(webhooks.router(runtime.webhooks, project), prefix="/v1")
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    if settings.metrics:
+        expose(app, runtime.metrics, runtime.engine)
+
+    dashboard.mount(app)
     openai_style(app)
     return app

@@ -1,4 +1,4 @@
-"""ASGI middleware: a request id on every response."""
+"""ASGI middleware: a request id on every response, and on every log record made while answering."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ftserve import logs
+
 
 class RequestId:
-    """Adds `x-request-id` to every HTTP response, errors included, as OpenAI's API does."""
+    """Adds `x-request-id` to every HTTP response, errors included, as OpenAI's API does, and binds it
+    as `request_id` for the logs (sync routes run in threads that copy this context, so theirs carry it too)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -25,4 +28,5 @@ class RequestId:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        with logs.bind(request_id=request_id):
+            await self.app(scope, receive, send_with_id)

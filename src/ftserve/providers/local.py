@@ -191,7 +191,7 @@ class _Session:
     def _handle(self, event: dict[str, Any]) -> TrainingOutcome | None:
         kind = event.get("event")
         if kind == "metrics":
-            self.reporter.metrics(event["step"], event["total_steps"], event["metrics"])
+            self.reporter.metrics(event["step"], event["total_steps"], event["metrics"], event.get("tokens_per_second"))
         elif kind == "checkpoint":
             self.reporter.checkpoint(event["step"], event["metrics"], Path(event["path"]))
         elif kind == "message":

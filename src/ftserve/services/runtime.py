@@ -8,8 +8,10 @@ import sqlalchemy as sa
 
 from ftserve.catalogue import load_catalogue
 from ftserve.config import Settings
+from ftserve.domain.webhooks import Retry
 from ftserve.files.storage import LocalBlobStore
 from ftserve.inference.pool import ModelPool
+from ftserve.metrics import Metrics
 from ftserve.providers.registry import providers_for
 from ftserve.services.exports import ExportService
 from ftserve.services.files import FileService
@@ -17,6 +19,7 @@ from ftserve.services.inference import InferenceService, resolver
 from ftserve.services.jobs import JobService
 from ftserve.services.models import ModelService
 from ftserve.services.providers import ProviderService
+from ftserve.services.webhooks import WebhookService
 from ftserve.store.database import create_engine, migrate
 
 
@@ -31,6 +34,8 @@ class Runtime:
     inference: InferenceService
     exports: ExportService
     providers: ProviderService
+    webhooks: WebhookService
+    metrics: Metrics
 
 
 def build(settings: Settings) -> Runtime:
@@ -57,4 +62,6 @@ def build(settings: Settings) -> Runtime:
         inference=InferenceService(resolve, pool, files, blobs, settings.inference_max_tokens),
         exports=exports,
         providers=providers,
+        webhooks=WebhookService(engine, Retry(settings.webhook_retry_seconds, give_up=settings.webhook_give_up_seconds)),
+        metrics=Metrics(),
     )

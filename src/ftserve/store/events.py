@@ -9,6 +9,8 @@ import sqlalchemy as sa
 
 from ftserve.domain.ids import new_id
 from ftserve.domain.jobs import Checkpoint, JobEvent
+from ftserve.domain.webhooks import CHECKPOINT_CREATED
+from ftserve.store import webhooks
 from ftserve.store.pages import Page, select_page
 from ftserve.store.tables import checkpoints, job_events
 
@@ -42,6 +44,10 @@ def add_checkpoint(conn: sa.Connection, checkpoint: Checkpoint, project: str) ->
     values = asdict(checkpoint)
     values["name"] = values.pop("fine_tuned_model_checkpoint")
     conn.execute(checkpoints.insert().values(**values, project=project))
+    webhooks.enqueue(conn, project, CHECKPOINT_CREATED, {
+        "id": checkpoint.job_id, "checkpoint_id": checkpoint.id, "step_number": checkpoint.step_number,
+        "fine_tuned_model_checkpoint": checkpoint.fine_tuned_model_checkpoint,
+    }, checkpoint.created_at)
 
 
 def _checkpoint(row: sa.Row) -> Checkpoint:

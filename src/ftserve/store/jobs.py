@@ -9,6 +9,8 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 
 from ftserve.domain.jobs import ACTIVE, Job, JobError, JobStatus, can_move
+from ftserve.domain.webhooks import JOB_EVENTS
+from ftserve.store import webhooks
 from ftserve.store.database import storable
 from ftserve.store.pages import Page, select_page
 from ftserve.store.tables import jobs
@@ -95,7 +97,8 @@ def move(
 ) -> bool:
     """Move a job to `target` if it is still in one of `source` (and, given `worker_id`, still
     leased to that worker). Returns False when someone else moved it first: the caller lost the race.
-    Every source -> target move must be one the domain's transition table allows."""
+    Every source -> target move must be one the domain's transition table allows. A move to a terminal
+    status records its webhook event in the same transaction."""
     source = tuple(source)
     illegal = [s.value for s in source if not can_move(s, target)]
     if illegal:
@@ -108,7 +111,10 @@ def move(
         update["error"] = asdict(update["error"])
     if release:
         update.update(worker_id=None, lease_expires_at=None)
-    return conn.execute(query.values(**update)).rowcount > 0
+    moved = conn.execute(query.values(**update).returning(jobs.c.project)).first()
+    if moved and target in JOB_EVENTS:
+        webhooks.enqueue(conn, moved.project, JOB_EVENTS[target], {"id": job_id}, int(time.time()))
+    return moved is not None
 
 
 def update_running(conn: sa.Connection, job_id: str, worker_id: str, values: dict[str, Any]) -> bool:
@@ -133,6 +139,13 @@ def active(conn: sa.Connection, project: str) -> tuple[int, int | None]:
         .where(jobs.c.project == project, jobs.c.status.in_([s.value for s in ACTIVE]))
     ).one()
     return int(row[0]), row[1]
+
+
+def status_counts(conn: sa.Connection) -> dict[JobStatus, tuple[int, int]]:
+    """How many jobs are in each status, and how many of those no worker holds: one GROUP BY, for /metrics."""
+    held = sa.func.count(jobs.c.worker_id)  # COUNT(column) skips NULLs
+    rows = conn.execute(sa.select(jobs.c.status, sa.func.count(), held).group_by(jobs.c.status)).all()
+    return {JobStatus(status): (total, total - holding) for status, total, holding in rows}
 
 
 def claim(conn: sa.Connection, worker_id: str, lease_until: float, now: float | None = None) -> Job | None:

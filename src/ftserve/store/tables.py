@@ -155,3 +155,40 @@ checkpoint_permissions = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.UniqueConstraint("model_name", "project_id", name="uq_permission_model_project"),
 )
+
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    _seq(),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("project", sa.String(128), nullable=False, index=True),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("event_types", _json(), nullable=False),
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("previous_secret", sa.String(128)),
+    sa.Column("previous_secret_until", sa.BigInteger),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+# One row per event and endpoint: the outbox the worker delivers from, and the delivery log.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    _seq(),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("endpoint_id", sa.String(64), nullable=False, index=True),
+    sa.Column("project", sa.String(128), nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("event_type", sa.String(128), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    # Due time of the next try; a worker pushes it ahead while it tries, so a crashed worker's try is redone.
+    sa.Column("next_attempt_at", sa.Float, index=True),
+    sa.Column("last_attempt_at", sa.BigInteger),
+    sa.Column("response_status_code", sa.Integer),
+    sa.Column("error", sa.Text),
+)

@@ -18,8 +18,10 @@ def worker_for(runtime: Runtime) -> Worker:
         WorkerConfig(
             poll_seconds=settings.worker_poll_seconds, lease_seconds=settings.lease_seconds,
             backoff=Backoff(settings.reconcile_min_seconds, settings.reconcile_max_seconds),
-            max_attempts=settings.max_attempts,
+            max_attempts=settings.max_attempts, metrics_port=settings.worker_metrics_port,
         ),
         runtime.providers.providers,
         name=settings.worker_name,
+        webhooks=runtime.webhooks,
+        metrics=runtime.metrics,
     )

@@ -7,6 +7,7 @@ reaper of any worker and runs again from its last checkpoint.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import shutil
@@ -19,21 +20,25 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from ftserve import logs
 from ftserve.domain.errors import FtserveError, InvalidFileFormat
 from ftserve.domain.hyperparameters import resolve
 from ftserve.domain.jobs import LIVE, Job, JobError, JobStatus
 from ftserve.files.jsonl import JsonlValidator
 from ftserve.files.storage import BlobStore, iter_blob
+from ftserve.metrics import Metrics
 from ftserve.providers.base import Trainer, TrainingOutcome, TrainingRequest
 from ftserve.providers.registry import Providers
 from ftserve.services.clock import now
 from ftserve.services.files import FileService
+from ftserve.services.webhooks import WebhookService
 from ftserve.store import events as event_rows
 from ftserve.store import files as file_rows
 from ftserve.store import jobs as job_rows
 from ftserve.store import models as model_rows
 from ftserve.worker.reconcile import Backoff, Reconciler
 from ftserve.worker.reporter import JobReporter, evaluation_message, metrics_csv
+from ftserve.worker.webhooks import deliver
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +59,15 @@ class WorkerConfig:
     """How often hosted jobs are polled: from min_seconds, doubling while nothing changes."""
     max_attempts: int = 3
     """A job whose worker dies this many times fails (`worker_lost`) instead of running again."""
+    metrics_port: int | None = None
+    """Where the worker serves its metrics itself, for a process with no API; None: it does not."""
 
 
 class Worker:
     def __init__(
         self, engine: sa.Engine, blobs: BlobStore, files: FileService, trainer: Trainer | None, config: WorkerConfig,
-        providers: Providers | None = None, name: str | None = None,
+        providers: Providers | None = None, name: str | None = None, webhooks: WebhookService | None = None,
+        metrics: Metrics | None = None,
     ):
         self.engine = engine
         self.blobs = blobs
@@ -68,6 +76,8 @@ class Worker:
         self.config = config
         self.id = f"{name or socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.stopping = threading.Event()
+        self.webhooks = webhooks
+        self.metrics = metrics or Metrics()
         self.hosted = (
             Reconciler(engine, blobs, files, providers, self.id, config.lease_seconds, config.backoff)
             if providers is not None else None
@@ -78,6 +88,12 @@ class Worker:
         queue and gives up its lease, so another worker continues it without waiting for the lease to expire."""
         log.info("worker %s started", self.id)
         self.stopping = stop
+        exporter = self.metrics.serve(self.config.metrics_port) if self.config.metrics_port else None
+        if exporter is not None:
+            log.info("worker %s serves its metrics on port %d", self.id, self.config.metrics_port)
+        if self.webhooks is not None:
+            threading.Thread(target=deliver, args=(self.webhooks, stop, self.config.poll_seconds),
+                             name="ftserve-webhooks", daemon=True).start()
         while not stop.is_set():
             try:
                 worked = self.run_once()
@@ -86,6 +102,8 @@ class Worker:
                 worked = False
             if not worked:
                 stop.wait(self.config.poll_seconds)
+        if exporter is not None:
+            exporter.shutdown()
 
     def run_once(self) -> bool:
         """Reap, then take one job and do its next piece of work, or poll one hosted job that is due.
@@ -96,17 +114,19 @@ class Worker:
             job = job_rows.claim(conn, self.id, time.time() + self.config.lease_seconds)
         if job is None:
             return self.hosted.poll_once() if self.hosted is not None else False
-        try:
-            if job.status == JobStatus.VALIDATING_FILES:
-                self._validate(job)
-            else:
-                self._train(job)
-        except Exception as error:  # the job boundary: whatever went wrong, the job fails with it
-            log.exception("job %s failed", job.id)
-            self._fail(job, JobError("training_failed" if not isinstance(error, FtserveError) else error.code or "error", f"{error}", None))
-        finally:
-            with self.engine.begin() as conn:
-                job_rows.release(conn, job.id, self.id)
+        with logs.bind(job_id=job.id, worker_id=self.id):
+            log.info("claimed the job (%s)", job.status.value)
+            try:
+                if job.status == JobStatus.VALIDATING_FILES:
+                    self._validate(job)
+                else:
+                    self._train(job)
+            except Exception as error:  # the job boundary: whatever went wrong, the job fails with it
+                log.exception("job %s failed", job.id)
+                self._fail(job, JobError("training_failed" if not isinstance(error, FtserveError) else error.code or "error", f"{error}", None))
+            finally:
+                with self.engine.begin() as conn:
+                    job_rows.release(conn, job.id, self.id)
         return True
 
     def reap(self) -> None:
@@ -207,15 +227,19 @@ class Worker:
             resume_path=self.blobs.path(resume.path) if resume and resume.path else None,
             reported_step=reported,
         )
-        reporter = JobReporter(self.engine, self.blobs, job, self.id, started, self.stopping, reported)
+        reporter = JobReporter(self.engine, self.blobs, job, self.id, started, self.metrics, self.stopping, reported)
         done = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(job, reporter, done), daemon=True)
+        # In a copy of this context, so what the heartbeat logs carries the job's ids too.
+        beat = threading.Thread(target=contextvars.copy_context().run, args=(self._heartbeat, job, reporter, done),
+                                daemon=True)
         beat.start()
         try:
             outcome = self.trainer.train(request, reporter)
         finally:
             done.set()
             beat.join()
+            reporter.close()
+        log.info("training ended at step %d (%s)", outcome.step, outcome.stopped or "finished")
         self._finish(job, outcome, request.output_dir)
 
     def _heartbeat(self, job: Job, reporter: JobReporter, done: threading.Event) -> None:

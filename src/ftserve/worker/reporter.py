@@ -1,4 +1,5 @@
-"""The reporter a worker hands its trainer: each report becomes rows, written only while the job is still this worker's."""
+"""The reporter a worker hands its trainer: each report becomes rows, written only while the job is still this worker's,
+and observations in the process's metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 import csv
 import io
 import threading
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +17,7 @@ from ftserve.domain.ids import new_id
 from ftserve.domain.jobs import Checkpoint, Job, JobStatus
 from ftserve.domain.naming import checkpoint_name
 from ftserve.files.storage import BlobStore
+from ftserve.metrics import Metrics
 from ftserve.providers.base import StopReason
 from ftserve.services.clock import now
 from ftserve.store import events as event_rows
@@ -61,8 +64,9 @@ class JobReporter:
     each checkpoint are recorded once: the repeats are not reported again."""
 
     def __init__(self, engine: sa.Engine, blobs: BlobStore, job: Job, worker_id: str, started_at: float,
-                 shutdown: threading.Event | None = None, reported_step: int = 0):
+                 prometheus: Metrics, shutdown: threading.Event | None = None, reported_step: int = 0):
         self.engine = engine
+        self.prometheus = prometheus
         self.blobs = blobs
         self.job = job
         self.worker_id = worker_id
@@ -71,6 +75,9 @@ class JobReporter:
         self._status: JobStatus | None = JobStatus.RUNNING
         self._lock = threading.Lock()
         self._reported_step = reported_step  # the last step already recorded, read by the worker when it started the job
+        # The first step is timed from here, so it includes the trainer's start (loading the model).
+        self._reported_at = time.monotonic()
+        self._throughput_shown = False
         with engine.connect() as conn:
             self._checkpointed = event_rows.checkpoint_steps(conn, job.id)
 
@@ -92,10 +99,18 @@ class JobReporter:
             return "shutdown"
         return None
 
-    def metrics(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
+    def metrics(self, step: int, total_steps: int, metrics: dict[str, float],
+                tokens_per_second: float | None = None) -> None:
+        if tokens_per_second is not None:
+            self.prometheus.tokens_per_second.labels(self.job.id).set(tokens_per_second)
+            self._throughput_shown = True
+        # A repeated step (after a resume) is not timed again, but it is when the clock for the next one starts.
+        reported_at, self._reported_at = self._reported_at, time.monotonic()
         if step <= self._reported_step:
             return
-        self._reported_step = step
+        steps, self._reported_step = step - self._reported_step, step
+        for _ in range(steps):  # a trainer that reports every few steps: each took an equal share
+            self.prometheus.step_seconds.observe((self._reported_at - reported_at) / steps)
         elapsed = max(1e-6, now() - self.started_at)
         estimate = int(self.started_at + elapsed / step * total_steps) if step else None
         with self.engine.begin() as conn:
@@ -123,3 +138,8 @@ class JobReporter:
         with self.engine.begin() as conn:
             if job_rows.update_running(conn, self.job.id, self.worker_id, {}):
                 event_rows.append(conn, self.job.id, now(), text, level=level)
+
+    def close(self) -> None:
+        """The run ended: its throughput series goes, so a finished job is not shown training."""
+        if self._throughput_shown:
+            self.prometheus.tokens_per_second.remove(self.job.id)
