@@ -12,6 +12,13 @@ MAX_UPLOAD_BYTES = 8 * 1024**3
 MAX_PART_BYTES = 64 * 1024**2
 UPLOAD_TTL_SECONDS = 3600
 
+# Which dataset formats each fine-tuning method trains on.
+FORMATS: dict[str, tuple[str, ...]] = {
+    "supervised": ("chat", "completion"),
+    "dpo": ("preference",),
+    "reinforcement": ("reinforcement", "chat"),
+}
+
 
 @dataclass(frozen=True)
 class StoredFile:

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from ftserve import logs
 from ftserve.domain.errors import FtserveError, InvalidFileFormat
+from ftserve.domain.files import FORMATS
 from ftserve.domain.hyperparameters import resolve
 from ftserve.domain.jobs import LIVE, Job, JobError, JobStatus
 from ftserve.files.jsonl import JsonlValidator
@@ -42,12 +43,6 @@ from ftserve.worker.webhooks import deliver
 
 log = logging.getLogger(__name__)
 
-# Which dataset formats each method trains on.
-FORMATS = {
-    "supervised": ("chat", "completion"),
-    "dpo": ("preference",),
-    "reinforcement": ("reinforcement", "chat"),
-}
 STARTED = "Fine-tuning job started"
 
 
