@@ -83,9 +83,13 @@ class Worker:
         queue and gives up its lease, so another worker continues it without waiting for the lease to expire."""
         log.info("worker %s started", self.id)
         self.stopping = stop
-        exporter = self.metrics.serve(self.config.metrics_port) if self.config.metrics_port else None
-        if exporter is not None:
-            log.info("worker %s serves its metrics on port %d", self.id, self.config.metrics_port)
+        exporter = None
+        if self.config.metrics_port:
+            try:
+                exporter = self.metrics.serve(self.config.metrics_port)
+                log.info("worker %s serves its metrics on port %d", self.id, self.config.metrics_port)
+            except OSError as error:  # a port in use costs the metrics, not the jobs
+                log.error("worker %s cannot serve metrics on port %d: %s", self.id, self.config.metrics_port, error)
         if self.webhooks is not None:
             threading.Thread(target=deliver, args=(self.webhooks, stop, self.config.poll_seconds),
                              name="ftserve-webhooks", daemon=True).start()
