@@ -97,3 +97,5 @@ def configure(settings: Settings, stream: IO[str] | None = None) -> None:
         logger.handlers = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request's full URL at INFO, and webhook URLs often hold a token.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

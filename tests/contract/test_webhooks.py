@@ -17,7 +17,7 @@ import pytest
 import standardwebhooks
 from openai import OpenAI
 
-from tests.conftest import LiveServer, _free_port, settings_for, start_server
+from tests.conftest import LiveServer, _free_port, serving, settings_for
 from tests.helpers import chat_jsonl, upload, wait_for
 
 JOB_ENDS = ["fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled"]
@@ -85,11 +85,8 @@ def hooked(tmp_path_factory: pytest.TempPathFactory, databases) -> Iterator[Live
     """A server whose failed deliveries are retried within a second, and jobs long enough to cancel."""
     settings = settings_for(tmp_path_factory.mktemp("hooks"), databases.new(), webhook_retry_seconds=0.2,
                             fake_step_seconds=0.05)
-    live, server, thread = start_server(settings)
-    yield live
-    server.should_exit = True
-    thread.join(timeout=30)
-    live.runtime.engine.dispose()
+    with serving(settings) as live:
+        yield live
 
 
 @pytest.fixture
@@ -245,3 +242,32 @@ def test_the_schema_the_migrations_build_is_the_one_the_code_uses(tmp_path: Path
         differences = compare_metadata(MigrationContext.configure(conn), metadata)
     runtime.engine.dispose()
     assert [d for d in differences if d[0] in ("add_table", "add_column", "remove_column")] == []
+
+
+def test_a_try_is_held_by_one_worker_and_a_late_result_cannot_undo_a_later_one(
+    tmp_path: Path, database_url: str | None,
+) -> None:
+    """Two workers share the outbox: while one holds a try the other gets nothing, and once the hold has run
+    out and the other has taken over, the first one's late result is not recorded."""
+    from ftserve.domain.webhooks import Endpoint
+    from ftserve.services.runtime import build
+    from ftserve.store import webhooks as rows
+
+    runtime = build(settings_for(tmp_path, database_url))
+    try:
+        with runtime.engine.begin() as conn:
+            rows.insert_endpoint(conn, Endpoint("we_1", "p", "n", "http://127.0.0.1:9/", JOB_ENDS, "whsec_AAAA", 0, 0))
+            rows.enqueue(conn, "p", "fine_tuning.job.failed", {"id": "ftjob-1"}, 100)
+        with runtime.engine.begin() as conn:
+            delivery, _ = rows.claim_due(conn, 200.0, 260.0, "first")
+            assert rows.claim_due(conn, 200.0, 260.0, "second") is None  # held
+            assert rows.claim_due(conn, 261.0, 321.0, "second")[0].id == delivery.id  # the hold ran out
+        with runtime.engine.begin() as conn:
+            assert rows.record_attempt(conn, delivery.id, "second", at=262, status_code=200, error=None,
+                                       delivered=True, next_attempt_at=None)
+            assert not rows.record_attempt(conn, delivery.id, "first", at=263, status_code=500, error="HTTP 500",
+                                           delivered=False, next_attempt_at=300.0)
+            [logged] = rows.list_deliveries(conn, "we_1", after=None, limit=10).items
+        assert (logged.status, logged.attempts, logged.response_status_code) == ("delivered", 1, 200)
+    finally:
+        runtime.engine.dispose()

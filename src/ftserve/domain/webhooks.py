@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ftserve.domain.jobs import JobStatus
 
@@ -23,6 +24,12 @@ EVENT_TYPES: tuple[str, ...] = (*JOB_EVENTS.values(), CHECKPOINT_CREATED)
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 
 SECRET_PREFIX = "whsec_"
+
+
+def event_body(event_id: str, event_type: str, created_at: int, data: dict[str, Any]) -> str:
+    """The JSON of an event, in OpenAI's envelope; the exact bytes every try of its delivery sends."""
+    return json.dumps({"id": event_id, "object": "event", "type": event_type, "created_at": created_at, "data": data},
+                      separators=(",", ":"))
 
 
 def new_secret() -> str:
@@ -57,7 +64,7 @@ class Retry:
 
     def next_attempt(self, created_at: float, attempts: int, now: float) -> float | None:
         """The time of the next try after `attempts` failed ones, or None to give up."""
-        when = now + min(self.first * 2 ** (attempts - 1), self.cap)
+        when = now + min(self.first * 2 ** min(attempts - 1, 40), self.cap)  # the exponent capped: no float overflow
         return when if when <= created_at + self.give_up else None
 
 

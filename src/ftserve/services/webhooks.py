@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from urllib.parse import urlsplit
@@ -12,7 +11,7 @@ import sqlalchemy as sa
 
 from ftserve.domain.errors import InvalidRequest, NotFound
 from ftserve.domain.ids import new_id
-from ftserve.domain.webhooks import EVENT_TYPES, Delivery, Endpoint, Retry, new_secret, signature_header
+from ftserve.domain.webhooks import EVENT_TYPES, Delivery, Endpoint, Retry, event_body, new_secret, signature_header
 from ftserve.services.clock import now
 from ftserve.store import webhooks as rows
 from ftserve.store.database import storable
@@ -20,9 +19,11 @@ from ftserve.store.pages import Page
 
 log = logging.getLogger(__name__)
 
-# How long one try waits for an endpoint. Receivers should answer at once and work afterwards.
+# How long one try waits for an endpoint to connect, and again to answer. Receivers should answer at once
+# and work afterwards.
 SEND_TIMEOUT_SECONDS = 10.0
-# How long a worker holds the deliveries it claimed; a worker that dies holding them frees them after this.
+# How long a worker holds the delivery it is trying, well past a try's longest wait; a worker that dies
+# holding one frees it after this.
 HOLD_SECONDS = 60.0
 ROTATION_GRACE_SECONDS = 24 * 3600
 
@@ -89,8 +90,7 @@ class WebhookService:
             raise InvalidRequest(f"Unknown event type '{event_type[:100]}'. Known: {', '.join(EVENT_TYPES)}.",
                                  param="event_type")
         event_id = new_id("evt_")
-        body = json.dumps({"id": event_id, "object": "event", "type": event_type, "created_at": now(),
-                           "data": {"id": "ftjob-test"}}, separators=(",", ":"))
+        body = event_body(event_id, event_type, now(), {"id": "ftjob-test"})
         status, _ = self._send(endpoint, event_id, body)
         return status or 0
 
@@ -99,25 +99,40 @@ class WebhookService:
             self._get(conn, project, endpoint_id)
             return rows.list_deliveries(conn, endpoint_id, after=after, limit=limit)
 
-    def deliver_due(self, batch: int = 20) -> int:
-        """Try every delivery that is due, once; how many were tried."""
-        started = time.time()
-        with self.engine.begin() as conn:
-            claimed = rows.claim_due(conn, started, started + HOLD_SECONDS, batch)
-        for delivery, endpoint in claimed:
-            status, error = self._send(endpoint, delivery.event_id, delivery.body)
-            at = time.time()
-            delivered = status is not None and 200 <= status < 300
-            following = None if delivered else self.retry.next_attempt(delivery.created_at, delivery.attempts + 1, at)
-            if not delivered:
-                log.warning("webhook %s to %s failed (try %d): %s%s", delivery.event_id, endpoint.url,
-                            delivery.attempts + 1, error or f"HTTP {status}", "" if following else "; giving up")
+    def deliver_due(self, most: int = 20) -> int:
+        """Try deliveries that are due, one at a time, up to `most`; how many were tried."""
+        holder = new_id("send_", 16)
+        tried = 0
+        while tried < most:
+            started = time.time()
             with self.engine.begin() as conn:
-                rows.record_attempt(conn, delivery.id, at=at, status_code=status, error=error,
-                                    delivered=delivered, next_attempt_at=following)
-        return len(claimed)
+                claimed = rows.claim_due(conn, started, started + HOLD_SECONDS, holder)
+            if claimed is None:
+                break
+            tried += 1
+            self._try(*claimed, holder)
+        return tried
+
+    def _try(self, delivery: Delivery, endpoint: Endpoint, holder: str) -> None:
+        try:
+            status, error = self._send(endpoint, delivery.event_id, delivery.body)
+        except Exception as unexpected:  # recorded as a failed try, so it counts towards giving up
+            log.exception("webhook %s to endpoint %s", delivery.event_id, endpoint.id)
+            status, error = None, f"{type(unexpected).__name__} while sending"
+        at = time.time()
+        delivered = status is not None and 200 <= status < 300
+        following = None if delivered else self.retry.next_attempt(delivery.created_at, delivery.attempts + 1, at)
+        if not delivered:
+            log.warning("webhook %s to endpoint %s failed (try %d): %s%s", delivery.event_id, endpoint.id,
+                        delivery.attempts + 1, error, "" if following else "; giving up")
+        with self.engine.begin() as conn:
+            if not rows.record_attempt(conn, delivery.id, holder, at=at, status_code=status, error=error,
+                                       delivered=delivered, next_attempt_at=following):
+                log.warning("webhook %s: the try outlived its hold; another worker owns it now", delivery.event_id)
 
     def _send(self, endpoint: Endpoint, event_id: str, body: str) -> tuple[int | None, str | None]:
+        """POST one signed event; what the endpoint answered, and what went wrong, if anything. The answer's
+        body is never read or kept: an endpoint's reply is not ftserve's to store or show."""
         timestamp = int(time.time())
         payload = body.encode()
         headers = {
@@ -128,11 +143,11 @@ class WebhookService:
             "webhook-signature": signature_header(endpoint.secrets_in_use(timestamp), event_id, timestamp, payload),
         }
         try:
-            response = self.http.post(endpoint.url, content=payload, headers=headers)
+            with self.http.stream("POST", endpoint.url, content=payload, headers=headers) as response:
+                status = response.status_code
         except (httpx.HTTPError, httpx.InvalidURL, ValueError) as error:
-            return None, f"{type(error).__name__}: {error}"[:1000]
-        error = None if response.is_success else f"HTTP {response.status_code}: {response.text[:200]}"
-        return response.status_code, error
+            return None, type(error).__name__ + (": timed out" if isinstance(error, httpx.TimeoutException) else "")
+        return status, None if 200 <= status < 300 else f"HTTP {status}"
 
     @staticmethod
     def _get(conn: sa.Connection, project: str, endpoint_id: str) -> Endpoint:

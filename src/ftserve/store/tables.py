@@ -188,6 +188,8 @@ webhook_deliveries = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     # Due time of the next try; a worker pushes it ahead while it tries, so a crashed worker's try is redone.
     sa.Column("next_attempt_at", sa.Float, index=True),
+    # Who holds the try under way: only the holder records its result, so a try that outlived its hold can't undo a later one.
+    sa.Column("claimed_by", sa.String(64)),
     sa.Column("last_attempt_at", sa.BigInteger),
     sa.Column("response_status_code", sa.Integer),
     sa.Column("error", sa.Text),

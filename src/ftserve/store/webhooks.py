@@ -3,14 +3,13 @@ causes them, and that workers deliver from."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Any
 
 import sqlalchemy as sa
 
 from ftserve.domain.ids import new_id
-from ftserve.domain.webhooks import Delivery, Endpoint
+from ftserve.domain.webhooks import Delivery, Endpoint, event_body
 from ftserve.store.database import storable
 from ftserve.store.pages import Page, select_page
 from ftserve.store.tables import webhook_deliveries, webhook_endpoints
@@ -21,7 +20,7 @@ def _endpoint(row: sa.Row) -> Endpoint:
 
 
 def _delivery(row: sa.Row) -> Delivery:
-    return Delivery(**{k: v for k, v in row._mapping.items() if k != "seq"})
+    return Delivery(**{k: v for k, v in row._mapping.items() if k not in ("seq", "claimed_by")})
 
 
 def insert_endpoint(conn: sa.Connection, endpoint: Endpoint) -> None:
@@ -63,8 +62,7 @@ def enqueue(conn: sa.Connection, project: str, event_type: str, data: dict[str, 
     if not subscribed:
         return
     event_id = new_id("evt_")
-    body = json.dumps({"id": event_id, "object": "event", "type": event_type, "created_at": created_at, "data": data},
-                      separators=(",", ":"))
+    body = event_body(event_id, event_type, created_at, data)
     conn.execute(webhook_deliveries.insert(), [
         {"id": new_id("whdel_"), "endpoint_id": endpoint_id, "project": project, "event_id": event_id,
          "event_type": event_type, "body": body, "status": "pending", "attempts": 0, "created_at": created_at,
@@ -73,41 +71,43 @@ def enqueue(conn: sa.Connection, project: str, event_type: str, data: dict[str, 
     ])
 
 
-def claim_due(conn: sa.Connection, now: float, hold_until: float, limit: int) -> list[tuple[Delivery, Endpoint]]:
-    """Deliveries due now, with their endpoints, held until `hold_until` so no other worker sends them meanwhile."""
+def claim_due(conn: sa.Connection, now: float, hold_until: float, holder: str) -> tuple[Delivery, Endpoint] | None:
+    """The delivery most overdue, with its endpoint, held by `holder` until `hold_until`: no other worker sends it
+    meanwhile, and if this one dies, it is tried again once the hold runs out."""
     due = (
         sa.select(webhook_deliveries.c.seq)
         .where(webhook_deliveries.c.status == "pending", webhook_deliveries.c.next_attempt_at <= now)
-        .order_by(webhook_deliveries.c.next_attempt_at).limit(limit)
+        .order_by(webhook_deliveries.c.next_attempt_at).limit(1)
     )
     if conn.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
-    claimed = conn.execute(
-        webhook_deliveries.update().where(webhook_deliveries.c.seq.in_(due.scalar_subquery()))
-        .values(next_attempt_at=hold_until).returning(*webhook_deliveries.c)
-    ).all()
-    if not claimed:
-        return []
-    endpoints = {
-        row.id: _endpoint(row) for row in conn.execute(
-            sa.select(webhook_endpoints).where(webhook_endpoints.c.id.in_({r.endpoint_id for r in claimed}))
-        )
-    }
-    return [(_delivery(r), endpoints[r.endpoint_id]) for r in claimed if r.endpoint_id in endpoints]
+    row = conn.execute(
+        webhook_deliveries.update().where(webhook_deliveries.c.seq == due.scalar_subquery())
+        .values(next_attempt_at=hold_until, claimed_by=holder).returning(*webhook_deliveries.c)
+    ).first()
+    if row is None:
+        return None
+    endpoint = conn.execute(sa.select(webhook_endpoints).where(webhook_endpoints.c.id == row.endpoint_id)).first()
+    return (_delivery(row), _endpoint(endpoint)) if endpoint else None
 
 
 def record_attempt(
-    conn: sa.Connection, delivery_id: str, *, at: float, status_code: int | None, error: str | None,
+    conn: sa.Connection, delivery_id: str, holder: str, *, at: float, status_code: int | None, error: str | None,
     delivered: bool, next_attempt_at: float | None,
-) -> None:
-    """What one try got: delivered, pending with the time of the next try, or failed for good (no next time)."""
+) -> bool:
+    """What one try got: delivered, pending with the time of the next try, or failed for good (no next time).
+    Only the worker that still holds the try records it; False when its hold ran out and another took over."""
     status = "delivered" if delivered else "pending" if next_attempt_at is not None else "failed"
-    conn.execute(
-        webhook_deliveries.update().where(webhook_deliveries.c.id == delivery_id).values(
+    result = conn.execute(
+        webhook_deliveries.update().where(
+            webhook_deliveries.c.id == delivery_id, webhook_deliveries.c.claimed_by == holder,
+            webhook_deliveries.c.status == "pending",
+        ).values(
             status=status, attempts=webhook_deliveries.c.attempts + 1, last_attempt_at=int(at),
-            response_status_code=status_code, error=error, next_attempt_at=next_attempt_at,
+            response_status_code=status_code, error=error, next_attempt_at=next_attempt_at, claimed_by=None,
         )
     )
+    return result.rowcount > 0
 
 
 def list_deliveries(conn: sa.Connection, endpoint_id: str, *, after: str | None, limit: int) -> Page[Delivery]:

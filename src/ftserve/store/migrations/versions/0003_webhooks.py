@@ -47,6 +47,7 @@ def upgrade() -> None:
         sa.Column('attempts', sa.Integer(), server_default='0', nullable=False),
         sa.Column('created_at', sa.BigInteger(), nullable=False),
         sa.Column('next_attempt_at', sa.Float(), nullable=True),
+        sa.Column('claimed_by', sa.String(length=64), nullable=True),
         sa.Column('last_attempt_at', sa.BigInteger(), nullable=True),
         sa.Column('response_status_code', sa.Integer(), nullable=True),
         sa.Column('error', sa.Text(), nullable=True),
