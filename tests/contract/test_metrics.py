@@ -19,7 +19,7 @@ from ftserve.schemas.fine_tuning import CreateFineTuningJobRequest
 from ftserve.services.jobs import CreateContext
 from ftserve.services.runtime import build
 from ftserve.worker.loop import Worker, WorkerConfig
-from tests.conftest import Databases, LiveServer, settings_for, start_server
+from tests.conftest import Databases, LiveServer, serving, settings_for
 from tests.helpers import chat_jsonl, upload, wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -45,11 +45,8 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Iterator[LiveServer]:
     """A server of this module's own, so the step-time histogram counts only this module's jobs."""
-    live, uv, thread = start_server(settings_for(tmp_path_factory.mktemp("metrics"), databases.new()))
-    yield live
-    uv.should_exit = True
-    thread.join(timeout=30)
-    live.runtime.engine.dispose()
+    with serving(settings_for(tmp_path_factory.mktemp("metrics"), databases.new())) as live:
+        yield live
 
 
 def test_a_finished_job_shows_in_the_counts_the_step_times_and_the_latencies(server: LiveServer) -> None:
@@ -80,8 +77,7 @@ def test_a_finished_job_shows_in_the_counts_the_step_times_and_the_latencies(ser
 
 
 def test_the_queue_depth_counts_jobs_no_worker_has_taken(tmp_path: Path, database_url: str | None) -> None:
-    live, uv, thread = start_server(settings_for(tmp_path, database_url), with_worker=False)
-    try:
+    with serving(settings_for(tmp_path, database_url), with_worker=False) as live:
         client = OpenAI(base_url=live.base_url, api_key="none", max_retries=0)
         training = upload(client, chat_jsonl(4))
         for _ in range(2):
@@ -89,10 +85,6 @@ def test_the_queue_depth_counts_jobs_no_worker_has_taken(tmp_path: Path, databas
         samples = scrape(live.url)
         assert value(samples, "ftserve_queue_depth") == 2
         assert value(samples, "ftserve_jobs", status="validating_files") == 2
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
-        live.runtime.engine.dispose()
 
 
 def test_metrics_need_no_key_stay_out_of_the_openapi_schema_and_can_be_turned_off(

@@ -78,7 +78,7 @@ def test_a_job_created_with_follow_shows_its_steps_and_ends_succeeded(live: Live
     assert "Succeeded" in out and f"ft:{MODEL}:default:cli:" in out
 
 
-def test_following_a_cancelled_job_exits_2(live: LiveServer, client: OpenAI, tmp_path: Path) -> None:
+def test_following_a_cancelled_job_exits_3(live: LiveServer, client: OpenAI, tmp_path: Path) -> None:
     job_id = created_job(ftserve(
         "jobs", "create", "--model", MODEL, "--training-file", dataset(tmp_path, chat_jsonl(10)),
         "--epochs", "50", "--batch-size", "1", server=live,
@@ -91,7 +91,7 @@ def test_following_a_cancelled_job_exits_2(live: LiveServer, client: OpenAI, tmp
     assert ftserve("jobs", "cancel", job_id, server=live).exit_code == 0
 
     followed = ftserve("jobs", "follow", job_id, "--interval", "0.05", server=live)
-    assert followed.exit_code == 2, followed.output
+    assert followed.exit_code == 3, followed.output
     assert "Cancelled" in followed.stdout
 
 

@@ -19,7 +19,7 @@ from ftserve.engine.evaluate import Scores, report
 from ftserve.services.clock import now
 from ftserve.store import events as event_rows
 from ftserve.worker.reporter import evaluation_message
-from tests.conftest import Databases, LiveServer, settings_for, start_server
+from tests.conftest import Databases, LiveServer, serving, settings_for
 from tests.helpers import chat_jsonl, upload, wait_for
 
 BROWSER = Path(__file__).parent.parent / "browser"
@@ -38,11 +38,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> It
     """A keyed server whose fake steps are slow enough for a person, or a browser, to watch."""
     settings = settings_for(tmp_path_factory.mktemp("dashboard"), databases.new(),
                             api_keys=f"{KEY}=dash", fake_step_seconds=0.3)
-    live, uvicorn_server, thread = start_server(settings)
-    yield live
-    uvicorn_server.should_exit = True
-    thread.join(timeout=30)
-    live.runtime.engine.dispose()
+    with serving(settings) as live:
+        yield live
 
 
 def add_evaluation(server: LiveServer, job_id: str, output_dir: Path) -> dict[str, object]:

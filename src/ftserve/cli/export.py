@@ -55,7 +55,8 @@ def export(
             response.read()
             typer.echo(f"ftserve: {_error_message(response)}", err=True)
             raise typer.Exit(1)
-        name = response.headers["content-disposition"].split('filename="')[1].rstrip('"')
+        # Only the last part of the name: whatever the server says, the file lands inside --out.
+        name = Path(response.headers["content-disposition"].split('filename="')[1].rstrip('"')).name
         if response.headers.get("content-type", "").startswith("application/x-tar"):
             with tarfile.open(fileobj=_Chunks(response.iter_bytes()), mode="r|") as tar:  # type: ignore[call-overload]
                 tar.extractall(out, filter="data")

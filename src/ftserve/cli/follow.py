@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import openai
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
@@ -26,7 +27,10 @@ if TYPE_CHECKING:
     from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 
 # How `jobs follow` (and `jobs create --follow`) exit: the job's outcome.
-EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2}
+# 2 is taken by usage errors and invalid settings, so a cancelled job has a code of its own.
+EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 3}
+# How long `follow` keeps trying a server that stopped answering (a restart, a network blip) before it gives up.
+RECONNECT_SECONDS = 600.0
 EVENTS_PAGE = 100
 _LEVEL_STYLES = {"warn": "yellow", "error": "red"}
 
@@ -44,9 +48,21 @@ def follow(client: OpenAI, job_id: str, base_url: str, console: Console, interva
     )
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("", total=None, status=job.status, details="")
+        lost_since: float | None = None
         while True:
-            job = client.fine_tuning.jobs.retrieve(job_id)
-            for event in events.fetch():  # read after the job, so a finished job's last events are in
+            try:
+                job = client.fine_tuning.jobs.retrieve(job_id)
+                fetched = events.fetch()  # read after the job, so a finished job's last events are in
+            except (openai.APIConnectionError, openai.InternalServerError) as error:
+                # The job goes on without us: a server restart must not look like a failed job.
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > RECONNECT_SECONDS:
+                    raise
+                progress.update(bar, details=f"[yellow]server not answering ({type(error).__name__}); retrying[/]")
+                time.sleep(max(interval, 2.0))
+                continue
+            lost_since = None
+            for event in fetched:
                 if event.type == "metrics" and isinstance(event.data, dict):
                     state.observe(event.data)
                     if console.is_terminal:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Create, list, follow and control fine-tuning jobs.", no_args_is_help=True)
 
 Interval = Annotated[float, typer.Option(min=0.05, help="Seconds between polls of the job while following it.")]
-FOLLOW_HELP = "Exit codes: 0 the job succeeded, 1 it failed (or the API answered an error), 2 it was cancelled."
+FOLLOW_HELP = "Exit codes: 0 the job succeeded, 1 it failed (or the API answered an error), 3 it was cancelled."
 
 
 @app.command(epilog=FOLLOW_HELP + " (With --follow.)")

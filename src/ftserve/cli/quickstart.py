@@ -45,7 +45,7 @@ def quickstart(
     """Fine-tune SmolLM2-135M-Instruct on a small sample dataset and compare its answers before and after.
 
     Uses the server at --base-url, or starts one (with its worker) if none answers there.
-    Exit codes: 0 done, 1 the job failed (or an API error), 2 it was cancelled.
+    Exit codes: 0 done, 1 the job failed (or an API error), 3 it was cancelled.
     """
     console = output()
     dataset = data_dir / DATASET
