@@ -13,7 +13,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Databases, LiveServer, settings_for, start_server
+from tests.conftest import Databases, LiveServer, serving, settings_for
 from tests.helpers import chat_jsonl, upload, wait_for
 
 
@@ -22,13 +22,8 @@ def server_with(tmp_path: Path, databases: Databases, **limits: object) -> Itera
     """A server with two projects, alpha and beta, and the given limits."""
     settings = settings_for(tmp_path, databases.new(), api_keys="sk-alpha=alpha,sk-beta=beta",
                             fake_step_seconds=0.05, **limits)
-    live, server, thread = start_server(settings)
-    try:
+    with serving(settings) as live:
         yield live
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        live.runtime.engine.dispose()
 
 
 @pytest.fixture
