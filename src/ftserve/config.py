@@ -83,8 +83,9 @@ class Settings(BaseSettings):
         900.0, ge=0, description="How long a retried job create without an Idempotency-Key is recognised."
     )
     max_attempts: int = Field(
-        3, ge=1, description="A job whose worker dies (stops renewing its lease) this many times fails with "
-        "`worker_lost` instead of running again. A worker that shuts down cleanly does not use up an attempt.",
+        3, ge=1, description="A job whose worker dies (stops renewing its lease) this many times without making "
+        "progress fails with `worker_lost` instead of running again. A death after the attempt saved newer resumable "
+        "state does not count, nor does a worker that shuts down cleanly.",
     )
     shutdown_grace_seconds: float = Field(
         60.0, gt=0, description="How long a stopping server or worker waits for its running job to save its state "

@@ -18,7 +18,7 @@ from openai import OpenAI
 from ftserve.engine.evaluate import Scores, report
 from ftserve.services.clock import now
 from ftserve.store import events as event_rows
-from ftserve.worker.reporter import evaluation_message
+from ftserve.services.lifecycle import evaluation_message
 from tests.conftest import Databases, LiveServer, serving, settings_for
 from tests.helpers import chat_jsonl, upload, wait_for
 

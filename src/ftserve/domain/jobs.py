@@ -36,7 +36,8 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.PAUSED}),
     JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.PAUSING, JobStatus.QUEUED}),
     JobStatus.PAUSING: frozenset({JobStatus.PAUSED, JobStatus.SUCCEEDED}),
-    JobStatus.PAUSED: frozenset({JobStatus.QUEUED}),
+    # Back to validation when the job was paused before its files were checked.
+    JobStatus.PAUSED: frozenset({JobStatus.QUEUED, JobStatus.VALIDATING_FILES}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
@@ -92,6 +93,13 @@ class Job:
     """The configured hosted provider that runs the job; None: the local worker trains it."""
     remote: dict[str, Any] | None = None
     """A hosted job's state at its provider (`store.jobs.Remote`'s fields), once submitted."""
+    files_validated: bool = False
+    started_at: int | None = None
+    """When training first started; a later start is a restart."""
+    saved_step: int = 0
+    """The newest resumable state the engine reported saving."""
+    attempt_saved_step: int = 0
+    """`saved_step` when the current attempt started: a worker death after it made no progress if they are equal."""
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,19 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import sqlalchemy as sa
 
 from ftserve.catalogue import BaseModel
 from ftserve.domain.errors import Conflict, InvalidRequest, NotFound, RateLimited
 from ftserve.domain.ids import new_id
-from ftserve.domain.jobs import LIVE, Checkpoint, Job, JobEvent, JobStatus, MethodType
+from ftserve.domain.jobs import Checkpoint, Job, JobEvent, JobStatus, MethodType
 from ftserve.domain.naming import fine_tuned_name
 from ftserve.schemas.fine_tuning import CreateFineTuningJobRequest, DpoHyperparameters, ReinforcementHyperparameters
 from ftserve.services.clock import now
 from ftserve.services.files import FINE_TUNE, FileService
+from ftserve.services.lifecycle import Lifecycle
 from ftserve.services.providers import Plan, ProviderService
 from ftserve.store import events as event_rows
 from ftserve.store import jobs as job_rows
@@ -41,9 +42,10 @@ class CreateContext:
 class JobService:
     def __init__(
         self, engine: sa.Engine, files: FileService, catalogue: dict[str, BaseModel], dedup_seconds: float,
-        providers: ProviderService, max_active: int = 0,
+        providers: ProviderService, lifecycle: Lifecycle, max_active: int = 0,
     ):
         self.engine = engine
+        self.lifecycle = lifecycle
         self.files = files
         self.catalogue = catalogue
         self.dedup_seconds = dedup_seconds
@@ -71,8 +73,7 @@ class JobService:
         try:
             with self.engine.begin() as conn:
                 self._check_quota(conn, project)
-                job_rows.insert(conn, job, request_hash=request_hash, idempotency_key=context.idempotency_key)
-                event_rows.append(conn, job.id, job.created_at, f"Created fine-tuning job: {job.id}")
+                self.lifecycle.create(conn, job, request_hash=request_hash, idempotency_key=context.idempotency_key)
         except sa.exc.IntegrityError:
             # Two requests with one Idempotency-Key raced; the other one's job is the answer.
             with self.engine.connect() as conn:
@@ -174,10 +175,7 @@ class JobService:
     def cancel(self, project: str, job_id: str) -> Job:
         """Cancel at once; a worker running the job sees it at its next heartbeat and stops. A hosted job
         is due for a poll at once, which passes the cancel on to its provider."""
-        job = self.get(project, job_id)
-        hosted = {"poll_at": time.time()} if job.provider is not None and (job.remote or {}).get("id") else {}
-        return self._move(project, job_id, JobStatus.CANCELLED, LIVE, "Fine-tuning job cancelled", finished=True,
-                          values=hosted)
+        return self._move(project, job_id, JobStatus.CANCELLED, self.lifecycle.cancel)
 
     def pause(self, project: str, job_id: str) -> Job:
         job = self.get(project, job_id)
@@ -186,18 +184,13 @@ class JobService:
                 f"The provider '{job.provider}' cannot pause jobs; cancel the job instead.",
                 param="fine_tuning_job_id", code="unsupported_by_provider",
             )
-        if job.status in (JobStatus.RUNNING,):
-            return self._move(project, job_id, JobStatus.PAUSING, (JobStatus.RUNNING,), "Pausing fine-tuning job")
-        return self._move(
-            project, job_id, JobStatus.PAUSED, (JobStatus.VALIDATING_FILES, JobStatus.QUEUED),
-            "Fine-tuning job paused",
-        )
+        return self._move(project, job_id, JobStatus.PAUSED, self.lifecycle.pause, job)
 
     def resume(self, project: str, job_id: str) -> Job:
         self.get(project, job_id)  # an unknown id is a 404 before it is a 429
         with self.engine.connect() as conn:
             self._check_quota(conn, project)
-        return self._move(project, job_id, JobStatus.QUEUED, (JobStatus.PAUSED,), "Fine-tuning job resumed")
+        return self._move(project, job_id, JobStatus.QUEUED, self.lifecycle.resume)
 
     def _check_quota(self, conn: sa.Connection, project: str) -> None:
         """Refuse one more active job past the project's quota, saying when a slot is likely to free up."""
@@ -212,17 +205,10 @@ class JobService:
                 retry_after=wait, code="too_many_active_jobs",
             )
 
-    def _move(
-        self, project: str, job_id: str, target: JobStatus, source: tuple[JobStatus, ...], message: str,
-        finished: bool = False, values: dict[str, Any] | None = None,
-    ) -> Job:
-        job = self.get(project, job_id)
-        values = {**(values or {}), **({"finished_at": now(), "estimated_finish": None} if finished else {})}
-        with self.engine.begin() as conn:
-            moved = job_rows.move(conn, job_id, target, source=source, values=values)
-            if moved:
-                event_rows.append(conn, job_id, now(), message)
-        if not moved:
+    def _move(self, project: str, job_id: str, target: JobStatus, verb: Callable[[Job], bool],
+              job: Job | None = None) -> Job:
+        job = job or self.get(project, job_id)
+        if not verb(job):
             current = self.get(project, job_id).status
             raise Conflict(f"Cannot move job {job_id} from {current.value} to {target.value}.", param="fine_tuning_job_id")
         return self.get(project, job.id)

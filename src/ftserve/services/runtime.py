@@ -17,6 +17,7 @@ from ftserve.services.exports import ExportService
 from ftserve.services.files import FileService
 from ftserve.services.inference import InferenceService, resolver
 from ftserve.services.jobs import JobService
+from ftserve.services.lifecycle import Lifecycle
 from ftserve.services.models import ModelService
 from ftserve.services.providers import ProviderService
 from ftserve.services.webhooks import WebhookService
@@ -57,7 +58,8 @@ def build(settings: Settings) -> Runtime:
         engine=engine,
         blobs=blobs,
         files=files,
-        jobs=JobService(engine, files, catalogue, settings.create_dedup_seconds, providers, settings.max_active_jobs),
+        jobs=JobService(engine, files, catalogue, settings.create_dedup_seconds, providers,
+                        Lifecycle(engine, settings.max_attempts), settings.max_active_jobs),
         models=models,
         inference=InferenceService(resolve, pool, files, blobs, settings.inference_max_tokens),
         exports=exports,

@@ -98,6 +98,12 @@ jobs = sa.Table(
     sa.Column("provider", sa.String(128)),
     sa.Column("remote", _json()),
     sa.Column("poll_at", sa.Float, index=True),
+    # Progress, as the lifecycle reads it: resuming a job whose files were never checked checks them first; the
+    # first start is not a restart; a worker death counts as an attempt only if that attempt saved no newer state.
+    sa.Column("files_validated", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("started_at", sa.BigInteger),
+    sa.Column("saved_step", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("attempt_saved_step", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("project", "idempotency_key", name="uq_jobs_idempotency_key"),
 )
 

@@ -24,26 +24,21 @@ from ftserve import logs
 from ftserve.domain.errors import FtserveError, InvalidFileFormat
 from ftserve.domain.files import FORMATS
 from ftserve.domain.hyperparameters import resolve
-from ftserve.domain.jobs import LIVE, Job, JobError, JobStatus
+from ftserve.domain.jobs import Job, JobError, JobStatus
 from ftserve.files.jsonl import JsonlValidator
 from ftserve.files.storage import BlobStore, iter_blob
 from ftserve.metrics import Metrics
 from ftserve.providers.base import Trainer, TrainingOutcome, TrainingRequest
 from ftserve.providers.registry import Providers
-from ftserve.services.clock import now
 from ftserve.services.files import FileService
+from ftserve.services.lifecycle import Lifecycle, Result
 from ftserve.services.webhooks import WebhookService
-from ftserve.store import events as event_rows
-from ftserve.store import files as file_rows
 from ftserve.store import jobs as job_rows
-from ftserve.store import models as model_rows
 from ftserve.worker.reconcile import Backoff, Reconciler
-from ftserve.worker.reporter import JobReporter, evaluation_message, metrics_csv
+from ftserve.worker.reporter import JobReporter, metrics_csv
 from ftserve.worker.webhooks import deliver
 
 log = logging.getLogger(__name__)
-
-STARTED = "Fine-tuning job started"
 
 
 @dataclass(frozen=True)
@@ -53,7 +48,7 @@ class WorkerConfig:
     backoff: Backoff = Backoff(5.0, 300.0)
     """How often hosted jobs are polled: from min_seconds, doubling while nothing changes."""
     max_attempts: int = 3
-    """A job whose worker dies this many times fails (`worker_lost`) instead of running again."""
+    """A job whose worker dies this many times without progress fails (`worker_lost`) instead of running again."""
     metrics_port: int | None = None
     """Where the worker serves its metrics itself, for a process with no API; None: it does not."""
 
@@ -73,8 +68,9 @@ class Worker:
         self.stopping = threading.Event()
         self.webhooks = webhooks
         self.metrics = metrics or Metrics()
+        self.lifecycle = Lifecycle(engine, config.max_attempts)
         self.hosted = (
-            Reconciler(engine, blobs, files, providers, self.id, config.lease_seconds, config.backoff)
+            Reconciler(engine, self.lifecycle, blobs, files, providers, self.id, config.lease_seconds, config.backoff)
             if providers is not None else None
         )
 
@@ -130,23 +126,10 @@ class Worker:
 
     def reap(self) -> None:
         """Take back jobs whose worker stopped renewing its lease."""
-        with self.engine.begin() as conn:
-            for job in job_rows.stalled(conn, time.time()):
-                if job.provider is not None:  # a hosted job runs at its provider: only the lease was lost
-                    job_rows.release(conn, job.id, job.worker_id or "")
-                elif job.status == JobStatus.RUNNING and job.attempts >= self.config.max_attempts:
-                    error = JobError("worker_lost", f"The job lost its worker {job.attempts} times.", None)
-                    if job_rows.move(conn, job.id, JobStatus.FAILED, source=[job.status], release=True,
-                                     values={"error": error, "finished_at": now()}):
-                        event_rows.append(conn, job.id, now(), error.message, level="error")
-                elif job.status == JobStatus.RUNNING:
-                    if job_rows.move(conn, job.id, JobStatus.QUEUED, source=[job.status], release=True):
-                        event_rows.append(conn, job.id, now(), "The worker stopped responding; job requeued", level="warn")
-                elif job.status == JobStatus.PAUSING:
-                    if job_rows.move(conn, job.id, JobStatus.PAUSED, source=[job.status], release=True):
-                        event_rows.append(conn, job.id, now(), "Fine-tuning job paused")
-                elif job.worker_id is not None:
-                    job_rows.release(conn, job.id, job.worker_id)
+        with self.engine.connect() as conn:
+            stalled = job_rows.stalled(conn, time.time())
+        for job in stalled:
+            self.lifecycle.lost(job)
 
     # Validation: validating_files -> queued, or failed naming the file, line and reason.
 
@@ -154,7 +137,7 @@ class Worker:
         message = f"Validating training file: {job.training_file}"
         if job.validation_file:
             message += f" and validation file: {job.validation_file}"
-        self._event(job, message)
+        self.lifecycle.note(job, message)
         for param, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
             if file_id is None:
                 continue
@@ -162,9 +145,7 @@ class Worker:
             if problem:
                 self._fail(job, JobError("invalid_" + param, f"{param.replace('_', ' ').capitalize()} {file_id}: {problem}", param))
                 return
-        with self.engine.begin() as conn:
-            if job_rows.move(conn, job.id, JobStatus.QUEUED, source=[JobStatus.VALIDATING_FILES], worker_id=self.id, release=True):
-                event_rows.append(conn, job.id, now(), "Files validated, moving job to queued state")
+        self.lifecycle.validated(job, self.id)
 
     def _check_file(self, job: Job, file_id: str) -> str | None:
         try:
@@ -204,17 +185,10 @@ class Worker:
         training = self.files.get(job.project, job.training_file)
         hyperparameters = resolve(job.hyperparameters, training.examples or 1)
         started = time.time()
-        with self.engine.begin() as conn:
-            if not job_rows.move(
-                conn, job.id, JobStatus.RUNNING, source=[JobStatus.QUEUED], worker_id=self.id,
-                values={"hyperparameters": hyperparameters},
-            ):
-                return
-            restarted = event_rows.has_message(conn, job.id, STARTED)
-            event_rows.append(conn, job.id, now(), "Fine-tuning job restarted" if restarted else STARTED,
-                              data={"worker": self.id})
-            resume = event_rows.latest_checkpoint(conn, job.id)
-            reported = event_rows.last_metrics_step(conn, job.id)
+        started_run = self.lifecycle.start(job, self.id, values={"hyperparameters": hyperparameters})
+        if started_run is None:
+            return
+        resume, reported = started_run.resume, started_run.reported_step
         validation = self.files.get(job.project, job.validation_file) if job.validation_file else None
         request = TrainingRequest(
             job_id=job.id, model=job.model, method=job.method, hyperparameters=hyperparameters,
@@ -226,7 +200,7 @@ class Worker:
             resume_path=self.blobs.path(resume.path) if resume and resume.path else None,
             reported_step=reported,
         )
-        reporter = JobReporter(self.engine, self.blobs, job, self.id, started, self.metrics, self.stopping, reported)
+        reporter = JobReporter(self.lifecycle, self.blobs, job, self.id, started, self.metrics, self.stopping, reported)
         done = threading.Event()
         # In a copy of this context, so what the heartbeat logs carries the job's ids too.
         beat = threading.Thread(target=contextvars.copy_context().run, args=(self._heartbeat, job, reporter, done),
@@ -256,16 +230,10 @@ class Worker:
 
     def _finish(self, job: Job, outcome: TrainingOutcome, request_dir: Path) -> None:
         if outcome.stopped == "pause":
-            with self.engine.begin() as conn:
-                if job_rows.move(conn, job.id, JobStatus.PAUSED, source=[JobStatus.PAUSING], worker_id=self.id):
-                    event_rows.append(conn, job.id, now(), f"Fine-tuning job paused at step {outcome.step}")
+            self.lifecycle.paused(job, self.id, outcome.step)
             return
         if outcome.stopped == "shutdown":
-            with self.engine.begin() as conn:
-                # Handing the job on is not a failed attempt, so it does not count towards max_attempts.
-                if job_rows.move(conn, job.id, JobStatus.QUEUED, source=[JobStatus.RUNNING], worker_id=self.id,
-                                 release=True, values={"attempts": max(0, job.attempts - 1)}):
-                    event_rows.append(conn, job.id, now(), f"The worker shut down; job requeued at step {outcome.step}")
+            self.lifecycle.requeue(job, self.id, outcome.step)
             return
         if outcome.stopped is not None:
             return
@@ -275,37 +243,13 @@ class Worker:
         if outcome.evaluation is not None:
             results.append(self.files.result_file(job.project, job.id, "evaluation.json",
                                                   json.dumps(outcome.evaluation, indent=2).encode()))
-        finished = now()
-        with self.engine.begin() as conn:
-            moved = job_rows.move(
-                conn, job.id, JobStatus.SUCCEEDED, source=[JobStatus.RUNNING, JobStatus.PAUSING], worker_id=self.id,
-                values={
-                    "fine_tuned_model": job.output_model, "finished_at": finished, "estimated_finish": None,
-                    "trained_tokens": outcome.trained_tokens, "result_files": [r.id for r in results],
-                },
-            )
-            if moved:
-                for result in results:
-                    file_rows.insert_file(conn, result)
-                model_path = self.blobs.key_of(outcome.model_dir) if outcome.model_dir else None
-                model_rows.add_model(conn, job.output_model, job.project, job.id, job.model, finished, model_path)
-                if outcome.evaluation is not None:
-                    event_rows.append(conn, job.id, finished, evaluation_message(outcome.evaluation), type="metrics",
-                                      data={"evaluation": outcome.evaluation})
-                event_rows.append(conn, job.id, finished, f"New fine-tuned model created: {job.output_model}")
-                event_rows.append(conn, job.id, finished, "The job has successfully completed")
-        if not moved:
+        model_path = self.blobs.key_of(outcome.model_dir) if outcome.model_dir else None
+        if not self.lifecycle.succeed(job, self.id, Result(outcome.trained_tokens, model_path, None, outcome.evaluation,
+                                                           results)):
             for result in results:
                 self.blobs.delete(result.storage_key)
             return
         shutil.rmtree(request_dir / "state", ignore_errors=True)  # resumable state is dead weight now
 
     def _fail(self, job: Job, error: JobError) -> None:
-        with self.engine.begin() as conn:
-            if job_rows.move(conn, job.id, JobStatus.FAILED, source=LIVE, worker_id=self.id, release=True,
-                             values={"error": error, "finished_at": now(), "estimated_finish": None}):
-                event_rows.append(conn, job.id, now(), error.message, level="error")
-
-    def _event(self, job: Job, message: str) -> None:
-        with self.engine.begin() as conn:
-            event_rows.append(conn, job.id, now(), message)
+        self.lifecycle.fail(job, error, self.id)

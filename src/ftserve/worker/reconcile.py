@@ -16,24 +16,22 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import sqlalchemy as sa
 
 from ftserve.domain.ids import new_id
-from ftserve.domain.jobs import Checkpoint, Job, JobError, JobStatus
+from ftserve.domain.jobs import Checkpoint, Job, JobError, JobEvent, JobStatus
 from ftserve.domain.naming import checkpoint_name
 from ftserve.files.storage import BlobStore
 from ftserve.providers.contract import HostedProvider, ProviderError, RemoteJob
 from ftserve.providers.registry import Providers
 from ftserve.services.clock import now
 from ftserve.services.files import FileService
+from ftserve.services.lifecycle import Level, Lifecycle, Result
 from ftserve.services.providers import job_request
-from ftserve.store import events as event_rows
-from ftserve.store import files as file_rows
 from ftserve.store import jobs as job_rows
-from ftserve.store import models as model_rows
 from ftserve.worker.reporter import metrics_csv
 
 log = logging.getLogger(__name__)
@@ -59,9 +57,10 @@ def remote_state(state: RemoteJob, before: dict[str, Any] | None = None) -> dict
 
 
 class Reconciler:
-    def __init__(self, engine: sa.Engine, blobs: BlobStore, files: FileService, providers: Providers,
-                 worker_id: str, lease_seconds: float, backoff: Backoff):
+    def __init__(self, engine: sa.Engine, lifecycle: Lifecycle, blobs: BlobStore, files: FileService,
+                 providers: Providers, worker_id: str, lease_seconds: float, backoff: Backoff):
         self.engine = engine
+        self.lifecycle = lifecycle
         self.blobs = blobs
         self.files = files
         self.providers = providers
@@ -90,17 +89,13 @@ class Reconciler:
                 self._retry_later(job, error)
                 return
         poll_at = time.time() + self.backoff.min_seconds
-        with self.engine.begin() as conn:
-            moved = job_rows.move(
-                conn, job.id, JobStatus.RUNNING, source=[JobStatus.QUEUED], worker_id=self.worker_id,
-                values={"remote": {**remote_state(state, remote), "interval": None}, "poll_at": poll_at},
-            )
-            if moved:
-                event_rows.append(conn, job.id, now(), "Fine-tuning job started")
-                event_rows.append(conn, job.id, now(), message)
-            else:
-                # Cancelled while it was being submitted: the reconcile loop cancels it at the provider.
-                job_rows.set_remote(conn, job.id, self.worker_id, remote_state(state, remote), time.time())
+        started = self.lifecycle.start(
+            job, self.worker_id, message=message,
+            values={"remote": {**remote_state(state, remote), "interval": None}, "poll_at": poll_at},
+        )
+        if started is None:
+            # Cancelled while it was being submitted: the reconcile loop cancels it at the provider.
+            self.lifecycle.record_remote(job, self.worker_id, remote_state(state, remote), time.time())
 
     def _start(self, job: Job, provider: HostedProvider) -> RemoteJob:
         request = job_request(job, self.providers.route(job.model), self.files, self.blobs)
@@ -110,9 +105,8 @@ class Reconciler:
         remote = dict(job.remote or {})
         interval = self.backoff.next(remote.get("interval"), changed=False)
         remote.update(interval=interval, last_error=error.message)
-        with self.engine.begin() as conn:
-            job_rows.set_remote(conn, job.id, self.worker_id, remote, time.time() + interval)
-            event_rows.append(conn, job.id, now(), f"{error.message}; trying again in {interval:.0f} s", level="warn")
+        self.lifecycle.record_remote(job, self.worker_id, remote, time.time() + interval, events=[
+            _event(job, f"{error.message}; trying again in {interval:.0f} s", "warn")])
 
     # Polling: running / pausing / a cancel to pass on.
 
@@ -160,87 +154,46 @@ class Reconciler:
             remote["events_after"] = events[-1].id
         finished = state.status in ("succeeded", "failed", "cancelled") or (
             state.status == "paused" and job.status == JobStatus.PAUSING)
-        with self.engine.begin() as conn:
-            # A finished job is due again at once: if finishing below is cut short, the next poll finishes it.
-            if not job_rows.set_remote(conn, job.id, self.worker_id, remote,
-                                       time.time() if finished else time.time() + interval,
-                                       {"estimated_finish": state.estimated_finish}):
-                return  # another worker took the job over: it writes from here on
-            if state.provider_status != (job.remote or {}).get("provider_status"):
-                level = "warn" if state.status == "unknown" else "info"
-                note = " (a status ftserve does not know; still polling)" if state.status == "unknown" else ""
-                event_rows.append(conn, job.id, now(), f"{job.provider} status: {state.provider_status}{note}", level=level)
-            for event in events:
-                event_rows.append(conn, job.id, event.created_at, event.message, level=event.level, type=event.type,
-                                  data=event.data)
-            self._mirror_checkpoints(conn, job, checkpoints)
+        noted = []
+        if state.provider_status != (job.remote or {}).get("provider_status"):
+            unknown = state.status == "unknown"
+            note = " (a status ftserve does not know; still polling)" if unknown else ""
+            noted.append(_event(job, f"{job.provider} status: {state.provider_status}{note}", "warn" if unknown else "info"))
+        mirrored = [Checkpoint(
+            id=new_id("ftckpt_"), job_id=job.id, created_at=found.created_at,
+            fine_tuned_model_checkpoint=checkpoint_name(job.output_model, found.step), step_number=found.step,
+            metrics={"step": found.step, **found.metrics}, remote_model=found.model,
+        ) for found in checkpoints]
+        # A finished job is due again at once: if finishing below is cut short, the next poll finishes it.
+        if not self.lifecycle.record_remote(
+            job, self.worker_id, remote, time.time() if finished else time.time() + interval,
+            events=noted + [_event(job, e.message, e.level, e.created_at, e.type, e.data) for e in events],
+            checkpoints=mirrored, values={"estimated_finish": state.estimated_finish},
+        ):
+            return  # another worker took the job over: it writes from here on
         if finished:
-            self._finish(job, state, remote)
+            self._finish(job, state)
 
-    def _mirror_checkpoints(self, conn: sa.Connection, job: Job, checkpoints: list[Any]) -> None:
-        known = event_rows.checkpoint_steps(conn, job.id)
-        for found in checkpoints:
-            if found.step in known:
-                continue
-            event_rows.add_checkpoint(conn, Checkpoint(
-                id=new_id("ftckpt_"), job_id=job.id, created_at=found.created_at,
-                fine_tuned_model_checkpoint=checkpoint_name(job.output_model, found.step), step_number=found.step,
-                metrics={"step": found.step, **found.metrics}, remote_model=found.model,
-            ), job.project)
-
-    def _finish(self, job: Job, state: RemoteJob, remote: dict[str, Any]) -> None:
+    def _finish(self, job: Job, state: RemoteJob) -> None:
         """Move the job to where its provider's job ended; every move is guarded by this worker's lease."""
-        live = [JobStatus.RUNNING, JobStatus.PAUSING]
-        finished = now()
-        results = []
-        if state.status == "succeeded":
+        if state.status == "paused":
+            self.lifecycle.paused(job, self.worker_id)
+        elif state.status == "succeeded":
             # Built from the mirrored metrics events, as for a local job; stored before the move that lists it.
             with self.engine.connect() as conn:
                 csv = metrics_csv(conn, job.id)
             results = [self.files.result_file(job.project, job.id, "step_metrics.csv", csv)]
-        with self.engine.begin() as conn:
-            moved = self._move(conn, job, state, live, finished, [r.id for r in results])
-            if moved:
-                job_rows.set_remote(conn, job.id, self.worker_id, remote, None)
+            where = f" ({job.provider}: {state.model})" if state.model else ""
+            if not self.lifecycle.succeed(job, self.worker_id, Result(state.trained_tokens, None, state.model, None,
+                                                                      results, where)):
                 for result in results:
-                    file_rows.insert_file(conn, result)
-        if not moved:
-            for result in results:
-                self.blobs.delete(result.storage_key)
-
-    def _move(self, conn: sa.Connection, job: Job, state: RemoteJob, live: list[JobStatus], finished: int,
-              results: list[str]) -> bool:
-        guard = {"source": live, "worker_id": self.worker_id}
-        if state.status == "paused":
-            moved = job_rows.move(conn, job.id, JobStatus.PAUSED, source=[JobStatus.PAUSING], worker_id=self.worker_id)
-            if moved:
-                event_rows.append(conn, job.id, finished, "Fine-tuning job paused")
-            return moved
-        if state.status == "succeeded":
-            moved = job_rows.move(conn, job.id, JobStatus.SUCCEEDED, **guard, values={
-                "fine_tuned_model": job.output_model, "finished_at": finished, "estimated_finish": None,
-                "trained_tokens": state.trained_tokens, "result_files": results,
-            })
-            if moved:
-                model_rows.add_model(conn, job.output_model, job.project, job.id, job.model, finished, None,
-                                     provider=job.provider, remote_model=state.model)
-                where = f" ({job.provider}: {state.model})" if state.model else ""
-                event_rows.append(conn, job.id, finished, f"New fine-tuned model created: {job.output_model}{where}")
-                event_rows.append(conn, job.id, finished, "The job has successfully completed")
-            return moved
-        if state.status == "failed":
+                    self.blobs.delete(result.storage_key)
+        elif state.status == "failed":
             reason = state.error.message if state.error else "no reason given"
-            error = JobError(state.error.code if state.error else "provider_failed", f"{job.provider}: {reason}", None)
-            moved = job_rows.move(conn, job.id, JobStatus.FAILED, **guard,
-                                  values={"error": error, "finished_at": finished, "estimated_finish": None})
-            if moved:
-                event_rows.append(conn, job.id, finished, error.message, level="error")
-            return moved
-        moved = job_rows.move(conn, job.id, JobStatus.CANCELLED, **guard,
-                              values={"finished_at": finished, "estimated_finish": None})
-        if moved:
-            event_rows.append(conn, job.id, finished, f"Fine-tuning job cancelled at {job.provider}")
-        return moved
+            self.lifecycle.fail(job, JobError(state.error.code if state.error else "provider_failed",
+                                              f"{job.provider}: {reason}"), self.worker_id)
+        else:
+            self.lifecycle.cancelled(job, self.worker_id, f"Fine-tuning job cancelled at {job.provider}")
 
     def _pass_on_cancel(self, job: Job, provider: HostedProvider, remote: dict[str, Any]) -> None:
         if not remote.get("id"):
@@ -249,27 +202,21 @@ class Reconciler:
             state = None
         else:
             state = provider.cancel(remote["id"])
-        with self.engine.begin() as conn:
-            job_rows.set_remote(conn, job.id, self.worker_id, remote_state(state, remote) if state else remote, None)
-            if state is not None:
-                event_rows.append(conn, job.id, now(), f"Cancel passed on to {job.provider} ({state.provider_status})")
+        passed = [_event(job, f"Cancel passed on to {job.provider} ({state.provider_status})")] if state else []
+        self.lifecycle.record_remote(job, self.worker_id, remote_state(state, remote) if state else remote, None,
+                                     events=passed)
 
     def _unreachable(self, job: Job, error: ProviderError) -> None:
         remote = dict(job.remote or {})
         if error.status == 404 and job.status in (JobStatus.RUNNING, JobStatus.PAUSING):
-            with self.engine.begin() as conn:
-                message = f"{job.provider} no longer knows job {remote.get('id')}: {error.message}"
-                if job_rows.move(conn, job.id, JobStatus.FAILED, source=[job.status], values={
-                    "error": asdict(JobError("provider_lost_job", message, None)), "finished_at": now(), "poll_at": None,
-                }):
-                    event_rows.append(conn, job.id, now(), message, level="error")
+            message = f"{job.provider} no longer knows job {remote.get('id')}: {error.message}"
+            self.lifecycle.fail(job, JobError("provider_lost_job", message), self.worker_id)
             return
         interval = self.backoff.next(remote.get("interval"), changed=False)
         first = remote.get("last_error") != error.message
         remote.update(interval=interval, last_error=error.message)
-        with self.engine.begin() as conn:
-            if job_rows.set_remote(conn, job.id, self.worker_id, remote, time.time() + interval) and first:
-                event_rows.append(conn, job.id, now(), f"{error.message}; polling again with back-off", level="warn")
+        said = [_event(job, f"{error.message}; polling again with back-off", "warn")] if first else []
+        self.lifecycle.record_remote(job, self.worker_id, remote, time.time() + interval, events=said)
 
     @contextmanager
     def _lease_kept(self, job: Job) -> Iterator[None]:
@@ -288,3 +235,9 @@ class Reconciler:
         finally:
             done.set()
             beat.join()
+
+
+def _event(job: Job, message: str, level: Level = "info", created_at: int | None = None,
+           type: Literal["message", "metrics"] = "message", data: dict[str, Any] | None = None) -> JobEvent:
+    return JobEvent(id="", job_id=job.id, created_at=created_at or now(), level=level, message=message, type=type,
+                    data=data)

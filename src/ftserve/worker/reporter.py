@@ -20,8 +20,8 @@ from ftserve.files.storage import BlobStore
 from ftserve.metrics import Metrics
 from ftserve.providers.base import StopReason
 from ftserve.services.clock import now
+from ftserve.services.lifecycle import Lifecycle
 from ftserve.store import events as event_rows
-from ftserve.store import jobs as job_rows
 
 CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 
@@ -49,23 +49,13 @@ def metrics_message(step: int, total: int, metrics: dict[str, float]) -> str:
     return f"Step {step}/{total}: " + ", ".join(parts)
 
 
-def evaluation_message(evaluation: dict[str, Any]) -> str:
-    base, tuned = evaluation["base"], evaluation["fine_tuned"]
-    return (
-        f"Evaluation on {evaluation['examples']} held-out examples, base → fine-tuned: "
-        f"loss {base['loss']:.4f} → {tuned['loss']:.4f}, "
-        f"token accuracy {base['token_accuracy']:.1%} → {tuned['token_accuracy']:.1%}, "
-        f"exact match {base['exact_match']:.1%} → {tuned['exact_match']:.1%} (of {evaluation['generated']})"
-    )
-
-
 class JobReporter:
     """A job resumed after a crash repeats the steps since its last saved state. Each step's metrics and
     each checkpoint are recorded once: the repeats are not reported again."""
 
-    def __init__(self, engine: sa.Engine, blobs: BlobStore, job: Job, worker_id: str, started_at: float,
+    def __init__(self, lifecycle: Lifecycle, blobs: BlobStore, job: Job, worker_id: str, started_at: float,
                  prometheus: Metrics, shutdown: threading.Event | None = None, reported_step: int = 0):
-        self.engine = engine
+        self.lifecycle = lifecycle
         self.prometheus = prometheus
         self.blobs = blobs
         self.job = job
@@ -78,7 +68,7 @@ class JobReporter:
         # The first step is timed from here, so it includes the trainer's start (loading the model).
         self._reported_at = time.monotonic()
         self._throughput_shown = False
-        with engine.connect() as conn:
+        with lifecycle.engine.connect() as conn:
             self._checkpointed = event_rows.checkpoint_steps(conn, job.id)
 
     def observe(self, status: JobStatus | None) -> None:
@@ -113,12 +103,8 @@ class JobReporter:
             self.prometheus.step_seconds.observe((self._reported_at - reported_at) / steps)
         elapsed = max(1e-6, now() - self.started_at)
         estimate = int(self.started_at + elapsed / step * total_steps) if step else None
-        with self.engine.begin() as conn:
-            if job_rows.update_running(conn, self.job.id, self.worker_id, {"estimated_finish": estimate}):
-                event_rows.append(
-                    conn, self.job.id, now(), metrics_message(step, total_steps, metrics),
-                    type="metrics", data={"step": step, "total_steps": total_steps, **metrics},
-                )
+        self.lifecycle.record_metrics(self.job, self.worker_id, step, metrics_message(step, total_steps, metrics),
+                                      {"total_steps": total_steps, **metrics}, estimate)
 
     def checkpoint(self, step: int, metrics: dict[str, float], path: Path | None) -> None:
         if step in self._checkpointed:
@@ -129,15 +115,13 @@ class JobReporter:
             fine_tuned_model_checkpoint=checkpoint_name(self.job.output_model, step),
             step_number=step, metrics=metrics, path=self.blobs.key_of(path) if path else None,
         )
-        with self.engine.begin() as conn:
-            if job_rows.update_running(conn, self.job.id, self.worker_id, {}):
-                event_rows.add_checkpoint(conn, checkpoint, self.job.project)
-                event_rows.append(conn, self.job.id, now(), f"Checkpoint created at step {step}")
+        self.lifecycle.record_checkpoint(self.job, self.worker_id, checkpoint, f"Checkpoint created at step {step}")
 
     def message(self, text: str, level: Literal["info", "warn", "error"] = "info") -> None:
-        with self.engine.begin() as conn:
-            if job_rows.update_running(conn, self.job.id, self.worker_id, {}):
-                event_rows.append(conn, self.job.id, now(), text, level=level)
+        self.lifecycle.note(self.job, text, level=level, worker_id=self.worker_id)
+
+    def state_saved(self, step: int) -> None:
+        self.lifecycle.record_state(self.job, self.worker_id, step)
 
     def close(self) -> None:
         """The run ended: its throughput series goes, so a finished job is not shown training."""
