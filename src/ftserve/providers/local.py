@@ -145,10 +145,8 @@ class LocalProvider:
                 f"the multiplier scales the catalogue's learning rate for {request.model}, "
                 f"{self.catalogue[request.model].learning_rate:g}",
             ))
-        dropped = []
-        if request.integrations:
-            dropped.append(Change("integrations", request.integrations, None, reason="the local engine does not report to W&B"))
-        return Resolved(self.name, spec.model_dump(mode="json"), converted, dropped)
+        # W&B integrations are reported by the worker, and refused at create where it cannot.
+        return Resolved(self.name, spec.model_dump(mode="json"), converted, [])
 
     def estimate(self, request: JobRequest) -> Estimate:
         epochs = resolve_auto(request.hyperparameters, request.training_examples or 1)["n_epochs"]

@@ -17,6 +17,7 @@ from ftserve.domain.ids import new_id
 from ftserve.domain.jobs import Checkpoint, Job, JobEvent, JobStatus, MethodType
 from ftserve.domain.naming import fine_tuned_name
 from ftserve.schemas.fine_tuning import CreateFineTuningJobRequest, DpoHyperparameters, ReinforcementHyperparameters
+from ftserve.services import wandb_runs
 from ftserve.services.clock import now
 from ftserve.services.files import FINE_TUNE, FileService
 from ftserve.services.lifecycle import Lifecycle
@@ -100,6 +101,10 @@ class JobService:
                 f"ftserve.provider_options apply to hosted providers; {request.model} trains on this server.",
                 param="ftserve.provider_options",
             )
+        if route.name is None and request.integrations and check:
+            problem = wandb_runs.unavailable()
+            if problem:
+                raise InvalidRequest(f"W&B reporting was asked for, but {problem}.", param="integrations")
         method_type, hyperparameters, method_config = _method(request)
         self._check_file(project, request.training_file, "training_file")
         if request.validation_file is not None:

@@ -30,6 +30,7 @@ from ftserve.files.storage import BlobStore, iter_blob
 from ftserve.metrics import Metrics
 from ftserve.providers.base import Trainer, TrainingOutcome, TrainingRequest
 from ftserve.providers.registry import Providers
+from ftserve.services import wandb_runs
 from ftserve.services.files import FileService
 from ftserve.services.lifecycle import Lifecycle, Result
 from ftserve.services.webhooks import WebhookService
@@ -200,18 +201,24 @@ class Worker:
             resume_path=self.blobs.path(resume.path) if resume and resume.path else None,
             reported_step=reported,
         )
-        reporter = JobReporter(self.lifecycle, self.blobs, job, self.id, started, self.metrics, self.stopping, reported)
+        wandb, problem = wandb_runs.open_run(job.integrations, job.id, {**hyperparameters, "model": job.model,
+                                             "method": job.method, "seed": job.seed}, request.output_dir / "wandb")
+        reporter = JobReporter(self.lifecycle, self.blobs, job, self.id, started, self.metrics, self.stopping, reported,
+                               wandb)
+        if problem:
+            reporter.message(problem, "warn")
         done = threading.Event()
         # In a copy of this context, so what the heartbeat logs carries the job's ids too.
         beat = threading.Thread(target=contextvars.copy_context().run, args=(self._heartbeat, job, reporter, done),
                                 daemon=True)
         beat.start()
+        outcome = None
         try:
             outcome = self.trainer.train(request, reporter)
         finally:
             done.set()
             beat.join()
-            reporter.close()
+            reporter.close(failed=outcome is None)
         log.info("training ended at step %d (%s)", outcome.step, outcome.stopped or "finished")
         self._finish(job, outcome, request.output_dir)
 

@@ -21,6 +21,7 @@ from ftserve.metrics import Metrics
 from ftserve.providers.base import StopReason
 from ftserve.services.clock import now
 from ftserve.services.lifecycle import Lifecycle
+from ftserve.services.wandb_runs import WandbRun
 from ftserve.store import events as event_rows
 
 CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
@@ -54,8 +55,10 @@ class JobReporter:
     each checkpoint are recorded once: the repeats are not reported again."""
 
     def __init__(self, lifecycle: Lifecycle, blobs: BlobStore, job: Job, worker_id: str, started_at: float,
-                 prometheus: Metrics, shutdown: threading.Event | None = None, reported_step: int = 0):
+                 prometheus: Metrics, shutdown: threading.Event | None = None, reported_step: int = 0,
+                 wandb: WandbRun | None = None):
         self.lifecycle = lifecycle
+        self.wandb = wandb
         self.prometheus = prometheus
         self.blobs = blobs
         self.job = job
@@ -103,6 +106,8 @@ class JobReporter:
             self.prometheus.step_seconds.observe((self._reported_at - reported_at) / steps)
         elapsed = max(1e-6, now() - self.started_at)
         estimate = int(self.started_at + elapsed / step * total_steps) if step else None
+        if self.wandb is not None:
+            self.wandb.log(step, metrics)
         self.lifecycle.record_metrics(self.job, self.worker_id, step, metrics_message(step, total_steps, metrics),
                                       {"total_steps": total_steps, **metrics}, estimate)
 
@@ -123,7 +128,9 @@ class JobReporter:
     def state_saved(self, step: int) -> None:
         self.lifecycle.record_state(self.job, self.worker_id, step)
 
-    def close(self) -> None:
-        """The run ended: its throughput series goes, so a finished job is not shown training."""
+    def close(self, failed: bool = False) -> None:
+        """The run ended: its throughput series goes, so a finished job is not shown training; its W&B run ends."""
         if self._throughput_shown:
             self.prometheus.tokens_per_second.remove(self.job.id)
+        if self.wandb is not None:
+            self.wandb.finish(failed)
