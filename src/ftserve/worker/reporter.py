@@ -78,6 +78,8 @@ class JobReporter:
         # The first step is timed from here, so it includes the trainer's start (loading the model).
         self._reported_at = time.monotonic()
         self._throughput_shown = False
+        self.resumed_from: int | None = None  # the step this attempt started at, once the trainer said
+        self.saved_step: int | None = None  # the newest step this attempt saved resumable state for
         with engine.connect() as conn:
             self._checkpointed = event_rows.checkpoint_steps(conn, job.id)
 
@@ -98,6 +100,12 @@ class JobReporter:
         if self.shutdown.is_set():
             return "shutdown"
         return None
+
+    def started(self, step: int, total_steps: int) -> None:
+        self.resumed_from = step
+
+    def state_saved(self, step: int) -> None:
+        self.saved_step = step
 
     def metrics(self, step: int, total_steps: int, metrics: dict[str, float],
                 tokens_per_second: float | None = None) -> None:
