@@ -160,17 +160,24 @@ def heldout_loss(adapter_dir: Path | None, base_dir: Path, sequences: list[Any],
 
 def run_engine(args: argparse.Namespace, work: Path, base_dir: Path, report: Report) -> Path:
     from ftserve.engine import sft
+    from ftserve.engine.events import Event, Finished, Metrics, Started
     from ftserve.engine.sink import MemorySink
     from ftserve.engine.spec import JobSpec, LoraOptions
 
     class TimedSink(MemorySink):
-        """Stamps every event, so training is timed from `started` to `finished` (loading and tokenizing excluded)."""
+        """Stamps the first event of each kind, so training is timed from `started` to `finished` (loading and
+        tokenizing excluded)."""
 
-        def event(self, kind: str, **data: Any) -> None:
-            super().event(kind, at=time.perf_counter(), cpu=time.process_time(), **data)
-            if kind == "metrics" and (data["step"] % max(1, data["total_steps"] // 10) == 0):
-                print(f"engine: step {data['step']}/{data['total_steps']}, loss {data['metrics']['train_loss']:.3f}, "
-                      f"{data['tokens_per_second']} tokens/s", file=sys.stderr, flush=True)
+        def __init__(self) -> None:
+            super().__init__()
+            self.clock: dict[type, tuple[float, float]] = {}  # wall and CPU seconds
+
+        def emit(self, event: Event) -> None:
+            super().emit(event)
+            self.clock.setdefault(type(event), (time.perf_counter(), time.process_time()))
+            if isinstance(event, Metrics) and event.step % max(1, event.total_steps // 10) == 0:
+                print(f"engine: step {event.step}/{event.total_steps}, loss {event.metrics['train_loss']:.3f}, "
+                      f"{event.tokens_per_second} tokens/s", file=sys.stderr, flush=True)
 
     output = work / "engine"
     shutil.rmtree(output, ignore_errors=True)  # the engine resumes from any state it finds there
@@ -183,11 +190,11 @@ def run_engine(args: argparse.Namespace, work: Path, base_dir: Path, report: Rep
     )
     sink = TimedSink()
     result = sft.run(spec, sink)
-    started, finished = sink.of("started")[0], sink.of("finished")[0]
-    report.trained_tokens = finished["trained_tokens"]
-    report.train_seconds = finished["at"] - started["at"]
-    report.train_cpu_seconds = finished["cpu"] - started["cpu"]
-    report.self_reported_tokens_per_second = sink.of("metrics")[-1]["tokens_per_second"]
+    (started_at, started_cpu), (finished_at, finished_cpu) = sink.clock[Started], sink.clock[Finished]
+    report.trained_tokens = sink.of(Finished)[0].trained_tokens
+    report.train_seconds = finished_at - started_at
+    report.train_cpu_seconds = finished_cpu - started_cpu
+    report.self_reported_tokens_per_second = sink.of(Metrics)[-1].tokens_per_second
     report.base_parameters = base_parameters(base_dir)
     peak_memory(report)
     assert result.model_dir is not None

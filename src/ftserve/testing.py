@@ -31,6 +31,7 @@ class FakeTrainer:
         step = request.resume_step
         if step:
             reporter.message(f"Resuming from step {step}")
+        reporter.started(step, total)
         while step < total:
             stop = reporter.should_stop()
             if stop:
@@ -47,6 +48,7 @@ class FakeTrainer:
                 path = request.output_dir / f"checkpoint-{step}"
                 _write_weights(path, request, step)
                 reporter.checkpoint(step, {"step": step, **metrics}, path)
+                reporter.state_saved(step)  # it resumes from its last checkpoint (`resume_step`): that is its saved state
         model_dir = request.output_dir / "model"
         _write_weights(model_dir, request, total)
         return TrainingOutcome(stopped=None, trained_tokens=total * tokens_per_step, model_dir=model_dir, step=total)

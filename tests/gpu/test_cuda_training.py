@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ftserve.engine import sft
+from ftserve.engine.events import Metrics, Started
 from ftserve.engine.hardware import detect
 from ftserve.engine.sink import MemorySink
 from ftserve.engine.spec import JobSpec, ModelSource
@@ -37,6 +38,6 @@ def test_a_job_trains_on_the_gpu(tmp_path: Path, default_model: ModelSource, def
     )
     sink = MemorySink()
     sft.run(spec, sink)
-    losses = [e["metrics"]["train_loss"] for e in sink.of("metrics")]
-    assert sink.of("started")[0]["hardware"].startswith(torch.cuda.get_device_name())
+    losses = [e.metrics["train_loss"] for e in sink.of(Metrics)]
+    assert sink.of(Started)[0].hardware.startswith(torch.cuda.get_device_name())
     assert losses[-1] < losses[0] / 2

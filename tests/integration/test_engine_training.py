@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from ftserve.engine import dpo, sft
+from ftserve.engine.events import Checkpoint, Finished, Message, Metrics, Started, StateSaved, Stopped
 from ftserve.engine.sink import MemorySink
 from ftserve.engine.spec import JobSpec, ModelSource
 from tests.conftest import MODEL_CACHE
@@ -31,7 +32,7 @@ def spec(tmp: Path, model: ModelSource, name: str, *, examples: bytes, **overrid
 
 
 def losses(sink: MemorySink) -> dict[int, float]:
-    return {e["step"]: e["metrics"]["train_loss"] for e in sink.of("metrics")}
+    return {e.step: e.metrics["train_loss"] for e in sink.of(Metrics)}
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +49,14 @@ def test_a_run_trains_keeps_the_last_three_epochs_and_reports_its_tokens(uninter
     steps = losses(sink)
     assert list(steps) == list(range(1, 9))
     assert steps[8] < steps[1] / 2
-    checkpoints = sink.of("checkpoint")
-    assert [c["step"] for c in checkpoints] == [4, 6, 8]  # epochs 2, 3 and 4 of 4
+    checkpoints = sink.of(Checkpoint)
+    assert [c.step for c in checkpoints] == [4, 6, 8]  # epochs 2, 3 and 4 of 4
     for checkpoint in checkpoints:
-        assert (Path(checkpoint["path"]) / "adapter_model.safetensors").exists()
-        assert checkpoint["metrics"]["train_loss"] == steps[checkpoint["step"]]
-    finished = sink.of("finished")[0]
-    assert finished["model_dir"] == checkpoints[-1]["path"]
-    assert finished["trained_tokens"] > 0 and finished["trained_tokens"] % 4 == 0  # four epochs of the same tokens
+        assert (checkpoint.path / "adapter_model.safetensors").exists()
+        assert checkpoint.metrics["train_loss"] == steps[checkpoint.step]
+    finished = sink.of(Finished)[0]
+    assert finished.model_dir == checkpoints[-1].path
+    assert finished.trained_tokens > 0 and finished.trained_tokens % 4 == 0  # four epochs of the same tokens
 
 
 def test_the_same_seed_gives_the_same_losses(tmp_path: Path, default_model: ModelSource,
@@ -64,7 +65,7 @@ def test_the_same_seed_gives_the_same_losses(tmp_path: Path, default_model: Mode
     again = MemorySink(stop_after_step=3, stop="cancel")
     sft.run(spec(tmp_path, default_model, "again", examples=jsonl(chat_examples(8))), again)
     assert list(losses(again).values()) == [losses(first)[s] for s in (1, 2, 3)]
-    assert again.of("stopped")[0]["reason"] == "cancel"
+    assert again.of(Stopped)[0].reason == "cancel"
     other = MemorySink(stop_after_step=2, stop="cancel")
     sft.run(spec(tmp_path, default_model, "other", examples=jsonl(chat_examples(8)), seed=8), other)
     assert losses(other)[2] != losses(first)[2]
@@ -76,22 +77,26 @@ def test_pause_then_resume_continues_exactly_where_it_stopped(tmp_path: Path, de
     job = spec(tmp_path, default_model, "paused", examples=jsonl(chat_examples(8)))
     paused = MemorySink(stop_after_step=3)
     sft.run(job, paused)
-    assert paused.of("stopped")[0] == {"event": "stopped", "reason": "pause", "step": 3,
-                                       "trained_tokens": paused.of("stopped")[0]["trained_tokens"]}
+    stopped = paused.of(Stopped)[0]
+    assert (stopped.reason, stopped.step) == ("pause", 3)
+    assert paused.events[-2:] == [StateSaved(step=3), stopped]  # the service sees the pause saved step 3
     resumed = MemorySink()
     sft.run(job, resumed)
-    assert "Resuming from step 3" in [m["text"] for m in resumed.of("message")]
+    assert "Resuming from step 3" in [m.text for m in resumed.of(Message)]
+    assert resumed.of(Started)[0].step == 3
     assert list(losses(resumed)) == list(range(4, 9))
     for step, loss in losses(resumed).items():
         assert loss == pytest.approx(losses(whole)[step], abs=1e-4)
-    assert resumed.of("finished")[0]["trained_tokens"] == whole.of("finished")[0]["trained_tokens"]
+    assert resumed.of(Finished)[0].trained_tokens == whole.of(Finished)[0].trained_tokens
 
 
 def test_an_unreadable_state_is_skipped_for_the_one_before_it(tmp_path: Path, default_model: ModelSource,
                                                               uninterrupted: tuple[JobSpec, MemorySink]) -> None:
     _, whole = uninterrupted
     job = spec(tmp_path, default_model, "torn", examples=jsonl(chat_examples(8)), checkpoint_interval=2)
-    sft.run(job, MemorySink(stop_after_step=5, stop="cancel"))  # states saved at steps 2 and 4
+    cancelled = MemorySink(stop_after_step=5, stop="cancel")
+    sft.run(job, cancelled)
+    assert [s.step for s in cancelled.of(StateSaved)] == [2, 4]  # a cancel saves nothing more
     states = sorted(p.name for p in (job.output_dir / "state").iterdir())
     assert states == ["step-2", "step-4"]  # the two newest are kept
     newest = job.output_dir / "state" / "step-4" / "state.pt"
@@ -99,7 +104,7 @@ def test_an_unreadable_state_is_skipped_for_the_one_before_it(tmp_path: Path, de
 
     resumed = MemorySink()
     sft.run(job, resumed)
-    texts = [m["text"] for m in resumed.of("message")]
+    texts = [m.text for m in resumed.of(Message)]
     assert any(t.startswith("The state saved at step-4 could not be read") for t in texts)
     assert "Resuming from step 2" in texts
     assert list(losses(resumed)) == list(range(3, 9))
@@ -116,12 +121,12 @@ def test_dpo_learns_the_preference_against_the_frozen_base(tmp_path: Path, defau
     job = job.model_copy(update={"validation_file": valid})
     sink = MemorySink()
     dpo.run(job, sink)
-    metrics = [e["metrics"] for e in sink.of("metrics")]
+    metrics = [e.metrics for e in sink.of(Metrics)]
     # Before the first update the policy is the reference: the loss is log 2.
     assert metrics[0]["train_loss"] == pytest.approx(0.6931, abs=0.01)
     assert metrics[-1]["train_loss"] < 0.3
     assert metrics[-1]["full_valid_loss"] < 0.3 and metrics[-1]["full_valid_mean_token_accuracy"] == 1.0
-    assert len(sink.of("checkpoint")) == 3
+    assert len(sink.of(Checkpoint)) == 3
 
 
 def test_full_fine_tuning_trains_every_weight_and_saves_a_whole_model(tmp_path: Path, default_model: ModelSource,
@@ -132,7 +137,7 @@ def test_full_fine_tuning_trains_every_weight_and_saves_a_whole_model(tmp_path: 
     sft.run(job, sink)
     steps = losses(sink)
     assert steps[4] < steps[1]
-    model_dir = Path(sink.of("finished")[0]["model_dir"])
+    model_dir = sink.of(Finished)[0].model_dir
     assert not (model_dir / "adapter_model.safetensors").exists()
     trained = load_file(model_dir / "model.safetensors")
     base = load_file(default_model_dir / "model.safetensors")

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from ftserve.engine import sft
 from ftserve.engine.batching import collate
 from ftserve.engine.data import Encoder
+from ftserve.engine.events import Metrics
 from ftserve.engine.losses import EMPTY, Stats, token_loss
 from ftserve.engine.models import load_tokenizer
 from ftserve.engine.sink import MemorySink
@@ -76,7 +77,7 @@ def tuned_model(trained: Trained) -> PreTrainedModel:
 def test_held_out_loss_falls_well_below_the_base_model(trained: Trained) -> None:
     before = held_out_loss(base_model(trained), trained.tokenizer)
     after = held_out_loss(tuned_model(trained), trained.tokenizer)
-    reported = trained.sink.of("metrics")[-1]["metrics"]["full_valid_loss"]
+    reported = trained.sink.of(Metrics)[-1].metrics["full_valid_loss"]
     assert after < before / 4, (before, after)
     assert reported == pytest.approx(after, rel=0.05)  # what the job reports is what the model does
 

@@ -12,6 +12,7 @@ import pytest
 
 from ftserve.engine.batching import collate, epoch_batches, steps_per_epoch
 from ftserve.engine.data import IGNORE, DataError, Encoder, Sequence
+from ftserve.engine.events import Message
 from ftserve.engine.models import load_tokenizer
 from ftserve.engine.setup import encode_file
 from ftserve.engine.sink import MemorySink
@@ -104,7 +105,8 @@ def test_a_partly_untrainable_file_skips_and_reports_the_lines(tmp_path: Path, e
     sink = MemorySink()
     items = encode_file(path, encoder.sft, lambda s: s.trained, "training file", 2048, sink)
     assert len(items) == 1
-    assert "skipped 1 example(s)" in sink.of("message")[0]["text"] and "lines 2" in sink.of("message")[0]["text"]
+    warning = sink.of(Message)[0]
+    assert warning.level == "warn" and "skipped 1 example(s)" in warning.text and "lines 2" in warning.text
 
 
 def test_batches_cover_every_example_once_and_repeat_for_the_same_seed() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ftserve.engine.data import Encoder, Pair, Sequence
+from ftserve.engine.events import Message
 from ftserve.engine.setup import encode_file
 from ftserve.engine.sink import MemorySink
 
@@ -63,7 +64,7 @@ def count_tokens(path: Path, method: Literal["supervised", "dpo"], encoder: Enco
 
     sink = MemorySink()
     kept = encode_file(path, counted, trained, "training file", encoder.max_length, sink)  # type: ignore[arg-type]
-    warnings = [event["text"] for event in sink.of("message") if event.get("level") == "warn"]
+    warnings = [event.text for event in sink.of(Message) if event.level == "warn"]
     return TokenCounts(
         lengths=lengths, trained_examples=len(kept), tokens_per_epoch=sum(map(_tokens, kept)), truncated=truncated,
         warning=warnings[0] if warnings else None,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ftserve.engine import dpo, sft
 from ftserve.engine.data import DataError
+from ftserve.engine.events import Failed
 from ftserve.engine.models import ModelUnavailable
 from ftserve.engine.sink import JsonLinesSink, Sink
 from ftserve.engine.spec import JobSpec
@@ -25,11 +26,11 @@ def run(spec: JobSpec, sink: Sink) -> int:
     try:
         RECIPES[spec.method](spec, sink)
     except (DataError, ModelUnavailable) as error:
-        sink.event("failed", message=str(error))
+        sink.emit(Failed(message=str(error)))
         return 1
     except Exception as error:  # the job boundary: report anything, with its traceback on stderr
         traceback.print_exc()
-        sink.event("failed", message=f"Training crashed: {type(error).__name__}: {error}")
+        sink.emit(Failed(message=f"Training crashed: {type(error).__name__}: {error}"))
         return 1
     return 0
 

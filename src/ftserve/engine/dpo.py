@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 from ftserve.engine import loop, models
 from ftserve.engine.batching import collate
 from ftserve.engine.data import Pair
+from ftserve.engine.events import Message
 from ftserve.engine.losses import EMPTY, Stats, sequence_logps
 from ftserve.engine.setup import encode_dataset, prepare
 from ftserve.engine.sink import Sink
@@ -95,10 +96,10 @@ class PreferenceTask:
 def run(spec: JobSpec, sink: Sink) -> loop.Result:
     ready = prepare(spec, sink)
     train, validation = encode_dataset(spec, ready.encoder.preference, _trained, sink)
-    sink.event("message", text=(
+    sink.emit(Message(text=(
         f"Training {spec.model.id} ({spec.training_type}, DPO β={spec.beta}) on {len(train)} preference pairs "
         f"on {ready.hardware.describe()}"
-    ))
+    )))
     model = models.load_for_training(ready.model_path, spec, ready.hardware)
     task = PreferenceTask(train, validation, spec.beta, ready.tokenizer.pad_token_id, ready.hardware.device, spec.batch_size)
     return loop.train(spec, model, ready, task, sink)

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ftserve.engine.batching import collate
 from ftserve.engine.data import DataError, Encoder, Pair, Sequence, read_jsonl
+from ftserve.engine.events import Message
 from ftserve.engine.hardware import Hardware
 from ftserve.engine.losses import EMPTY, Stats, sequence_logps, token_loss
 from ftserve.engine.sink import Sink
@@ -173,7 +174,7 @@ class HeldOut:
         fresh = not (self.spec.output_dir / BASELINE_FILE).exists()
         self.base = baseline(self.spec.output_dir, lambda: self._score(model))
         if fresh:
-            self.sink.event("message", text=f"Base model on {self.base.examples} held-out examples: {describe(self.base)}")
+            self.sink.emit(Message(text=f"Base model on {self.base.examples} held-out examples: {describe(self.base)}"))
 
     def compare(self, model: PreTrainedModel) -> dict[str, Any] | None:
         """Score the trained model and write the comparison; None (with a warning) if scoring fails,
@@ -182,7 +183,7 @@ class HeldOut:
         try:
             return report(self.spec.output_dir, self.base, self._score(model))
         except (DataError, RuntimeError, ValueError) as error:
-            self.sink.event("message", level="warn", text=f"The before/after evaluation failed: {error}")
+            self.sink.emit(Message(level="warn", text=f"The before/after evaluation failed: {error}"))
             return None
 
 

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ftserve.engine import models, state
 from ftserve.engine.batching import epoch_batches, steps_per_epoch
 from ftserve.engine.evaluate import HeldOut
+from ftserve.engine.events import Checkpoint, Finished, Message, Metrics, Started, StateSaved, Stopped
 from ftserve.engine.hardware import Hardware
 from ftserve.engine.losses import Stats
 from ftserve.engine.setup import Prepared
@@ -70,17 +71,18 @@ def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         try:
             saved = state.load(resume, weights, optimizer, scheduler)
         except Exception as error:  # any unreadable state: fall back to the one before it
-            sink.event("message", level="warn", text=f"The state saved at {resume.name} could not be read ({error}); "
-                       "trying the one before it")
+            sink.emit(Message(level="warn", text=f"The state saved at {resume.name} could not be read ({error}); "
+                              "trying the one before it"))
             continue
         step, tokens = saved.step, saved.trained_tokens
         task.restore(saved.extra)
-        sink.event("message", text=f"Resuming from step {step}")
+        sink.emit(Message(text=f"Resuming from step {step}"))
         break
-    sink.event("started", step=step, total_steps=total, hardware=hardware.describe())
+    sink.emit(Started(step=step, total_steps=total, hardware=hardware.describe()))
 
     def keep_state() -> None:
         state.save(spec.output_dir, step, tokens, weights, optimizer, scheduler, task.state())
+        sink.emit(StateSaved(step=step))
 
     last_dir: Path | None = None
     started, started_tokens = time.monotonic(), tokens
@@ -91,7 +93,7 @@ def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
             if stop is not None:
                 if stop in ("pause", "shutdown"):  # both continue later from here
                     keep_state()
-                sink.event("stopped", reason=stop, step=step, trained_tokens=tokens)
+                sink.emit(Stopped(reason=stop, step=step, trained_tokens=tokens))
                 return Result(step, tokens, None)
             model.train()
             with hardware.autocast():
@@ -113,12 +115,12 @@ def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
                 full = _evaluate(task, model, hardware, list(range(task.validation_size)))
                 metrics |= {"full_valid_loss": full.loss, "full_valid_mean_token_accuracy": full.accuracy}
             elapsed = time.monotonic() - started
-            sink.event("metrics", step=step, total_steps=total, metrics=_rounded(metrics),
-                       tokens_per_second=round((tokens - started_tokens) / max(elapsed, 1e-9), 1))
+            sink.emit(Metrics(step=step, total_steps=total, metrics=_rounded(metrics),
+                              tokens_per_second=round((tokens - started_tokens) / max(elapsed, 1e-9), 1)))
 
             if epoch_end and epoch >= spec.n_epochs - spec.keep_epoch_checkpoints:
                 last_dir = models.save_model(model, tokenizer, spec.output_dir / f"checkpoint-{step}", spec, step)
-                sink.event("checkpoint", step=step, metrics=_rounded({"step": step, **metrics}), path=last_dir)
+                sink.emit(Checkpoint(step=step, metrics=_rounded({"step": step, **metrics}), path=last_dir))
             if step < total and (epoch_end or step % save_every == 0):
                 keep_state()
 
@@ -135,8 +137,8 @@ def train(spec: JobSpec, model: PreTrainedModel, ready: Prepared, task: Task, si
     result = fit(spec, model, ready.tokenizer, task, ready.hardware, sink)
     if result.model_dir is None:  # stopped early: paused or cancelled
         return result
-    sink.event("finished", step=result.step, trained_tokens=result.trained_tokens, model_dir=result.model_dir,
-               evaluation=held_out.compare(model) if held_out else None)
+    sink.emit(Finished(step=result.step, trained_tokens=result.trained_tokens, model_dir=result.model_dir,
+                       evaluation=held_out.compare(model) if held_out else None))
     return result
 
 

@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ftserve.engine import models
 from ftserve.engine.data import DataError, Encoder, read_jsonl
+from ftserve.engine.events import Message
 from ftserve.engine.hardware import Hardware, detect
 from ftserve.engine.sink import Sink
 from ftserve.engine.spec import JobSpec
@@ -28,7 +29,7 @@ class Prepared:
 
 def prepare(spec: JobSpec, sink: Sink) -> Prepared:
     hardware = detect(spec.device)
-    sink.event("message", text=f"Loading {spec.model.id}")
+    sink.emit(Message(text=f"Loading {spec.model.id}"))
     path = models.local_dir(spec.model, spec.cache_dir)
     tokenizer = models.load_tokenizer(path)
     return Prepared(hardware, path, tokenizer, Encoder(tokenizer, spec.max_seq_length))
@@ -76,9 +77,9 @@ def encode_file(path: Path, encode: Callable[[dict], T], trained: Callable[[T], 
             f"within max_seq_length={max_length} ({lines})"
         )
     if skipped:
-        sink.event(
-            "message", level="warn",
+        sink.emit(Message(
+            level="warn",
             text=f"{label}: skipped {len(skipped)} example(s) with no assistant tokens to train within "
             f"max_seq_length={max_length} ({lines}); the first, line {skipped[0]}: {first_reason}",
-        )
+        ))
     return items

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 from ftserve.engine import loop, models
 from ftserve.engine.batching import collate
 from ftserve.engine.data import Sequence
+from ftserve.engine.events import Message
 from ftserve.engine.losses import EMPTY, Stats, token_loss
 from ftserve.engine.setup import encode_dataset, prepare
 from ftserve.engine.sink import Sink
@@ -50,10 +51,10 @@ class SupervisedTask:
 def run(spec: JobSpec, sink: Sink) -> loop.Result:
     ready = prepare(spec, sink)
     train, validation = encode_dataset(spec, ready.encoder.sft, _trained, sink)
-    sink.event("message", text=(
+    sink.emit(Message(text=(
         f"Training {spec.model.id} ({spec.training_type}) on {len(train)} examples "
         f"({sum(map(len, train))} tokens, {sum(s.trained for s in train)} trained) on {ready.hardware.describe()}"
-    ))
+    )))
     model = models.load_for_training(ready.model_path, spec, ready.hardware)
     task = SupervisedTask(train, validation, ready.tokenizer.pad_token_id, ready.hardware.device, spec.batch_size)
     return loop.train(spec, model, ready, task, sink)

@@ -1,26 +1,25 @@
-"""How the engine talks to its parent: events out as JSON lines on stdout, commands in on stdin."""
+"""Where a recipe reports: events out as JSON lines on stdout, commands in on stdin (the protocol is in `events`)."""
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
-from pathlib import Path
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Protocol, TypeVar
 
-Command = Literal["pause", "cancel", "shutdown"]
+from ftserve.engine.events import Command, Event, Metrics, encode, read_command
+
+E = TypeVar("E", bound=Event)
 
 
 class Sink(Protocol):
     """Where a recipe reports. The worker's side turns each event into job rows."""
 
-    def event(self, kind: str, **data: Any) -> None: ...
+    def emit(self, event: Event) -> None: ...
     def requested_stop(self) -> Command | None: ...
 
 
 class JsonLinesSink:
-    """Writes one JSON object per line; a `pause`, `cancel` or `shutdown` line on the input asks the engine to stop
-    (`pause` and `shutdown` save resumable state first).
+    """Writes one event per line; a `pause`, `cancel` or `shutdown` line on the input asks the engine to stop.
 
     The input closing means the parent is gone, which counts as cancel: an orphaned engine must not
     keep a GPU busy.
@@ -33,8 +32,8 @@ class JsonLinesSink:
         if commands is not None:
             threading.Thread(target=self._listen, args=(commands,), daemon=True).start()
 
-    def event(self, kind: str, **data: Any) -> None:
-        line = json.dumps({"event": kind, **data}, default=_plain)
+    def emit(self, event: Event) -> None:
+        line = encode(event)
         with self._lock:
             self._out.write(line + "\n")
             self._out.flush()
@@ -44,9 +43,9 @@ class JsonLinesSink:
 
     def _listen(self, commands: IO[str]) -> None:
         for line in commands:
-            word = line.strip()
-            if word in ("pause", "cancel", "shutdown") and self._stop != "cancel":
-                self._stop = word  # type: ignore[assignment]  # narrowed by the check above
+            command = read_command(line)
+            if command is not None and self._stop != "cancel":  # a cancel is final: a later pause must not save its state
+                self._stop = command
         if self._stop is None:
             self._stop = "cancel"
 
@@ -55,24 +54,18 @@ class MemorySink:
     """Keeps events in a list; for running a recipe in-process (tests, benchmarks)."""
 
     def __init__(self, stop_after_step: int | None = None, stop: Command = "pause"):
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Event] = []
         self.stop_after_step = stop_after_step
         self.stop = stop
 
-    def event(self, kind: str, **data: Any) -> None:
-        self.events.append({"event": kind, **data})
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
 
     def requested_stop(self) -> Command | None:
-        steps = [e["step"] for e in self.events if e["event"] == "metrics"]
+        steps = [e.step for e in self.of(Metrics)]
         if self.stop_after_step is not None and steps and steps[-1] >= self.stop_after_step:
             return self.stop
         return None
 
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["event"] == kind]
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot report {type(value).__name__}")
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, kind)]

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ftserve.domain.jobs import MethodType
-
-StopReason = Literal["cancel", "pause", "lost", "shutdown"]
-"""`shutdown`: the worker is stopping; the trainer saves what it needs to continue and returns."""
+# Defined with the engine's commands, which it extends; trainers name it from here.
+from ftserve.engine.events import StopReason as StopReason
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,12 @@ class Reporter(Protocol):
                 tokens_per_second: float | None = None) -> None: ...
     def checkpoint(self, step: int, metrics: dict[str, float], path: Path | None) -> None: ...
     def message(self, text: str, level: Literal["info", "warn", "error"] = "info") -> None: ...
+    def started(self, step: int, total_steps: int) -> None:
+        """Training began at `step`: 0, or the step of the saved state it resumed from."""
+        ...
+    def state_saved(self, step: int) -> None:
+        """Resumable state for `step` is saved: an attempt that dies after this made progress."""
+        ...
     def should_stop(self) -> StopReason | None:
         """Polled between steps: cancel, pause, shutdown, or the worker lost its lease."""
         ...

@@ -8,7 +8,6 @@ state it saved in the job's output dir, so a requeued job continues where it sto
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import subprocess
@@ -16,15 +15,15 @@ import sys
 import threading
 from collections import deque
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, assert_never
 
 from ftserve.catalogue import BaseModel, source_of
 from ftserve.domain.errors import TrainingFailed
 from ftserve.domain.hyperparameters import resolve as resolve_auto
+from ftserve.engine import events
 from ftserve.engine.spec import JobSpec, LoraOptions
 from ftserve.providers.base import (
     Reporter,
-    StopReason,
     TrainingOutcome,
     TrainingRequest,
 )
@@ -163,22 +162,23 @@ class _Session:
         self.child = child
         self.reporter = reporter
         self.log_path = log_path
-        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.sent: StopReason | None = None
+        self.inbox: queue.Queue[events.Event | None] = queue.Queue()
+        self.sent: events.Command | None = None
         threading.Thread(target=self._read, args=(child.stdout,), daemon=True).start()
 
     def run(self) -> TrainingOutcome:
         try:
             while True:
                 try:
-                    event = self.events.get(timeout=POLL_SECONDS)
+                    event = self.inbox.get(timeout=POLL_SECONDS)
                 except queue.Empty:
-                    event = {}
-                if event is None:  # the child closed stdout: it is exiting
-                    break
-                outcome = self._handle(event) if event else None
-                if outcome is not None:
-                    return outcome
+                    pass
+                else:
+                    if event is None:  # the child closed stdout: it is exiting
+                        break
+                    outcome = self._handle(event)
+                    if outcome is not None:
+                        return outcome
                 lost = self._relay_stop()
                 if lost is not None:
                     return lost
@@ -186,21 +186,26 @@ class _Session:
             self._reap()
         raise TrainingFailed(f"The training engine exited with status {self.child.returncode}. {self._log_tail()}")
 
-    def _handle(self, event: dict[str, Any]) -> TrainingOutcome | None:
-        kind = event.get("event")
-        if kind == "metrics":
-            self.reporter.metrics(event["step"], event["total_steps"], event["metrics"], event.get("tokens_per_second"))
-        elif kind == "checkpoint":
-            self.reporter.checkpoint(event["step"], event["metrics"], Path(event["path"]))
-        elif kind == "message":
-            self.reporter.message(event["text"], event.get("level", "info"))
-        elif kind == "finished":
-            return TrainingOutcome(None, event["trained_tokens"], Path(event["model_dir"]), event["step"],
-                                   event.get("evaluation"))
-        elif kind == "stopped":
-            return TrainingOutcome(event["reason"], event["trained_tokens"], None, event["step"])
-        elif kind == "failed":
-            raise TrainingFailed(event["message"])
+    def _handle(self, event: events.Event) -> TrainingOutcome | None:
+        match event:
+            case events.Started():
+                self.reporter.started(event.step, event.total_steps)
+            case events.Metrics():
+                self.reporter.metrics(event.step, event.total_steps, event.metrics, event.tokens_per_second)
+            case events.Checkpoint():
+                self.reporter.checkpoint(event.step, event.metrics, event.path)
+            case events.Message():
+                self.reporter.message(event.text, event.level)
+            case events.StateSaved():
+                self.reporter.state_saved(event.step)
+            case events.Finished():
+                return TrainingOutcome(None, event.trained_tokens, event.model_dir, event.step, event.evaluation)
+            case events.Stopped():
+                return TrainingOutcome(event.reason, event.trained_tokens, None, event.step)
+            case events.Failed():
+                raise TrainingFailed(event.message)
+            case _:  # the type check fails here when an event is added without its case
+                assert_never(event)
         return None
 
     def _relay_stop(self) -> TrainingOutcome | None:
@@ -213,7 +218,7 @@ class _Session:
             self.sent = stop
         return None
 
-    def _command(self, word: str) -> None:
+    def _command(self, word: events.Command) -> None:
         try:
             assert self.child.stdin is not None
             self.child.stdin.write(word + "\n")
@@ -235,10 +240,10 @@ class _Session:
         assert stream is not None
         for line in stream:
             try:
-                self.events.put(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("engine wrote a line that is not an event: %s", line.rstrip())
-        self.events.put(None)
+                self.inbox.put(events.decode(line))
+            except events.ProtocolError as error:  # an engine of another version, or a bug: the job goes on
+                log.warning("The training engine wrote a line the worker cannot read, ignored: %s", error)
+        self.inbox.put(None)
 
     def _log_tail(self) -> str:
         try:

@@ -71,6 +71,7 @@ class JobReporter:
         # The first step is timed from here, so it includes the trainer's start (loading the model).
         self._reported_at = time.monotonic()
         self._throughput_shown = False
+        self._resumed_from = 0
         with lifecycle.engine.connect() as conn:
             self._checkpointed = event_rows.checkpoint_steps(conn, job.id)
 
@@ -92,6 +93,10 @@ class JobReporter:
             return "shutdown"
         return None
 
+    def started(self, step: int, total_steps: int) -> None:
+        """The trainer is ready and starts at `step`: the finish is estimated from the steps this attempt does."""
+        self._resumed_from = step
+
     def metrics(self, step: int, total_steps: int, metrics: dict[str, float],
                 tokens_per_second: float | None = None) -> None:
         if tokens_per_second is not None:
@@ -104,8 +109,10 @@ class JobReporter:
         steps, self._reported_step = step - self._reported_step, step
         for _ in range(steps):  # a trainer that reports every few steps: each took an equal share
             self.prometheus.step_seconds.observe((self._reported_at - reported_at) / steps)
+        # Steps replayed after a resume were done by an earlier attempt; this attempt's pace is its own steps.
+        done = step - self._resumed_from
         elapsed = max(1e-6, now() - self.started_at)
-        estimate = int(self.started_at + elapsed / step * total_steps) if step else None
+        estimate = int(self.started_at + elapsed / done * (total_steps - self._resumed_from)) if done > 0 else None
         if self.wandb is not None:
             self.wandb.log(step, metrics)
         self.lifecycle.record_metrics(self.job, self.worker_id, step, metrics_message(step, total_steps, metrics),
