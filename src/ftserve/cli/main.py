@@ -55,6 +55,7 @@ def serve(
 
     from ftserve.api.app import create_app
     from ftserve.logs import UVICORN_OPTIONS
+    from ftserve.worker import in_thread
 
     settings = read_settings()
     if not settings.api_keys and not _is_loopback(host):
@@ -64,7 +65,8 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
-    api = create_app(_runtime(settings), with_worker=not no_worker)
+    runtime = _runtime(settings)
+    api = create_app(runtime, beside=None if no_worker else in_thread(runtime))
     uvicorn.run(api, host=host, port=port, log_level=log_level, **UVICORN_OPTIONS)
 
 

@@ -30,10 +30,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ftserve.engine import models as engine_models
-from ftserve.engine.data import Encoder
-from ftserve.engine.hardware import Hardware, detect
 from ftserve.engine.spec import ModelSource
+from ftserve.inference.engine_gateway import MANIFEST, Encoder, Hardware, detect, load_tokenizer, local_dir
 
 ArtifactKind = Literal["adapter", "full"]
 
@@ -82,7 +80,7 @@ class ModelPool:
         return torch.bfloat16 if self.hardware.device.type == "cuda" and self.hardware.bf16 else torch.float32
 
     def base_dir(self, source: ModelSource) -> Path:
-        return engine_models.local_dir(source, self.cache_dir)
+        return local_dir(source, self.cache_dir)
 
     def text(self, target: Target) -> Text:
         """The tokenizer and context length of a target, loaded once per directory."""
@@ -90,7 +88,7 @@ class ModelPool:
         assert directory is not None
         with self._text_lock:
             if directory not in self._texts:
-                tokenizer = engine_models.load_tokenizer(directory)
+                tokenizer = load_tokenizer(directory)
                 config = AutoConfig.from_pretrained(directory)
                 length = int(getattr(config, "max_position_embeddings", 0) or 2048)
                 self._texts[directory] = Text(tokenizer, Encoder(tokenizer, length), length)
@@ -192,7 +190,7 @@ def _adapter_key(name: str) -> str:
 
 def artifact_kind(directory: Path) -> ArtifactKind | None:
     """Whether a fine-tuned model directory holds a LoRA adapter or full weights (None: neither)."""
-    manifest = directory / engine_models.MANIFEST
+    manifest = directory / MANIFEST
     if (directory / "adapter_config.json").exists():
         return "adapter"
     if (directory / "config.json").exists() and manifest.exists():
@@ -201,5 +199,5 @@ def artifact_kind(directory: Path) -> ArtifactKind | None:
 
 
 def manifest(directory: Path) -> dict[str, Any]:
-    path = directory / engine_models.MANIFEST
+    path = directory / MANIFEST
     return json.loads(path.read_text()) if path.exists() else {}

@@ -18,10 +18,10 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any
 
-from ftserve.catalogue import BaseModel, source_of
+from ftserve.catalogue import BaseModel
 from ftserve.domain.errors import TrainingFailed
 from ftserve.domain.hyperparameters import resolve as resolve_auto
-from ftserve.engine.spec import JobSpec, LoraOptions
+from ftserve.engine.spec import JobSpec, LoraOptions, ModelSource
 from ftserve.providers.base import (
     Reporter,
     StopReason,
@@ -47,6 +47,13 @@ POLL_SECONDS = 0.2
 # How long a child that was asked to cancel may take to stop before it is killed.
 CANCEL_GRACE_SECONDS = 30.0
 LOG_TAIL_LINES = 20
+
+
+def source_of(base: BaseModel) -> ModelSource:
+    """Where the engine finds a catalogue model's weights: the catalogue is data, the engine's spec is its own."""
+    return ModelSource(
+        id=base.id, path=base.path, hub=base.hub, revision=base.revision, package=base.package, gguf_file=base.gguf_file,
+    )
 
 
 class LocalTrainer:

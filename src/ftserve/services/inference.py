@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from ftserve.catalogue import BaseModel, source_of
+from ftserve.catalogue import BaseModel
 from ftserve.domain.errors import FtserveError, InvalidRequest
-from ftserve.engine.data import DataError
-from ftserve.engine.evaluate import Scores, read_examples, score
 from ftserve.files.storage import BlobStore
+from ftserve.inference.engine_gateway import DataError, Scores, read_examples, score
 from ftserve.inference.generate import Sampling, end_tokens, generate
 from ftserve.inference.pool import ModelPool, Target, Text, artifact_kind, manifest
+from ftserve.providers.local import source_of
 from ftserve.schemas.inference import ChatCompletionRequest, CompletionRequest, Sampled
 from ftserve.services.files import FINE_TUNE, FileService
 
