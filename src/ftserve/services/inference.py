@@ -24,7 +24,7 @@ from ftserve.inference.engine_gateway import DataError, Scores, read_examples, s
 from ftserve.inference.generate import Sampling, end_tokens, generate
 from ftserve.inference.pool import ModelPool, Target, Text, artifact_kind, manifest
 from ftserve.providers.local import source_of
-from ftserve.schemas.inference import ChatCompletionRequest, CompletionRequest, Sampled
+from ftserve.schemas.inference import ChatCompletionRequest, CompletionRequest, FinishReason, Sampled
 from ftserve.services.files import FINE_TUNE, FileService
 
 
@@ -60,7 +60,7 @@ class Output:
     index: int
     text: str
     tokens: int
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
 
