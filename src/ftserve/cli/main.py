@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 class _Commands(TyperGroup):
     """Every command's API errors end the same way: `ftserve: <message>` on stderr and exit 1."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # the base names typer's private Click
+
         try:
             return super().invoke(ctx)
         except api_errors() as error:

@@ -62,7 +62,8 @@ class ModelPool:
         self.cache_bytes = cache_bytes
         self._lock = threading.Lock()
         self._hardware: Hardware | None = None
-        self._bases: dict[str, PreTrainedModel] = {}
+        # A base's PreTrainedModel, or the PeftModel that wraps it while it carries adapters.
+        self._bases: dict[str, Any] = {}
         self._tuned: OrderedDict[str, tuple[str, int]] = OrderedDict()  # name -> (base id or "", bytes)
         self._full: dict[str, PreTrainedModel] = {}
         self._texts: dict[Path, Text] = {}
@@ -105,11 +106,12 @@ class ModelPool:
                 yield model
             else:
                 model = self._base(target.base)
-                if hasattr(model, "disable_adapter"):
-                    with model.disable_adapter():
-                        yield model
-                else:
+                disabled = getattr(model, "disable_adapter", None)  # once an adapter wraps the base
+                if disabled is None:
                     yield model
+                else:
+                    with disabled():
+                        yield model
 
     def evict(self, name: str) -> None:
         """Forget a fine-tuned model (it was deleted)."""
@@ -129,13 +131,14 @@ class ModelPool:
             model = AutoModelForCausalLM.from_pretrained(
                 self.base_dir(source), dtype=self.dtype, attn_implementation=self.hardware.attention
             )
-            self._bases[source.id] = model.to(self.hardware.device).eval()
+            # transformers types its decorated .to() as if unbound
+            self._bases[source.id] = model.to(self.hardware.device).eval()  # type: ignore[arg-type]
         return self._bases[source.id]
 
     def _with_adapter(self, target: Target) -> PreTrainedModel:
         from peft import PeftModel
 
-        model = self._base(target.base)
+        model: Any = self._base(target.base)  # the base, or the PeftModel already wrapping it
         key = _adapter_key(target.name)
         if target.name not in self._tuned:
             if isinstance(model, PeftModel):
@@ -151,9 +154,10 @@ class ModelPool:
 
     def _full_model(self, target: Target) -> PreTrainedModel:
         if target.name not in self._full:
+            assert target.artifact is not None, "a fully fine-tuned target is its own directory"
             model = AutoModelForCausalLM.from_pretrained(
                 target.artifact, dtype=self.dtype, attn_implementation=self.hardware.attention
-            ).to(self.hardware.device).eval()
+            ).to(self.hardware.device).eval()  # type: ignore[arg-type]  # as in _base
             self._full[target.name] = model
             self._remember(target.name, "", sum(p.numel() * p.element_size() for p in model.parameters()))
         self._tuned.move_to_end(target.name)

@@ -16,7 +16,7 @@ import sys
 import threading
 from collections import deque
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from ftserve.catalogue import BaseModel
 from ftserve.domain.errors import TrainingFailed
@@ -34,6 +34,7 @@ from ftserve.providers.contract import (
     Change,
     Estimate,
     JobRequest,
+    ProviderKind,
     ProviderUnsupported,
     Resolved,
     Staged,
@@ -113,7 +114,7 @@ class LocalProvider:
     of the contract only.
     """
 
-    kind = "local"
+    kind: ClassVar[ProviderKind] = "local"
     name = "local"
 
     def __init__(self, catalogue: dict[str, BaseModel]):

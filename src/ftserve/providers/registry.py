@@ -111,7 +111,7 @@ def kind_of(name: str, config: dict[str, Any]) -> ProviderKind:
         raise ProviderConfigError(
             f"provider '{name}': unknown kind '{kind}'; set kind to one of {', '.join(HOSTED)}"
         )
-    return kind  # type: ignore[return-value]  # checked against HOSTED's keys just above
+    return kind  # checked against HOSTED's keys just above
 
 
 def build(name: str, config: dict[str, Any]) -> HostedProvider:

@@ -36,7 +36,7 @@ class ExportService:
                include_embeddings: bool = False) -> Path:
         """The export's path: a directory (adapter, merged) or a file (gguf), made on first request."""
         target = self.resolve(project, model)
-        if format == "adapter" and target.kind != "adapter":
+        if format == "adapter" and (target.kind != "adapter" or target.artifact is None):
             raise InvalidRequest(
                 f"'{model}' has no LoRA adapter ({'it is a base model' if target.kind is None else 'it was fully fine-tuned'}); "
                 "export it as merged or gguf.", param="format",
@@ -44,9 +44,9 @@ class ExportService:
         root = self.blobs.path(export_key(model))
         base_dir = self.pool.base_dir(target.base)
         try:
-            if format == "adapter":
+            if format == "adapter" and target.artifact is not None:
                 out = root / ("adapter-with-embeddings" if include_embeddings else "adapter")
-                return out if out.exists() else engine.export_adapter(target.artifact, out, include_embeddings=include_embeddings)  # type: ignore[arg-type]
+                return out if out.exists() else engine.export_adapter(target.artifact, out, include_embeddings=include_embeddings)
             if format == "merged":
                 out = root / "merged"
                 return out if out.exists() else engine.export_merged(base_dir, target.artifact, out)

@@ -18,7 +18,6 @@ from ftserve.domain.ids import new_id
 from ftserve.schemas import inference as wire
 from ftserve.services.inference import InferenceService, Output, Prepared
 
-_END = object()
 # With `stream: true` the answer is server-sent events (chunk objects, then `data: [DONE]`).
 _STREAMED: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
 
@@ -103,7 +102,7 @@ def _text_finish(output: Output) -> Literal["stop", "length"] | None:
 async def _relay(inference: InferenceService, prepared: Prepared) -> AsyncIterator[Output]:
     """Run the generation in its own thread and hand its outputs to the event loop as they come."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[object] = asyncio.Queue()
+    queue: asyncio.Queue[Output | Exception | None] = asyncio.Queue()  # None: the generation has ended
     gone = threading.Event()
 
     def produce() -> None:
@@ -113,14 +112,14 @@ async def _relay(inference: InferenceService, prepared: Prepared) -> AsyncIterat
         except Exception as error:  # delivered to the stream as an error event
             loop.call_soon_threadsafe(queue.put_nowait, error)
         finally:
-            loop.call_soon_threadsafe(queue.put_nowait, _END)
+            loop.call_soon_threadsafe(queue.put_nowait, None)
 
     threading.Thread(target=produce, name="ftserve-generate", daemon=True).start()
     try:
-        while (item := await queue.get()) is not _END:
+        while (item := await queue.get()) is not None:
             if isinstance(item, Exception):
                 raise item
-            yield item  # type: ignore[misc]
+            yield item
     finally:
         gone.set()
 
