@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AbstractContextManager, asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 
 from fastapi import FastAPI
 
@@ -25,10 +25,7 @@ def create_app(runtime: Runtime, *, beside: AbstractContextManager[object] | Non
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if beside is None:
-            yield
-            return
-        with beside:
+        with beside or nullcontext():
             yield
 
     app = FastAPI(title="ftserve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
