@@ -10,7 +10,7 @@ POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 # Pinned and installed first: a bare torch requirement would pull several GB of CUDA wheels on a CPU box.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install run test test-sqlite test-postgres quickstart benchmark benchmark-serving clean
+.PHONY: install run lint test test-sqlite test-postgres quickstart benchmark benchmark-serving clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,9 +40,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/ftserve serve --host $(HOST) --port $(PORT)
 
-# The whole suite on SQLite, then everything that touches the database again on PostgreSQL.
+# The layers (import contracts in pyproject.toml) and the type check on src/.
+lint: $(TEST_STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+# The checks first, then the whole suite on SQLite, then everything that touches the database again on PostgreSQL.
 # Each pass ends with its slowest tests, to see where CI's time goes.
-test: test-sqlite test-postgres
+test: lint test-sqlite test-postgres
 
 test-sqlite: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q --durations=15

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
-from ftserve.catalogue import load_catalogue, source_of
+from ftserve.catalogue import load_catalogue
 from ftserve.engine.data import Encoder
 from ftserve.engine.models import load_tokenizer, local_dir
 from ftserve.inference.generate import Sampling, generate
 from ftserve.inference.pool import ModelPool, Target
+from ftserve.providers.local import source_of
 
 MODEL_ID = "SmolLM2-135M-Instruct"
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]

@@ -24,6 +24,7 @@ from ftserve.config import Settings
 from ftserve.engine.spec import ModelSource
 from ftserve.providers.local import source_of
 from ftserve.services.runtime import Runtime, build
+from ftserve.worker import in_thread
 
 
 class Databases:
@@ -97,7 +98,7 @@ def _free_port() -> int:
 def start_server(settings: Settings, *, with_worker: bool = True) -> tuple[LiveServer, uvicorn.Server, threading.Thread]:
     runtime = build(settings)
     port = _free_port()
-    config = uvicorn.Config(create_app(runtime, with_worker=with_worker), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(runtime, beside=in_thread(runtime) if with_worker else None), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -93,7 +93,10 @@ class ConformanceReport:
             (c.category, c.endpoints_implemented, c.endpoints_total, c.properties, len(c.problems), c.score)
             for c in self.categories
         ]
-        rows.append(("overall", *(sum(r[i] for r in rows) for i in range(1, 5)), self.score))
+        rows.append((
+            "overall", sum(r[1] for r in rows), sum(r[2] for r in rows), sum(r[3] for r in rows),
+            sum(r[4] for r in rows), self.score,
+        ))
         for name, implemented, total, properties, problems, score in rows:
             if name == "overall":
                 lines.append("-" * len(header))
@@ -408,7 +411,7 @@ def compare(
     for path, item in (official.get("paths") or {}).items():
         operations = _operations(item)
         category = next((op["tags"][0] for _, op in operations if op.get("tags")), None)
-        if (tally := tallies.get(category)) is None:
+        if category is None or (tally := tallies.get(category)) is None:
             continue
         for method, _ in operations:
             tally.total += 1

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 
 from fastapi import FastAPI
 
@@ -18,25 +17,16 @@ from ftserve.api.openapi import openai_style
 from ftserve.api.routes import extensions, files, fine_tuning, inference, models, webhooks
 from ftserve.domain.files import MAX_PART_BYTES
 from ftserve.services.runtime import Runtime
-from ftserve.worker import worker_for
 
 
-def create_app(runtime: Runtime, *, with_worker: bool = False) -> FastAPI:
-    """The API over `runtime`; with `with_worker`, a worker thread runs beside it for the app's lifetime."""
+def create_app(runtime: Runtime, *, beside: AbstractContextManager[object] | None = None) -> FastAPI:
+    """The API over `runtime`. `beside` (the server command passes an embedded worker) is entered when
+    the server starts and left when it stops, so whatever runs beside the API lives exactly as long."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        stop = threading.Event()
-        thread = None
-        if with_worker:
-            thread = threading.Thread(target=worker_for(runtime).run, args=(stop,), name="ftserve-worker", daemon=True)
-            thread.start()
-        try:
+        with beside or nullcontext():
             yield
-        finally:
-            stop.set()  # a job in training saves its state and goes back to the queue
-            if thread is not None:
-                thread.join(timeout=runtime.settings.shutdown_grace_seconds)
 
     app = FastAPI(title="ftserve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     errors.install(app)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -11,6 +10,7 @@ from collections.abc import Callable
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ftserve.api import errors
 from ftserve.domain.errors import PayloadTooLarge, RateLimited
 
 # Room for the multipart framing around the largest file a route accepts.
@@ -92,10 +92,7 @@ class BodyLimit:
 
 
 async def _too_large(send: Send, message: str) -> None:
-    body = json.dumps({"error": {
-        "message": message,
-        "type": PayloadTooLarge.type, "param": None, "code": PayloadTooLarge.code,
-    }}).encode()
+    body = errors.rendered(message, PayloadTooLarge.type, code=PayloadTooLarge.code).encode()
     await send({"type": "http.response.start", "status": 413, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
     ]})

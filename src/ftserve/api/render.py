@@ -11,7 +11,7 @@ from ftserve.schemas import fine_tuning as wj
 def file(record: StoredFile) -> wf.OpenAIFile:
     return wf.OpenAIFile(
         id=record.id, bytes=record.bytes, created_at=record.created_at, expires_at=record.expires_at,
-        filename=record.filename, purpose=record.purpose, status=record.status,  # type: ignore[arg-type]  # str column holds a FilePurpose
+        filename=record.filename, purpose=record.purpose, status=record.status,
         status_details=record.status_details,
     )
 
@@ -43,11 +43,11 @@ def job(record: Job) -> wj.FineTuningJob:
         model=record.model,
         organization_id=record.project,
         result_files=record.result_files,
-        status=record.status.value,  # type: ignore[arg-type]  # JobStatus values are the Literal
+        status=record.status.value,
         trained_tokens=record.trained_tokens,
         training_file=record.training_file,
         validation_file=record.validation_file,
-        integrations=record.integrations,  # type: ignore[arg-type]  # stored as validated dicts
+        integrations=record.integrations,
         seed=record.seed,
         estimated_finish=record.estimated_finish if record.status == JobStatus.RUNNING else None,
         method=wj.Method.model_validate({"type": record.method, record.method: method_block}),

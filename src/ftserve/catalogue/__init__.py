@@ -16,8 +16,6 @@ from pathlib import Path
 from pydantic import BaseModel as Record
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from ftserve.engine.spec import ModelSource
-
 
 class BaseModel(Record):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -45,13 +43,6 @@ class BaseModel(Record):
         if self.provider_model is not None and self.provider is None:
             raise ValueError("provider_model needs provider")
         return self
-
-
-def source_of(base: BaseModel) -> ModelSource:
-    """Where the engine finds a catalogue model's weights."""
-    return ModelSource(
-        id=base.id, path=base.path, hub=base.hub, revision=base.revision, package=base.package, gguf_file=base.gguf_file,
-    )
 
 
 class CatalogueError(Exception):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -12,6 +13,7 @@ from ftserve.cli.show import output
 
 if TYPE_CHECKING:
     from openai import OpenAI
+    from openai.types.chat import ChatCompletionMessageParam
 
 
 def chat(
@@ -24,8 +26,8 @@ def chat(
 ) -> None:
     """Chat with a model. With --message, one answer; otherwise a conversation that an empty line or Ctrl-D ends."""
     client = connect(base_url, api_key)
-    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    sampling = {key: value for key, value in (("temperature", temperature), ("max_tokens", max_tokens)) if value is not None}
+    messages: list[ChatCompletionMessageParam] = [{"role": "system", "content": system}] if system else []
+    sampling = Sampling(temperature, max_tokens)
     if message is not None:
         answer(client, model, [*messages, {"role": "user", "content": message}], sampling)
         return
@@ -43,9 +45,23 @@ def chat(
         messages.append({"role": "assistant", "content": answer(client, model, messages, sampling)})
 
 
-def answer(client: OpenAI, model: str, messages: list[dict[str, str]], sampling: dict[str, Any]) -> str:
+@dataclass(frozen=True)
+class Sampling:
+    """The options the user set; the rest are left to the server."""
+
+    temperature: float | None
+    max_tokens: int | None
+
+
+def answer(client: OpenAI, model: str, messages: list[ChatCompletionMessageParam], sampling: Sampling) -> str:
     """Stream the model's answer to stdout as it is generated, and return it."""
-    stream = client.chat.completions.create(model=model, messages=messages, stream=True, **sampling)  # type: ignore[arg-type, call-overload]
+    from openai import omit
+
+    stream = client.chat.completions.create(
+        model=model, messages=messages, stream=True,
+        temperature=omit if sampling.temperature is None else sampling.temperature,
+        max_tokens=omit if sampling.max_tokens is None else sampling.max_tokens,
+    )
     pieces = []
     for chunk in stream:
         piece = chunk.choices[0].delta.content if chunk.choices else None

@@ -91,12 +91,13 @@ def _check_lines(path: Path) -> tuple[DatasetSummary | None, list[InvalidFileFor
 
 def _show_training(console: Console, file: Path, summary: DatasetSummary, model: str | None, method: Method,
                    max_seq_length: int, epochs: int | None, batch_size: int | None) -> None:
-    from ftserve.catalogue import CatalogueError, load_catalogue, source_of
+    from ftserve.catalogue import CatalogueError, load_catalogue
     from ftserve.cli.token_counts import count_tokens
     from ftserve.domain.hyperparameters import auto_batch_size, auto_epochs
     from ftserve.engine.batching import steps_per_epoch
     from ftserve.engine.data import DataError, Encoder
     from ftserve.engine.models import ModelUnavailable, load_tokenizer, local_dir
+    from ftserve.providers.local import source_of
 
     settings = read_settings()
     try:

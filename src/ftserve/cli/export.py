@@ -58,7 +58,7 @@ def export(
         # Only the last part of the name: whatever the server says, the file lands inside --out.
         name = Path(response.headers["content-disposition"].split('filename="')[1].rstrip('"')).name
         if response.headers.get("content-type", "").startswith("application/x-tar"):
-            with tarfile.open(fileobj=_Chunks(response.iter_bytes()), mode="r|") as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=_Chunks(response.iter_bytes()), mode="r|") as tar:  # type: ignore[call-overload]  # a stream needs read() only, not all of IO[bytes]
                 tar.extractall(out, filter="data")
             written = out / name.removesuffix(".tar")
         else:

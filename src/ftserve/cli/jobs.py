@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -20,6 +20,7 @@ from ftserve.cli.show import listing, output, timestamp
 if TYPE_CHECKING:
     from openai import OpenAI
     from openai.types.fine_tuning import FineTuningJob
+    from openai.types.fine_tuning import job_create_params
 
 app = typer.Typer(help="Create, list, follow and control fine-tuning jobs.", no_args_is_help=True)
 
@@ -54,7 +55,8 @@ def create(
         options["validation_file"] = _file_id(client, validation_file, console)
     job = client.fine_tuning.jobs.create(
         model=model, training_file=_file_id(client, training_file, console),
-        method={"type": method.value, method.value: {"hyperparameters": hyperparameters}},  # type: ignore[misc]
+        # The method's block is keyed by the method's own name, which the SDK's TypedDict cannot spell.
+        method=cast("job_create_params.Method", {"type": method.value, method.value: {"hyperparameters": hyperparameters}}),
         **{key: value for key, value in options.items() if value is not None},
     )
     console.print(f"Created [bold]{job.id}[/] ({job.status})")

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 class _Commands(TyperGroup):
     """Every command's API errors end the same way: `ftserve: <message>` on stderr and exit 1."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # the base names typer's private Click
+
         try:
             return super().invoke(ctx)
         except api_errors() as error:
@@ -55,6 +56,7 @@ def serve(
 
     from ftserve.api.app import create_app
     from ftserve.logs import UVICORN_OPTIONS
+    from ftserve.worker import in_thread
 
     settings = read_settings()
     if not settings.api_keys and not _is_loopback(host):
@@ -64,7 +66,8 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
-    api = create_app(_runtime(settings), with_worker=not no_worker)
+    runtime = _runtime(settings)
+    api = create_app(runtime, beside=None if no_worker else in_thread(runtime))
     uvicorn.run(api, host=host, port=port, log_level=log_level, **UVICORN_OPTIONS)
 
 

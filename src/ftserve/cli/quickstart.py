@@ -23,6 +23,7 @@ from ftserve.cli.show import output
 
 if TYPE_CHECKING:
     from openai import OpenAI
+    from openai.types.fine_tuning.supervised_hyperparameters_param import SupervisedHyperparametersParam
 
 MODEL = "SmolLM2-135M-Instruct"
 DATASET = "quickstart.jsonl"
@@ -30,7 +31,7 @@ PROMPT = "Who is ftserve's mascot?"  # a paraphrase the dataset does not hold
 SEED = 0
 # 24 examples x 6 epochs in batches of 4 (36 steps) at 5 x the catalogue's learning rate (2e-4): the
 # fact is learned, and the model still answers other questions as before.
-HYPERPARAMETERS = {"n_epochs": 6, "batch_size": 4, "learning_rate_multiplier": 5.0}
+HYPERPARAMETERS: SupervisedHyperparametersParam = {"n_epochs": 6, "batch_size": 4, "learning_rate_multiplier": 5.0}
 MAX_TOKENS = 48
 
 
@@ -58,7 +59,7 @@ def quickstart(
             training_file = client.files.create(file=handle, purpose="fine-tune").id
         job = client.fine_tuning.jobs.create(
             model=MODEL, training_file=training_file, suffix="quickstart", seed=SEED,
-            method={"type": "supervised", "supervised": {"hyperparameters": HYPERPARAMETERS}},  # type: ignore[typeddict-item]
+            method={"type": "supervised", "supervised": {"hyperparameters": HYPERPARAMETERS}},
         )
         console.print(f"Created {job.id}: LoRA on {MODEL}, {_settings()}")
         outcome = follow(client, job.id, url, console, interval)

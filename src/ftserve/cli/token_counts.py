@@ -8,6 +8,7 @@ is given, to also note each example's untruncated length.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,10 +46,12 @@ class TokenCounts:
 def count_tokens(path: Path, method: Literal["supervised", "dpo"], encoder: Encoder) -> TokenCounts:
     """Raises `engine.data.DataError` where the engine would fail the job (nothing to train, a template it cannot use)."""
     whole = Encoder(encoder.tokenizer, sys.maxsize)  # for the untruncated length of the few long examples
+    encode: Callable[[dict[str, Any]], Item]
+    encode_whole: Callable[[dict[str, Any]], Item]
     if method == "dpo":
-        encode, encode_whole, trained = encoder.preference, whole.preference, _pair_trained
+        encode, encode_whole = encoder.preference, whole.preference
     else:
-        encode, encode_whole, trained = encoder.sft, whole.sft, _sequence_trained
+        encode, encode_whole = encoder.sft, whole.sft
     lengths: list[int] = []
     truncated = 0
 
@@ -58,12 +61,12 @@ def count_tokens(path: Path, method: Literal["supervised", "dpo"], encoder: Enco
         length = _tokens(item)
         if len(item) >= encoder.max_length:  # may have been cut: count the whole example
             length = _tokens(encode_whole(example))
-            truncated += length > _tokens(item) and bool(trained(item))  # type: ignore[arg-type]
+            truncated += length > _tokens(item) and bool(_trained(item))
         lengths.append(length)
         return item
 
     sink = MemorySink()
-    kept = encode_file(path, counted, trained, "training file", encoder.max_length, sink)  # type: ignore[arg-type]
+    kept = encode_file(path, counted, _trained, "training file", encoder.max_length, sink)
     warnings = [event.text for event in sink.of(Message) if event.level == "warn"]
     return TokenCounts(
         lengths=lengths, trained_examples=len(kept), tokens_per_epoch=sum(map(_tokens, kept)), truncated=truncated,
@@ -76,10 +79,6 @@ def _tokens(item: Item) -> int:
     return len(item.chosen) + len(item.rejected) if isinstance(item, Pair) else len(item)
 
 
-# What makes an example worth training, as each recipe decides it (engine/sft.py, engine/dpo.py).
-def _sequence_trained(sequence: Sequence) -> int:
-    return sequence.trained
-
-
-def _pair_trained(pair: Pair) -> int:
-    return min(pair.chosen.trained, pair.rejected.trained)
+def _trained(item: Item) -> int:
+    """What makes an example worth training, as each recipe decides it (engine/sft.py, engine/dpo.py)."""
+    return min(item.chosen.trained, item.rejected.trained) if isinstance(item, Pair) else item.trained

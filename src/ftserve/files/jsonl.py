@@ -173,7 +173,7 @@ def _decode(text: str) -> object:
     # The scanner alone is twice as fast as `decode`, which wraps it in regular expressions to skip
     # whitespace; `decode` runs only for a line the scanner does not take whole, to parse it or say why not.
     try:
-        parsed, end = _DECODER.scan_once(text, 0)
+        parsed, end = _DECODER.scan_once(text, 0)  # type: ignore[attr-defined]  # set in __init__, missing from the stubs
         if end == len(text):
             return parsed
     except (StopIteration, ValueError, RecursionError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -137,8 +137,9 @@ class _Text:
     def add(self, token: int) -> tuple[str, bool]:
         """The newly final text after `token`, and whether a stop string ended the answer."""
         self.ids.append(token)
-        before = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
-        after = self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True)
+        # One sequence of ids decodes to one string (only a batch gives a list).
+        before = cast(str, self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True))
+        after = cast(str, self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True))
         if after.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
             return "", False
         self.full += after[len(before) :]

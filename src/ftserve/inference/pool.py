@@ -30,10 +30,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ftserve.engine import models as engine_models
-from ftserve.engine.data import Encoder
-from ftserve.engine.hardware import Hardware, detect
 from ftserve.engine.spec import ModelSource
+from ftserve.inference.engine_gateway import MANIFEST, Encoder, Hardware, detect, load_tokenizer, local_dir
 
 ArtifactKind = Literal["adapter", "full"]
 
@@ -64,7 +62,8 @@ class ModelPool:
         self.cache_bytes = cache_bytes
         self._lock = threading.Lock()
         self._hardware: Hardware | None = None
-        self._bases: dict[str, PreTrainedModel] = {}
+        # A base's PreTrainedModel, or the PeftModel that wraps it while it carries adapters.
+        self._bases: dict[str, Any] = {}
         self._tuned: OrderedDict[str, tuple[str, int]] = OrderedDict()  # name -> (base id or "", bytes)
         self._full: dict[str, PreTrainedModel] = {}
         self._texts: dict[Path, Text] = {}
@@ -82,7 +81,7 @@ class ModelPool:
         return torch.bfloat16 if self.hardware.device.type == "cuda" and self.hardware.bf16 else torch.float32
 
     def base_dir(self, source: ModelSource) -> Path:
-        return engine_models.local_dir(source, self.cache_dir)
+        return local_dir(source, self.cache_dir)
 
     def text(self, target: Target) -> Text:
         """The tokenizer and context length of a target, loaded once per directory."""
@@ -90,7 +89,7 @@ class ModelPool:
         assert directory is not None
         with self._text_lock:
             if directory not in self._texts:
-                tokenizer = engine_models.load_tokenizer(directory)
+                tokenizer = load_tokenizer(directory)
                 config = AutoConfig.from_pretrained(directory)
                 length = int(getattr(config, "max_position_embeddings", 0) or 2048)
                 self._texts[directory] = Text(tokenizer, Encoder(tokenizer, length), length)
@@ -107,11 +106,12 @@ class ModelPool:
                 yield model
             else:
                 model = self._base(target.base)
-                if hasattr(model, "disable_adapter"):
-                    with model.disable_adapter():
-                        yield model
-                else:
+                disabled = getattr(model, "disable_adapter", None)  # once an adapter wraps the base
+                if disabled is None:
                     yield model
+                else:
+                    with disabled():
+                        yield model
 
     def evict(self, name: str) -> None:
         """Forget a fine-tuned model (it was deleted)."""
@@ -131,13 +131,14 @@ class ModelPool:
             model = AutoModelForCausalLM.from_pretrained(
                 self.base_dir(source), dtype=self.dtype, attn_implementation=self.hardware.attention
             )
-            self._bases[source.id] = model.to(self.hardware.device).eval()
+            # transformers types its decorated .to() as if unbound
+            self._bases[source.id] = model.to(self.hardware.device).eval()  # type: ignore[arg-type]
         return self._bases[source.id]
 
     def _with_adapter(self, target: Target) -> PreTrainedModel:
         from peft import PeftModel
 
-        model = self._base(target.base)
+        model: Any = self._base(target.base)  # the base, or the PeftModel already wrapping it
         key = _adapter_key(target.name)
         if target.name not in self._tuned:
             if isinstance(model, PeftModel):
@@ -153,9 +154,10 @@ class ModelPool:
 
     def _full_model(self, target: Target) -> PreTrainedModel:
         if target.name not in self._full:
+            assert target.artifact is not None, "a fully fine-tuned target is its own directory"
             model = AutoModelForCausalLM.from_pretrained(
                 target.artifact, dtype=self.dtype, attn_implementation=self.hardware.attention
-            ).to(self.hardware.device).eval()
+            ).to(self.hardware.device).eval()  # type: ignore[arg-type]  # as in _base
             self._full[target.name] = model
             self._remember(target.name, "", sum(p.numel() * p.element_size() for p in model.parameters()))
         self._tuned.move_to_end(target.name)
@@ -192,7 +194,7 @@ def _adapter_key(name: str) -> str:
 
 def artifact_kind(directory: Path) -> ArtifactKind | None:
     """Whether a fine-tuned model directory holds a LoRA adapter or full weights (None: neither)."""
-    manifest = directory / engine_models.MANIFEST
+    manifest = directory / MANIFEST
     if (directory / "adapter_config.json").exists():
         return "adapter"
     if (directory / "config.json").exists() and manifest.exists():
@@ -201,5 +203,5 @@ def artifact_kind(directory: Path) -> ArtifactKind | None:
 
 
 def manifest(directory: Path) -> dict[str, Any]:
-    path = directory / engine_models.MANIFEST
+    path = directory / MANIFEST
     return json.loads(path.read_text()) if path.exists() else {}

@@ -15,13 +15,13 @@ import sys
 import threading
 from collections import deque
 from pathlib import Path
-from typing import IO, assert_never
+from typing import IO, Any, ClassVar, assert_never
 
-from ftserve.catalogue import BaseModel, source_of
+from ftserve.catalogue import BaseModel
 from ftserve.domain.errors import TrainingFailed
 from ftserve.domain.hyperparameters import resolve as resolve_auto
 from ftserve.engine import events
-from ftserve.engine.spec import JobSpec, LoraOptions
+from ftserve.engine.spec import JobSpec, LoraOptions, ModelSource
 from ftserve.providers.base import (
     Reporter,
     TrainingOutcome,
@@ -33,6 +33,7 @@ from ftserve.providers.contract import (
     Change,
     Estimate,
     JobRequest,
+    ProviderKind,
     ProviderUnsupported,
     Resolved,
     Staged,
@@ -46,6 +47,13 @@ POLL_SECONDS = 0.2
 # How long a child that was asked to cancel may take to stop before it is killed.
 CANCEL_GRACE_SECONDS = 30.0
 LOG_TAIL_LINES = 20
+
+
+def source_of(base: BaseModel) -> ModelSource:
+    """Where the engine finds a catalogue model's weights: the catalogue is data, the engine's spec is its own."""
+    return ModelSource(
+        id=base.id, path=base.path, hub=base.hub, revision=base.revision, package=base.package, gguf_file=base.gguf_file,
+    )
 
 
 class LocalTrainer:
@@ -105,7 +113,7 @@ class LocalProvider:
     of the contract only.
     """
 
-    kind = "local"
+    kind: ClassVar[ProviderKind] = "local"
     name = "local"
 
     def __init__(self, catalogue: dict[str, BaseModel]):

@@ -1,4 +1,4 @@
-"""Trainers and providers by name: `FTSERVE_TRAINER` picks the local trainer, `FTSERVE_PROVIDERS` configures hosted ones.
+"""Providers by name: `FTSERVE_PROVIDERS` configures the hosted ones.
 
 A job's model id picks where it runs (`route`): a catalogue model runs here, unless its entry names
 a provider; `NAME/model` runs on the provider configured as NAME, with `model` in that provider's
@@ -13,24 +13,15 @@ import re
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import ValidationError
 
-from ftserve.catalogue import BaseModel, load_catalogue
-from ftserve.config import Settings, TrainerName
+from ftserve.catalogue import BaseModel
+from ftserve.config import Settings
 from ftserve.domain.errors import InvalidRequest
-from ftserve.providers.base import Trainer
 from ftserve.providers.contract import HostedProvider, Provider, ProviderKind
-from ftserve.providers.local import LocalProvider, LocalTrainer
-from ftserve.testing import FakeTrainer
-
-TRAINERS: dict[TrainerName, Callable[[Settings], Trainer]] = {
-    "local": lambda settings: LocalTrainer(
-        load_catalogue(settings.catalogue_file), settings.resolved_models_dir, settings.device
-    ),
-    "fake": lambda settings: FakeTrainer(step_seconds=settings.fake_step_seconds),
-}
+from ftserve.providers.local import LocalProvider
 
 # Where each hosted kind's adapter lives: `module:Class`, imported when a provider of that kind is configured.
 HOSTED: dict[ProviderKind, str] = {
@@ -42,10 +33,6 @@ HOSTED: dict[ProviderKind, str] = {
 }
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-
-
-def trainer_for(settings: Settings) -> Trainer | None:
-    return TRAINERS[settings.trainer](settings) if settings.trainer else None
 
 
 class ProviderConfigError(Exception):
@@ -124,7 +111,7 @@ def kind_of(name: str, config: dict[str, Any]) -> ProviderKind:
         raise ProviderConfigError(
             f"provider '{name}': unknown kind '{kind}'; set kind to one of {', '.join(HOSTED)}"
         )
-    return kind  # type: ignore[return-value]  # checked against HOSTED's keys just above
+    return kind  # checked against HOSTED's keys just above
 
 
 def build(name: str, config: dict[str, Any]) -> HostedProvider:

@@ -157,9 +157,11 @@ class ToolCallDelta(Wire):
 
 
 class Delta(Wire):
-    role: Literal["assistant"] | SkipJsonSchema[None] = None
-    content: str | SkipJsonSchema[None] = None
-    tool_calls: list[ToolCallDelta] | SkipJsonSchema[None] = None
+    """What a chunk adds to its choice: only the keys that changed are sent."""
+
+    role: Omitted[Literal["assistant"]] = None
+    content: Omitted[str] = None
+    tool_calls: Omitted[list[ToolCallDelta]] = None
 
 
 class ChatChunkChoice(Wire):
@@ -170,6 +172,9 @@ class ChatChunkChoice(Wire):
 
 
 class ChatCompletionChunk(Wire):
+    """One server-sent event of a streamed chat completion; `usage` is sent (null until the last chunk)
+    only when `stream_options.include_usage` asks for it."""
+
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int

@@ -12,10 +12,9 @@ from pathlib import Path
 
 from ftserve.catalogue import BaseModel
 from ftserve.domain.errors import InvalidRequest
-from ftserve.engine import export
-from ftserve.engine.gguf_export import GgufType
-from ftserve.engine.models import source_gguf
 from ftserve.files.storage import BlobStore
+from ftserve.inference import engine_gateway as engine
+from ftserve.inference.engine_gateway import ExportFormat, GgufType
 from ftserve.inference.pool import ModelPool, Target
 
 Quantization = GgufType
@@ -33,11 +32,11 @@ class ExportService:
         self.blobs = blobs
         self.catalogue = catalogue
 
-    def export(self, project: str, model: str, format: export.ExportFormat, quantization: Quantization = "f16",
+    def export(self, project: str, model: str, format: ExportFormat, quantization: Quantization = "f16",
                include_embeddings: bool = False) -> Path:
         """The export's path: a directory (adapter, merged) or a file (gguf), made on first request."""
         target = self.resolve(project, model)
-        if format == "adapter" and target.kind != "adapter":
+        if format == "adapter" and (target.kind != "adapter" or target.artifact is None):
             raise InvalidRequest(
                 f"'{model}' has no LoRA adapter ({'it is a base model' if target.kind is None else 'it was fully fine-tuned'}); "
                 "export it as merged or gguf.", param="format",
@@ -45,17 +44,17 @@ class ExportService:
         root = self.blobs.path(export_key(model))
         base_dir = self.pool.base_dir(target.base)
         try:
-            if format == "adapter":
+            if format == "adapter" and target.artifact is not None:
                 out = root / ("adapter-with-embeddings" if include_embeddings else "adapter")
-                return out if out.exists() else export.export_adapter(target.artifact, out, include_embeddings=include_embeddings)  # type: ignore[arg-type]
+                return out if out.exists() else engine.export_adapter(target.artifact, out, include_embeddings=include_embeddings)
             if format == "merged":
                 out = root / "merged"
-                return out if out.exists() else export.export_merged(base_dir, target.artifact, out)
+                return out if out.exists() else engine.export_merged(base_dir, target.artifact, out)
             out = root / f"{_file_stem(model)}.{quantization}.gguf"
-            return out if out.exists() else export.export_gguf(
-                base_dir, target.artifact, out, quantization, source_gguf=source_gguf(target.base), name=model,
+            return out if out.exists() else engine.export_gguf(
+                base_dir, target.artifact, out, quantization, source_gguf=engine.source_gguf(target.base), name=model,
             )
-        except export.ExportError as error:
+        except engine.ExportError as error:
             raise InvalidRequest(f"Cannot export '{model}' as {format}: {error}", param="format") from error
 
     def forget(self, model: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins  # the service's own `list` method shadows the type inside its class
 import hashlib
 import re
 from dataclasses import replace
@@ -184,7 +185,7 @@ class FileService:
             rows.insert_part(conn, part_id, upload.id, created, size, key)
         return part_id, created
 
-    def complete(self, project: str, upload_id: str, part_ids: list[str], md5: str | None) -> Upload:
+    def complete(self, project: str, upload_id: str, part_ids: builtins.list[str], md5: str | None) -> Upload:
         upload = self._pending(project, upload_id)
         with self.engine.connect() as conn:
             parts = rows.parts_of(conn, upload.id)

@@ -13,18 +13,18 @@ import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from ftserve.catalogue import BaseModel, source_of
+from ftserve.catalogue import BaseModel
 from ftserve.domain.errors import FtserveError, InvalidRequest
-from ftserve.engine.data import DataError
-from ftserve.engine.evaluate import Scores, read_examples, score
 from ftserve.files.storage import BlobStore
+from ftserve.inference.engine_gateway import DataError, Scores, read_examples, score
 from ftserve.inference.generate import Sampling, end_tokens, generate
 from ftserve.inference.pool import ModelPool, Target, Text, artifact_kind, manifest
-from ftserve.schemas.inference import ChatCompletionRequest, CompletionRequest, Sampled
+from ftserve.providers.local import source_of
+from ftserve.schemas.inference import ChatCompletionRequest, CompletionRequest, FinishReason, Sampled
 from ftserve.services.files import FINE_TUNE, FileService
 
 
@@ -60,7 +60,7 @@ class Output:
     index: int
     text: str
     tokens: int
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
 
@@ -109,20 +109,22 @@ class InferenceService:
         target = self.resolve(project, body.model)
         text = self.pool.text(target)
         prompts: list[list[int]]
+        # all() has checked every item, which mypy cannot narrow through: hence the casts.
         if isinstance(body.prompt, str):
             prompts = [text.tokenizer(body.prompt, add_special_tokens=True)["input_ids"]]
         elif body.prompt and all(isinstance(p, str) for p in body.prompt):
-            prompts = [text.tokenizer(p, add_special_tokens=True)["input_ids"] for p in body.prompt]  # type: ignore[arg-type]
+            prompts = [text.tokenizer(p, add_special_tokens=True)["input_ids"] for p in cast("list[str]", body.prompt)]
         elif body.prompt and all(isinstance(p, int) for p in body.prompt):
-            prompts = [list(body.prompt)]  # type: ignore[arg-type]
+            prompts = [cast("list[int]", list(body.prompt))]
         else:
-            prompts = [list(p) for p in body.prompt]  # type: ignore[arg-type, union-attr]
+            prompts = [list(p) for p in cast("list[list[int]]", body.prompt)]
         if not prompts or not all(prompts):
             raise InvalidRequest("'prompt' must not be empty.", param="prompt")
         vocab = len(text.tokenizer)
         if any(t < 0 or t >= vocab for p in prompts for t in p):
             raise InvalidRequest(f"'prompt' holds a token id outside the model's vocabulary (0..{vocab - 1}).", param="prompt")
-        echo = [text.tokenizer.decode(p, skip_special_tokens=True) for p in prompts] if body.echo else []
+        # One sequence of ids decodes to one string (only a batch gives a list).
+        echo = [cast(str, text.tokenizer.decode(p, skip_special_tokens=True)) for p in prompts] if body.echo else []
         return self._prepared(body, target, text, prompts, body.max_tokens, tools=False, echo=echo)
 
     def _prepared(self, body: Sampled, target: Target, text: Text, prompts: list[list[int]], limit: int | None,

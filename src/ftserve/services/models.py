@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins  # the service's own `list` method shadows the type inside its class
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,7 @@ class ModelService:
                 conn, name, project_id=project_id, after=after, limit=limit, newest_first=order == "descending"
             )
 
-    def grant(self, project: str, name: str, project_ids: list[str]) -> list[Permission]:
+    def grant(self, project: str, name: str, project_ids: builtins.list[str]) -> builtins.list[Permission]:
         self._owned(project, name, "fine_tuned_model_checkpoint")
         granted = []
         with self.engine.begin() as conn:

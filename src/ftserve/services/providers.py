@@ -8,6 +8,7 @@ different settings is the failure this contract exists to prevent.
 
 from __future__ import annotations
 
+import builtins  # the service's own `list` method shadows the type inside its class
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +121,7 @@ class ProviderService:
         providers: list[Provider] = [self.providers.local, *self.providers.hosted.values()]
         return [ProviderInfo(p.name, p.kind, p.capabilities()) for p in providers]
 
-    def base_models(self, name: str) -> list[BaseModelInfo]:
+    def base_models(self, name: str) -> builtins.list[BaseModelInfo]:
         """The models a provider trains, as it lists them (`local`: the catalogue)."""
         provider: Provider = self.providers.local if name == "local" else self.providers.get(name, param="name")
         return provider.list_base_models()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from ftserve import testing
 from ftserve.catalogue import load_catalogue
-from ftserve.config import Settings
+from ftserve.config import Settings, TrainerName
 from ftserve.domain.webhooks import Retry
 from ftserve.files.storage import LocalBlobStore
 from ftserve.inference.pool import ModelPool
 from ftserve.metrics import Metrics
+from ftserve.providers.base import Trainer
+from ftserve.providers.local import LocalTrainer
 from ftserve.providers.registry import providers_for
 from ftserve.services.exports import ExportService
 from ftserve.services.files import FileService
@@ -22,6 +26,20 @@ from ftserve.services.models import ModelService
 from ftserve.services.providers import ProviderService
 from ftserve.services.webhooks import WebhookService
 from ftserve.store.database import create_engine, migrate
+
+# What trains a worker's local jobs, by FTSERVE_TRAINER. The fakes live in `testing` and are wired in
+# here, at the root, so that nothing below it depends on them.
+TRAINERS: dict[TrainerName, Callable[[Settings], Trainer]] = {
+    "local": lambda settings: LocalTrainer(
+        load_catalogue(settings.catalogue_file), settings.resolved_models_dir, settings.device
+    ),
+    "fake": lambda settings: testing.FakeTrainer(step_seconds=settings.fake_step_seconds),
+}
+
+
+def trainer_for(settings: Settings) -> Trainer | None:
+    """The worker's trainer for local jobs (None: this worker runs hosted jobs only)."""
+    return TRAINERS[settings.trainer](settings) if settings.trainer else None
 
 
 @dataclass(frozen=True)

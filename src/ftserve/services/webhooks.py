@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins  # the service's own `list` method shadows the type inside its class
 import logging
 import time
 from urllib.parse import urlsplit
@@ -53,7 +54,7 @@ class WebhookService:
             return rows.list_endpoints(conn, project, after=after, limit=limit)
 
     def update(self, project: str, endpoint_id: str, *, name: str | None, url: str | None,
-               event_types: list[str] | None) -> Endpoint:
+               event_types: builtins.list[str] | None) -> Endpoint:
         changes: dict[str, object] = {}
         if name is not None:
             changes["name"] = _text(name, "name")

@@ -83,11 +83,6 @@ def latest_checkpoint(conn: sa.Connection, job_id: str) -> Checkpoint | None:
     return _checkpoint(row) if row else None
 
 
-def checkpoints_of_projects(conn: sa.Connection, projects: list[str]) -> list[Checkpoint]:
-    rows = conn.execute(sa.select(checkpoints).where(checkpoints.c.project.in_(projects))).all()
-    return [_checkpoint(r) for r in rows]
-
-
 def metrics_of(conn: sa.Connection, job_id: str) -> list[dict[str, Any]]:
     """The data of every metrics event of a job, oldest first."""
     return list(

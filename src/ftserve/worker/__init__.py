@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from ftserve.providers.registry import trainer_for
-from ftserve.services.runtime import Runtime
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ftserve.services.runtime import Runtime, trainer_for
 from ftserve.worker.loop import Worker, WorkerConfig
 from ftserve.worker.reconcile import Backoff
 
@@ -25,3 +28,20 @@ def worker_for(runtime: Runtime) -> Worker:
         webhooks=runtime.webhooks,
         metrics=runtime.metrics,
     )
+
+
+@contextmanager
+def in_thread(runtime: Runtime) -> Iterator[Worker]:
+    """A worker in a thread beside the caller (the API server) for the block's length.
+
+    Leaving the block tells it to stop: a job in training saves its state and goes back to the queue.
+    """
+    worker = worker_for(runtime)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), name="ftserve-worker", daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        stop.set()
+        thread.join(timeout=runtime.settings.shutdown_grace_seconds)

@@ -16,11 +16,10 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 
-from ftserve.engine.export import ExportFormat
 from ftserve.schemas import fine_tuning as jobs_wire
 from ftserve.schemas import inference as wire
 from ftserve.schemas import providers as providers_wire
-from ftserve.services.exports import ExportService, Quantization
+from ftserve.services.exports import ExportFormat, ExportService, Quantization
 from ftserve.services.inference import InferenceService
 from ftserve.services.jobs import JobService
 from ftserve.services.models import ModelService

@@ -2,11 +2,12 @@
 bracketed fields (`expires_after[anchor]`) the SDK sends."""
 
 
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal, get_args
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -18,8 +19,8 @@ from ftserve.schemas.common import OptionalQuery
 from ftserve.services.files import FileService
 
 
-def _multipart(schema: type) -> dict[str, Any]:
-    body = schema.model_json_schema(ref_template="#/components/schemas/{model}")  # type: ignore[attr-defined]
+def _multipart(schema: type[BaseModel]) -> dict[str, Any]:
+    body = schema.model_json_schema(ref_template="#/components/schemas/{model}")
     body.pop("$defs", None)
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": body}}}}
 
@@ -69,7 +70,7 @@ def router(files: FileService, project: Callable[..., str]) -> APIRouter:
         form = await _form(request)
         upload = _upload_field(form, "file")
         purpose = form.get("purpose")
-        allowed = wire.UploadPurpose.__args__  # type: ignore[attr-defined]
+        allowed = get_args(wire.UploadPurpose)
         if purpose not in allowed:
             raise InvalidRequest(f"Invalid value for 'purpose': must be one of {', '.join(allowed)}.", param="purpose")
         expires = _expires_after(form)

@@ -2,6 +2,7 @@
 
 
 import re
+from collections.abc import Sequence
 from typing import Annotated, Callable, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -11,7 +12,7 @@ from ftserve.domain.errors import InvalidRequest
 from ftserve.schemas import fine_tuning as wire
 from ftserve.schemas.common import OptionalQuery
 from ftserve.services.jobs import CreateContext, JobService
-from ftserve.services.models import ModelService
+from ftserve.services.models import ModelService, Permission
 
 _METADATA_KEY = re.compile(r"metadata\[([^\[\]]+)\]")
 # The spec's `metadata` parameter is a deepObject (`metadata[k]=v`), which FastAPI cannot parse;
@@ -153,7 +154,7 @@ def router(jobs: JobService, models: ModelService, project: Callable[..., str]) 
     return api
 
 
-def _permissions(items: list, has_more: bool) -> wire.ListFineTuningCheckpointPermissionResponse:  # type: ignore[type-arg]
+def _permissions(items: Sequence[Permission], has_more: bool) -> wire.ListFineTuningCheckpointPermissionResponse:
     data = [
         wire.FineTuningCheckpointPermission(id=p.id, created_at=p.created_at, project_id=p.project_id) for p in items
     ]

@@ -3,24 +3,23 @@ the event loop through a queue, and a client that goes away stops its generation
 
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from ftserve.api import errors
 from ftserve.domain.errors import FtserveError
 from ftserve.domain.ids import new_id
 from ftserve.schemas import inference as wire
 from ftserve.services.inference import InferenceService, Output, Prepared
 
-_END = object()
 # With `stream: true` the answer is server-sent events (chunk objects, then `data: [DONE]`).
-_STREAMED = {200: {"content": {"text/event-stream": {}}}}
+_STREAMED: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
 
 
 def router(inference: InferenceService, project: Callable[..., str]) -> APIRouter:
@@ -74,7 +73,7 @@ def _tool_calls(output: Output) -> list[wire.ToolCall] | None:
 def _chat_completion(prepared: Prepared, outputs: list[Output]) -> wire.ChatCompletion:
     choices = [
         wire.ChatChoice(
-            index=i, finish_reason=last.finish_reason or "stop",  # type: ignore[arg-type]
+            index=i, finish_reason=last.finish_reason or "stop",
             message=wire.AssistantMessage(content=text if not last.tool_calls or text else None, tool_calls=_tool_calls(last)),
         )
         for i, (text, last) in _choices(outputs).items()
@@ -85,17 +84,25 @@ def _chat_completion(prepared: Prepared, outputs: list[Output]) -> wire.ChatComp
 
 def _completion(prepared: Prepared, outputs: list[Output]) -> wire.Completion:
     choices = [
-        wire.CompletionChoice(index=i, text=text, finish_reason=last.finish_reason or "stop")  # type: ignore[arg-type]
+        wire.CompletionChoice(index=i, text=text, finish_reason=_text_finish(last) or "stop")
         for i, (text, last) in _choices(outputs).items()
     ]
     return wire.Completion(id=new_id("cmpl-"), created=int(time.time()), model=prepared.model,
                            choices=choices, usage=_usage(prepared, outputs))
 
 
+def _text_finish(output: Output) -> Literal["stop", "length"] | None:
+    """A completion's finish reason: its requests carry no tools, so it never ends in tool calls."""
+    reason = output.finish_reason
+    if reason == "tool_calls":
+        raise AssertionError("a completion ended in tool calls")
+    return reason
+
+
 async def _relay(inference: InferenceService, prepared: Prepared) -> AsyncIterator[Output]:
     """Run the generation in its own thread and hand its outputs to the event loop as they come."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[object] = asyncio.Queue()
+    queue: asyncio.Queue[Output | Exception | None] = asyncio.Queue()  # None: the generation has ended
     gone = threading.Event()
 
     def produce() -> None:
@@ -105,53 +112,56 @@ async def _relay(inference: InferenceService, prepared: Prepared) -> AsyncIterat
         except Exception as error:  # delivered to the stream as an error event
             loop.call_soon_threadsafe(queue.put_nowait, error)
         finally:
-            loop.call_soon_threadsafe(queue.put_nowait, _END)
+            loop.call_soon_threadsafe(queue.put_nowait, None)
 
     threading.Thread(target=produce, name="ftserve-generate", daemon=True).start()
     try:
-        while (item := await queue.get()) is not _END:
+        while (item := await queue.get()) is not None:
             if isinstance(item, Exception):
                 raise item
-            yield item  # type: ignore[misc]
+            yield item
     finally:
         gone.set()
 
 
 async def _chat_chunks(outputs: AsyncIterator[Output], prepared: Prepared, usage: bool) -> AsyncIterator[str]:
-    head = {"id": new_id("chatcmpl-"), "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": prepared.model, "system_fingerprint": None}
+    head = wire.ChatCompletionChunk(id=new_id("chatcmpl-"), created=int(time.time()), model=prepared.model, choices=[])
+    unasked = None if usage else {"usage"}
     started: set[int] = set()
     seen: list[Output] = []
 
-    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> str:
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return json.dumps({**head, "choices": [choice], **({"usage": None} if usage else {})})
+    def chunk(index: int, delta: wire.Delta, finish_reason: wire.FinishReason | None = None) -> str:
+        choice = wire.ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason)
+        return head.model_copy(update={"choices": [choice]}).model_dump_json(exclude=unasked)
 
     async for output in outputs:
         seen.append(output)
         if output.index not in started:
             started.add(output.index)
-            yield chunk(output.index, {"role": "assistant", "content": ""})
+            yield chunk(output.index, wire.Delta(role="assistant", content=""))
         if output.text:
-            yield chunk(output.index, {"content": output.text})
+            yield chunk(output.index, wire.Delta(content=output.text))
         if output.tool_calls:
-            yield chunk(output.index, {"tool_calls": [{"index": k, **call} for k, call in enumerate(output.tool_calls)]})
+            calls = [wire.ToolCallDelta(index=k, id=call["id"], function=wire.FunctionCall(**call["function"]))
+                     for k, call in enumerate(output.tool_calls)]
+            yield chunk(output.index, wire.Delta(tool_calls=calls))
         if output.finish_reason:
-            yield chunk(output.index, {}, output.finish_reason)
+            yield chunk(output.index, wire.Delta(), output.finish_reason)
     if usage:
-        yield json.dumps({**head, "choices": [], "usage": _usage(prepared, seen).model_dump()})
+        yield head.model_copy(update={"usage": _usage(prepared, seen)}).model_dump_json()
 
 
 async def _completion_chunks(outputs: AsyncIterator[Output], prepared: Prepared, usage: bool) -> AsyncIterator[str]:
-    head = {"id": new_id("cmpl-"), "object": "text_completion", "created": int(time.time()), "model": prepared.model}
+    head = wire.Completion(id=new_id("cmpl-"), created=int(time.time()), model=prepared.model, choices=[])
+    unasked = None if usage else {"usage"}
     seen: list[Output] = []
     async for output in outputs:
         seen.append(output)
         if output.text or output.finish_reason:
-            choice = {"index": output.index, "text": output.text, "logprobs": None, "finish_reason": output.finish_reason}
-            yield json.dumps({**head, "choices": [choice], **({"usage": None} if usage else {})})
+            choice = wire.CompletionChoice(index=output.index, text=output.text, finish_reason=_text_finish(output))
+            yield head.model_copy(update={"choices": [choice]}).model_dump_json(exclude=unasked)
     if usage:
-        yield json.dumps({**head, "choices": [], "usage": _usage(prepared, seen).model_dump()})
+        yield head.model_copy(update={"usage": _usage(prepared, seen)}).model_dump_json()
 
 
 def _sse(chunks: AsyncIterator[str]) -> StreamingResponse:
@@ -160,14 +170,9 @@ def _sse(chunks: AsyncIterator[str]) -> StreamingResponse:
             async for data in chunks:
                 yield f"data: {data}\n\n"
         except FtserveError as error:
-            yield 'data: {"error": ' + _error_json(error.message, error.type, error.code) + "}\n\n"
+            yield f"data: {errors.of(error)}\n\n"
         except Exception:  # the stream has started: the error can only travel inside it
-            yield 'data: {"error": ' + _error_json("The server had an error while generating.", "server_error", None) + "}\n\n"
+            yield f"data: {errors.rendered('The server had an error while generating.', 'server_error')}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def _error_json(message: str, kind: str, code: str | None) -> str:
-    return json.dumps({"message": message, "type": kind, "param": None, "code": code})
-
