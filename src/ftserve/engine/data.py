@@ -149,9 +149,10 @@ class Encoder:
         if not messages:
             return ""
         kwargs = {"tools": tools} if tools and self._template_knows_tool_list else {}
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt, **kwargs
+        rendered = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt, **kwargs,  # type: ignore[arg-type]  # tools only
         )
+        return str(rendered)
 
     def _tokenize(self, text: str, spans: list[tuple[int, int]], special_tokens: bool = False) -> Sequence:
         encoded = self.tokenizer(

@@ -74,7 +74,7 @@ class PreferenceTask:
             was_training = model.training
             model.eval()
             # With LoRA the adapter-free model is the base; with full fine-tuning nothing has trained yet.
-            off = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+            off = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()  # type: ignore[operator]  # PEFT's, found by hasattr
             with torch.no_grad(), off:
                 self.reference = {
                     "train": self._logps(model, self.train), "validation": self._logps(model, self.validation),

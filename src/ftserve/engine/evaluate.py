@@ -104,14 +104,14 @@ def greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
         for row, i in enumerate(chunk):
             ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
             mask[row, width - len(prompts[i]) :] = 1
-        out = model.generate(
+        out = model.generate(  # type: ignore[operator]  # generate comes from GenerationMixin, which the stubs miss
             input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False, use_cache=True,
             max_new_tokens=max(max_new_tokens[i] for i in chunk), pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
         for row, i in enumerate(chunk):
             generated = out[row, width:].tolist()[: max_new_tokens[i]]
-            answers[i] = tokenizer.decode(generated, skip_special_tokens=True)
+            answers[i] = str(tokenizer.decode(generated, skip_special_tokens=True))
     return answers
 
 

@@ -99,7 +99,7 @@ def export_merged(base_dir: Path, model_dir: Path | None, out: Path, dtype: Merg
         target = getattr(torch, stored) if isinstance(stored, str) else stored
     else:
         target = getattr(torch, dtype)
-    model = model.to(target)
+    model = model.to(target)  # type: ignore[arg-type]  # transformers' decorated `to` hides its signature
     tokenizer = models.load_tokenizer(model_dir or base_dir)
 
     def write(staging: Path) -> None:

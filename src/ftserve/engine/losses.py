@@ -50,7 +50,7 @@ class TokenLogits:
 
 
 def trained_logits(model: PreTrainedModel, batch: Batch) -> TokenLogits:
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]  # PEFT's method, found by hasattr
     targets = batch.labels[:, 1:]
     keep = targets != IGNORE
     if _head_is_plain(causal_lm):

@@ -105,8 +105,8 @@ def _forget_quantization(model: PreTrainedModel) -> None:
     # transformers refuse to save and confuses PEFT; the weights are plain floats now.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types the attribute as a quantizer
+    model.is_quantized = False  # type: ignore[assignment]  # as above: a plain flag in practice
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
@@ -125,12 +125,13 @@ def load_for_training(path: Path, spec: JobSpec, hardware: Hardware) -> PreTrain
     autocast a cast per matmul per step; trainable weights always stay fp32.
     """
     frozen_dtype = hardware.dtype if spec.training_type == "lora" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=frozen_dtype, attn_implementation=hardware.attention)
+    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, dtype=frozen_dtype,
+                                                                  attn_implementation=hardware.attention)
     model.config.use_cache = False
     torch.manual_seed(spec.seed)  # LoRA's initial A matrices are random
     if spec.training_type == "lora":
         model = with_lora(model, spec.lora)
-    return model.to(hardware.device)
+    return model.to(hardware.device)  # type: ignore[arg-type]  # transformers' decorated `to` hides its signature
 
 
 def with_lora(model: PreTrainedModel, options: LoraOptions) -> PreTrainedModel:
@@ -138,14 +139,15 @@ def with_lora(model: PreTrainedModel, options: LoraOptions) -> PreTrainedModel:
 
     targets = options.target_modules if isinstance(options.target_modules, str) else list(options.target_modules)
     config = LoraConfig(
-        r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
+        r=options.rank, lora_alpha=options.alpha,  # type: ignore[arg-type]  # PEFT annotates an int; it scales by a float
+        lora_dropout=options.dropout,
         target_modules=targets, task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, config)
     for parameter in peft_model.parameters():
         if parameter.requires_grad:
             parameter.data = parameter.data.float()
-    return peft_model
+    return peft_model  # type: ignore[return-value]  # a PEFT model stands in for the model it wraps
 
 
 def trainable(model: PreTrainedModel) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Sized, TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
@@ -16,7 +16,7 @@ from ftserve.engine.hardware import Hardware, detect
 from ftserve.engine.sink import Sink
 from ftserve.engine.spec import JobSpec
 
-T = TypeVar("T")
+T = TypeVar("T", bound=Sized)
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ def encode_file(path: Path, encode: Callable[[dict], T], trained: Callable[[T], 
 
     A file where nothing at all is left to train fails here, before any weights load.
     """
-    items, skipped = [], []
+    items: list[T] = []
+    skipped: list[int] = []
     first_reason = ""
     for line, example in read_jsonl(path):
         try:

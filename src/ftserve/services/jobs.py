@@ -265,11 +265,11 @@ def _method(request: CreateFineTuningJobRequest) -> tuple[MethodType, dict[str, 
             param="hyperparameters",
         )
     if method.type == "dpo":
-        hp = method.dpo.hyperparameters if method.dpo and method.dpo.hyperparameters else DpoHyperparameters()
-        return "dpo", hp.model_dump(), {}
+        dpo = method.dpo.hyperparameters if method.dpo and method.dpo.hyperparameters else DpoHyperparameters()
+        return "dpo", dpo.model_dump(), {}
     if method.reinforcement is None:
         raise InvalidRequest("Reinforcement jobs need method.reinforcement with a grader.", param="method.reinforcement")
-    block = method.reinforcement
-    hp = block.hyperparameters or ReinforcementHyperparameters()
-    config = block.model_dump(mode="json", exclude={"hyperparameters"}, exclude_none=True)
-    return "reinforcement", hp.model_dump(), config
+    reinforcement = method.reinforcement
+    rft = reinforcement.hyperparameters or ReinforcementHyperparameters()
+    config = reinforcement.model_dump(mode="json", exclude={"hyperparameters"}, exclude_none=True)
+    return "reinforcement", rft.model_dump(), config
