@@ -19,11 +19,17 @@ from moto import mock_aws
 from ftserve.domain.errors import InvalidRequest
 from ftserve.providers.contract import (
     Change,
+    Deployable,
+    HasCheckpoints,
+    HasEvents,
     HostedProvider,
+    Listable,
+    Pausable,
     JobRequest,
     ProviderError,
     ProviderUnsupported,
     Staged,
+    lacking,
     map_status,
 )
 from ftserve.providers.runpod_api import STATUSES, RunpodConnection, RunpodProvider
@@ -183,12 +189,9 @@ def test_lifecycle_stages_submits_and_finishes_with_the_model_on_the_volume(runp
     assert done.model == "/runpod-volume/fine-tuning/ftjob-abc123"
     assert done.serving == "external" and done.raw["executionTime"] == 2731450
 
-    with pytest.raises(ProviderUnsupported):
-        runpod.events(REMOTE_ID)
-    with pytest.raises(ProviderUnsupported):
-        runpod.checkpoints(REMOTE_ID)
-    with pytest.raises(ProviderUnsupported):
-        runpod.list()
+    for protocol in (HasEvents, HasCheckpoints, Listable, Pausable, Deployable):
+        assert not isinstance(runpod, protocol)
+    assert "endpoint's logs" in lacking(runpod, "events").message
     capabilities = runpod.capabilities()
     assert not (capabilities.events or capabilities.checkpoints or capabilities.pause or capabilities.deploy)
     assert capabilities.serving == "external"
