@@ -17,20 +17,17 @@ it too, which covers two submits racing past the name lookup.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr
 
 from ftserve.domain.errors import InvalidRequest
+from ftserve.providers import errors
 from ftserve.providers.contract import (
     BaseModelInfo,
     Capabilities,
@@ -43,17 +40,16 @@ from ftserve.providers.contract import (
     ProviderError,
     ProviderKind,
     ProviderUnsupported,
-    RemoteCheckpoint,
     RemoteError,
-    RemoteEvent,
     RemoteJob,
     RemoteStatus,
     Resolved,
     Staged,
-    chosen,
+    capabilities_of,
     map_status,
-    tokens_of,
 )
+from ftserve.providers.plan import Mapped, Plan, dropped, epochs_of, options_of, text_estimate
+from ftserve.providers.staging import Bucket, digest, stage
 
 STATUSES: dict[str, RemoteStatus] = {
     "InProgress": "running",
@@ -63,9 +59,6 @@ STATUSES: dict[str, RemoteStatus] = {
     "Stopped": "cancelled",
 }
 """`ModelCustomizationJobStatus` of the botocore service model `bedrock` 2023-04-20."""
-
-# Error codes worth retrying whatever HTTP status carried them.
-RETRYABLE_CODES = frozenset({"ThrottlingException", "InternalServerException", "ServiceUnavailableException"})
 
 DataFormat = Literal["converse", "prompt_completion"]
 
@@ -112,15 +105,19 @@ FAMILIES: dict[str, Family] = {
         epochs=1, learning_rate=1e-5, batch_size=8),
 }
 
-# ftserve's own options Bedrock has no knob for, and why.
-UNSUPPORTED_OPTIONS = {
-    "training_type": "Bedrock chooses the training technique itself",
-    "lora_rank": "Bedrock exposes no LoRA settings",
-    "lora_alpha": "Bedrock exposes no LoRA settings",
-    "lora_dropout": "Bedrock exposes no LoRA settings",
-    "max_seq_length": "the context length is fixed by the base model id (the :128k in amazon.nova-micro-v1:0:128k)",
-    "eval_interval": "Bedrock evaluates on its own schedule",
-    "checkpoint_interval": "Bedrock keeps no intermediate checkpoints",
+_NO_LORA = "Bedrock exposes no LoRA settings"
+# The caller's fields Bedrock has no knob for, and why; warmup_ratio becomes steps where it can.
+UNSUPPORTED: dict[str, Mapped] = {
+    "ftserve.training_type": dropped("Bedrock chooses the training technique itself"),
+    "ftserve.lora_rank": dropped(_NO_LORA),
+    "ftserve.lora_alpha": dropped(_NO_LORA),
+    "ftserve.lora_dropout": dropped(_NO_LORA),
+    "ftserve.max_seq_length": dropped(
+        "the context length is fixed by the base model id (the :128k in amazon.nova-micro-v1:0:128k)"),
+    "ftserve.eval_interval": dropped("Bedrock evaluates on its own schedule"),
+    "ftserve.checkpoint_interval": dropped("Bedrock keeps no intermediate checkpoints"),
+    "seed": dropped("Bedrock customization jobs take no seed"),
+    "integrations": dropped("Bedrock has no Weights & Biases integration; its metrics land in the output S3 prefix"),
 }
 
 _ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -170,19 +167,26 @@ class BedrockProvider:
     kind: ClassVar[ProviderKind] = "bedrock"
     Connection: ClassVar[type[BedrockConnection]] = BedrockConnection
     Options: ClassVar[type[BedrockOptions]] = BedrockOptions
+    LACKS: ClassVar[dict[str, str]] = {
+        "events": "Bedrock has no job events; poll the job, whose trainingMetrics and validationMetrics are in its "
+                  "raw payload, or read EventBridge state changes.",
+        "checkpoints": "Bedrock has no checkpoints; a job yields one custom model when it completes.",
+        "pause": "Bedrock has no pause; a job can only be stopped (cancelled) for good.",
+    }
 
     def __init__(self, name: str, connection: BedrockConnection, *, client: Any = None, s3: Any = None):
         self.name = name
         self.connection = connection
         self._bedrock = client
         self._s3 = s3
+        self.bucket = Bucket(connection.s3_bucket, lambda operation, **params: self._call(self.s3, operation, **params))
 
     # -- what it can do ------------------------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
         # No training type to choose: Bedrock picks the technique, so neither lora nor full is offered.
-        return Capabilities(methods=("supervised",), training_types=(), data="s3", serving="needs_deployment",
-                            deploy=True)
+        return capabilities_of(self, methods=("supervised",), training_types=(), data="s3",
+                               serving="needs_deployment")
 
     def list_base_models(self) -> list[BaseModelInfo]:
         answer = self._call(self.bedrock, "list_foundation_models", byCustomizationType="FINE_TUNING")
@@ -191,75 +195,68 @@ class BedrockProvider:
 
     def resolve(self, request: JobRequest, staged: Staged | None = None) -> Resolved:
         family = _family(request)
-        options = _options(request)
-        converted: list[Change] = []
-        dropped: list[Change] = []
+        options = options_of(request, BedrockOptions, self.kind)
+        plan = Plan(request)
         training = staged.training if staged else "<training_file>"
-        native: dict[str, Any] = {
-            "jobName": _job_name(request.job_id),
-            "customModelName": _model_name(request.suffix, request.job_id),
-            "roleArn": self.connection.role_arn,
-            "clientRequestToken": _job_name(request.job_id),
-            "baseModelIdentifier": request.model,
-            "customizationType": options.customization_type,
-            "trainingDataConfig": {"s3Uri": training},
-            "outputDataConfig": {"s3Uri": f"{self._s3_root()}output/{request.job_id}/"},
-        }
+        plan.put("jobName", _job_name(request.job_id))
+        plan.put("customModelName", _model_name(request.suffix, request.job_id))
+        plan.put("roleArn", self.connection.role_arn)
+        plan.put("clientRequestToken", _job_name(request.job_id))
+        plan.put("baseModelIdentifier", request.model)
+        plan.put("customizationType", options.customization_type)
+        plan.put("outputDataConfig", {"s3Uri": f"{self._s3_root()}output/{request.job_id}/"})
         layout = _layout_reason(family, options.customization_type)
-        converted.append(Change("training_file", str(request.training_file), "trainingDataConfig.s3Uri",
-                                training, layout))
+        plan.put("trainingDataConfig", {"s3Uri": training})
+        plan.converted.append(Change("training_file", str(request.training_file), "trainingDataConfig.s3Uri",
+                                     training, layout))
         if request.validation_file is not None:
             validation = (staged.validation if staged else None) or "<validation_file>"
-            native["validationDataConfig"] = {"validators": [{"s3Uri": validation}]}
-            converted.append(Change("validation_file", str(request.validation_file),
-                                    "validationDataConfig.validators.0.s3Uri", validation, layout))
-        hyper = _hyperparameters(request, family, options, converted, dropped)
+            plan.put("validationDataConfig", {"validators": [{"s3Uri": validation}]})
+            plan.converted.append(Change("validation_file", str(request.validation_file),
+                                         "validationDataConfig.validators.0.s3Uri", validation, layout))
+        hyper = _hyperparameters(plan, family, options)
         if hyper:
-            native["hyperParameters"] = hyper
+            plan.put("hyperParameters", hyper)
         if request.suffix:
-            converted.append(Change("suffix", request.suffix, "customModelName", native["customModelName"],
-                                    "Bedrock names the custom model: the suffix leads the name, the job id keeps it unique"))
+            plan.converted.append(Change("suffix", request.suffix, "customModelName", plan.native["customModelName"],
+                                         "Bedrock names the custom model: the suffix leads the name, the job id "
+                                         "keeps it unique"))
         tags = _job_tags(request.metadata, options.job_tags)
         if tags:
-            native["jobTags"] = tags
+            plan.put("jobTags", tags)
         if request.metadata:
-            converted.append(Change("metadata", request.metadata, "jobTags", _tag_list(request.metadata),
-                                    "Bedrock keeps a job's metadata as tags"))
+            plan.converted.append(Change("metadata", request.metadata, "jobTags", _tag_list(request.metadata),
+                                         "Bedrock keeps a job's metadata as tags"))
         if options.custom_model_tags:
-            native["customModelTags"] = _tag_list(options.custom_model_tags)
+            plan.put("customModelTags", _tag_list(options.custom_model_tags))
         if options.custom_model_kms_key_id:
-            native["customModelKmsKeyId"] = options.custom_model_kms_key_id
+            plan.put("customModelKmsKeyId", options.custom_model_kms_key_id)
         if options.vpc_config:
-            native["vpcConfig"] = {"subnetIds": options.vpc_config.subnet_ids,
-                                   "securityGroupIds": options.vpc_config.security_group_ids}
-        if request.seed is not None:
-            dropped.append(Change("seed", request.seed, None, reason="Bedrock customization jobs take no seed"))
-        if request.integrations:
-            dropped.append(Change("integrations", request.integrations, None,
-                                  reason="Bedrock has no Weights & Biases integration; its metrics land in the output S3 prefix"))
-        return Resolved(provider=self.name, native=native, converted=converted, dropped=dropped)
+            plan.put("vpcConfig", {"subnetIds": options.vpc_config.subnet_ids,
+                                   "securityGroupIds": options.vpc_config.security_group_ids})
+        plan.map({key: UNSUPPORTED[key] for key in ("seed", "integrations")})
+        return plan.resolved(self.name)
 
     def estimate(self, request: JobRequest) -> Estimate:
         family = _family(request)
-        asked = chosen(request, "n_epochs")
-        epochs = int(asked) if asked is not None else family.epochs
-        whose = "as asked" if asked is not None else f"Bedrock's default for {family.label}"
-        return Estimate(
-            trained_tokens=tokens_of(request.training_file) * epochs, epochs=epochs, cost_usd=None,
-            basis=f"The training file's tokens at four characters per token times {epochs} epochs ({whose}); "
-                  "Bedrock has no estimate API and bills by its own token count, so no cost is given.",
-        )
+        return text_estimate(request, family.epochs, f"Bedrock's {family.label}",
+                             "Bedrock has no estimate API and bills by its own token count, so no cost is given.")
 
     # -- the hosted lifecycle ------------------------------------------------------------------
 
     def stage_data(self, request: JobRequest) -> Staged:
         family = _family(request)
-        options = _options(request)
+        options = options_of(request, BedrockOptions, self.kind)
         layout: Literal["converse", "prompt_completion", "text"] = (
             "text" if options.customization_type == "CONTINUED_PRE_TRAINING" else family.data)
-        training = self._upload(_convert(request.training_file, layout))
-        validation = self._upload(_convert(request.validation_file, layout)) if request.validation_file else None
-        return Staged(training=training, validation=validation)
+        prefix = self.connection.s3_prefix.strip("/")
+
+        def upload(path: Path, param: str) -> str:
+            body = _convert(path, layout)
+            key = (f"{prefix}/" if prefix else "") + digest(body) + ".jsonl"
+            self.bucket.put_once(key, body)
+            return f"s3://{self.bucket.name}/{key}"
+        return stage(request, upload)
 
     def submit(self, request: JobRequest, staged: Staged) -> RemoteJob:
         native = self.resolve(request, staged).native
@@ -282,19 +279,6 @@ class BedrockProvider:
     def cancel(self, remote_id: str) -> RemoteJob:
         self._call(self.bedrock, "stop_model_customization_job", jobIdentifier=remote_id)
         return self.get(remote_id)
-
-    def events(self, remote_id: str, after: str | None = None) -> list[RemoteEvent]:
-        raise ProviderUnsupported("Bedrock has no job events; poll the job, whose trainingMetrics and "
-                                  "validationMetrics are in its raw payload, or read EventBridge state changes.")
-
-    def checkpoints(self, remote_id: str) -> list[RemoteCheckpoint]:
-        raise ProviderUnsupported("Bedrock has no checkpoints; a job yields one custom model when it completes.")
-
-    def pause(self, remote_id: str) -> RemoteJob:
-        raise ProviderUnsupported("Bedrock has no pause; a job can only be stopped (cancelled) for good.")
-
-    def resume(self, remote_id: str) -> RemoteJob:
-        raise ProviderUnsupported("Bedrock has no resume; a stopped job cannot continue, submit a new one.")
 
     def deploy(self, model: str) -> Deployment:
         """On-demand serving of a custom model (`create_custom_model_deployment`), billed per token.
@@ -338,54 +322,12 @@ class BedrockProvider:
         prefix = self.connection.s3_prefix.strip("/")
         return f"s3://{self.connection.s3_bucket}/" + (f"{prefix}/" if prefix else "")
 
-    def _upload(self, body: bytes) -> str:
-        """Content-addressed, so a file staged before is not uploaded again."""
-        prefix = self.connection.s3_prefix.strip("/")
-        key = (f"{prefix}/" if prefix else "") + hashlib.sha256(body).hexdigest() + ".jsonl"
-        bucket = self.connection.s3_bucket
-        try:
-            self._call(self.s3, "head_object", Bucket=bucket, Key=key)
-        except ProviderError as error:
-            if error.status != 404:
-                raise
-            self._call(self.s3, "put_object", Bucket=bucket, Key=key, Body=body, ContentType="application/jsonl")
-        return f"s3://{bucket}/{key}"
-
     def _call(self, client: Any, operation: str, **params: Any) -> dict[str, Any]:
-        with _translated(operation):
+        with errors.translated(f"Bedrock {operation}", errors.aws):
             return getattr(client, operation)(**params)
 
 
-@contextmanager
-def _translated(operation: str) -> Iterator[None]:
-    """botocore's exceptions as `ProviderError`, with AWS's own message kept."""
-    # botocore comes with the providers extra: imported here so that ftserve without it still imports this module.
-    from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-
-    try:
-        yield
-    except ClientError as error:
-        info = error.response.get("Error", {})
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = info.get("Code", "")
-        retryable = code in RETRYABLE_CODES or status == 429 or (status or 0) >= 500
-        raise ProviderError(f"Bedrock {operation} failed: {code}: {info.get('Message', '')}".rstrip(": "),
-                            retryable=retryable, status=status) from error
-    except (BotoConnectionError, HTTPClientError) as error:
-        raise ProviderError(f"Bedrock {operation} could not reach AWS: {error}", retryable=True) from error
-    except BotoCoreError as error:
-        raise ProviderError(f"Bedrock {operation} failed: {error}") from error
-
-
 # -- resolve ----------------------------------------------------------------------------------
-
-
-def _options(request: JobRequest) -> BedrockOptions:
-    try:
-        return BedrockOptions.model_validate(request.provider_options)
-    except ValidationError as error:
-        raise InvalidRequest(f"provider_options.bedrock: {error}", param="provider_options") from error
 
 
 def _family_prefix(model_id: str) -> str | None:
@@ -420,43 +362,27 @@ def _layout_reason(family: Family, customization: str) -> str:
             "the turns before it are rendered into the prompt as User:/Assistant: blocks")
 
 
-Send = Callable[[str, Any, str, float, str], None]
-
-
-def _hyperparameters(request: JobRequest, family: Family, options: BedrockOptions,
-                     converted: list[Change], dropped: list[Change]) -> dict[str, str]:
+def _hyperparameters(plan: Plan, family: Family, options: BedrockOptions) -> dict[str, str]:
     """Bedrock's string map under the family's keys; each value sent is reported as converted."""
-    hyper: dict[str, str] = {}
-
-    def send(field: str, value: Any, key: str, native: float, reason: str) -> None:
-        hyper[key] = _text(native)
-        converted.append(Change(field, value, f"hyperParameters.{key}", hyper[key], reason))
-
-    epochs = chosen(request, "n_epochs")
-    if epochs is not None:
-        send("hyperparameters.n_epochs", epochs, "epochCount", int(epochs), "Bedrock takes hyperparameters as strings")
-    batch = chosen(request, "batch_size")
-    if batch is not None:
-        if "batchSize" in family.keys:
-            send("hyperparameters.batch_size", batch, "batchSize", int(batch), "Bedrock takes hyperparameters as strings")
-        else:
-            dropped.append(Change("hyperparameters.batch_size", batch, None,
-                                  reason=f"{family.label} takes no batch size; Bedrock sets it"))
-    multiplier = chosen(request, "learning_rate_multiplier")
-    if multiplier is not None:
-        if family.learning_rate is None:
-            send("hyperparameters.learning_rate_multiplier", multiplier, "learningRateMultiplier", float(multiplier),
-                 f"{family.label} takes the multiplier itself, as a string")
-        else:
-            send("hyperparameters.learning_rate_multiplier", multiplier, "learningRate",
-                 float(multiplier) * family.learning_rate,
-                 f"{family.label} takes an absolute learning rate: the multiplier times its documented "
-                 f"default {family.learning_rate:g}")
-    for key in sorted(set(request.options) - {"warmup_ratio"}):
-        dropped.append(Change(f"ftserve.{key}", request.options[key], None,
-                              reason=UNSUPPORTED_OPTIONS.get(key, "Bedrock has no such setting")))
-    if "warmup_ratio" in request.options:
-        _warmup(request, family, options, epochs, batch, send, dropped)
+    hyper = Plan(plan.request, "hyperParameters.", converted=plan.converted, dropped=plan.dropped)
+    as_text = "Bedrock takes hyperparameters as strings"
+    hyper.map({"hyperparameters.n_epochs": Mapped("epochCount", as_text, lambda epochs: _text(int(epochs)))})
+    batch = hyper.given("hyperparameters.batch_size")
+    if "batchSize" in family.keys:
+        hyper.map({"hyperparameters.batch_size": Mapped("batchSize", as_text, lambda size: _text(int(size)))})
+    else:
+        hyper.map({"hyperparameters.batch_size": dropped(f"{family.label} takes no batch size; Bedrock sets it")})
+    if family.learning_rate is None:
+        hyper.map({"hyperparameters.learning_rate_multiplier": Mapped(
+            "learningRateMultiplier", f"{family.label} takes the multiplier itself, as a string",
+            lambda multiplier: _text(float(multiplier)))})
+    else:
+        hyper.learning_rate("learningRate", family.learning_rate, family.label, "its documented default", _text)
+    plan.map({key: mapped for key, mapped in UNSUPPORTED.items() if key.startswith("ftserve.")})
+    for key in sorted(set(plan.request.options) - {"warmup_ratio"} - {k.removeprefix("ftserve.") for k in UNSUPPORTED}):
+        plan.drop(f"ftserve.{key}", plan.request.options[key], "Bedrock has no such setting")
+    if "warmup_ratio" in plan.request.options:
+        _warmup(hyper, family, options, batch)
     for option, key in _OPTION_KEYS.items():
         value = getattr(options, option)
         if value is None:
@@ -464,31 +390,23 @@ def _hyperparameters(request: JobRequest, family: Family, options: BedrockOption
         if key not in family.keys:
             raise InvalidRequest(f"provider_options.bedrock.{option}: {family.label} takes no {key}; its "
                                  f"hyperparameters are {', '.join(sorted(family.keys))}.", param="provider_options")
-        hyper[key] = _text(value)
-    return hyper
+        hyper.put(key, _text(value))
+    return hyper.native
 
 
-def _warmup(request: JobRequest, family: Family, options: BedrockOptions, epochs: Any, batch: Any,
-            send: Send, dropped: list[Change]) -> None:
-    ratio = request.options["warmup_ratio"]
+def _warmup(hyper: Plan, family: Family, options: BedrockOptions, batch: Any) -> None:
+    ratio = hyper.request.options["warmup_ratio"]
     if options.learning_rate_warmup_steps is not None:
         raise InvalidRequest("ftserve.warmup_ratio and provider_options.bedrock.learning_rate_warmup_steps both "
                              "set the warmup; set one of them.", param="provider_options")
     if "learningRateWarmupSteps" not in family.keys:
-        dropped.append(Change("ftserve.warmup_ratio", ratio, None, reason=f"{family.label} takes no warmup"))
+        hyper.drop("ftserve.warmup_ratio", ratio, f"{family.label} takes no warmup")
         return
     # The batch Bedrock will use: the one asked for only where the family takes one.
     batch_size = int(batch) if batch is not None and "batchSize" in family.keys else family.batch_size
-    if batch_size is None:
-        dropped.append(Change("ftserve.warmup_ratio", ratio, None,
-                              reason=f"{family.label}'s batch size is not published, so a ratio cannot become "
-                                     "steps; set provider_options.bedrock.learning_rate_warmup_steps instead"))
-        return
-    total_epochs = int(epochs) if epochs is not None else family.epochs
-    steps = math.ceil(request.training_examples / batch_size) * total_epochs
-    send("ftserve.warmup_ratio", ratio, "learningRateWarmupSteps", round(float(ratio) * steps),
-         f"Bedrock counts warmup in steps: the ratio of {steps} steps "
-         f"({request.training_examples} examples / batch {batch_size} x {total_epochs} epochs)")
+    hyper.warmup("learningRateWarmupSteps", batch_size, epochs_of(hyper.request, family.epochs), "Bedrock",
+                 f"{family.label}'s batch size is not published, so a ratio cannot become steps; "
+                 "set provider_options.bedrock.learning_rate_warmup_steps instead", convert=_text)
 
 
 def _text(value: float) -> str:

@@ -81,14 +81,15 @@ class Plan:
             else:
                 self.put(mapped.native, native)
 
-    def learning_rate(self, key: str, base: float, who: str, basis: str) -> float | None:
+    def learning_rate(self, key: str, base: float, who: str, basis: str,
+                      convert: Callable[[float], Any] = float) -> float | None:
         """OpenAI's multiplier as the absolute rate `who` takes: the multiplier times `base`, which `basis` names."""
         multiplier = self.given("hyperparameters.learning_rate_multiplier")
         if multiplier is None:
             return None
         rate = float(multiplier) * base
-        self.put(key, rate, source="hyperparameters.learning_rate_multiplier", given=multiplier,
-                 reason=f"{who} takes an absolute learning rate: the multiplier times {base:g}, {basis}")
+        self.put(key, convert(rate), source="hyperparameters.learning_rate_multiplier", given=multiplier,
+                 reason=f"{who} takes an absolute learning rate: the multiplier times {basis} {base:g}")
         return rate
 
     def warmup(self, key: str, batch: int | None, epochs: int, who: str, why_no_batch: str,

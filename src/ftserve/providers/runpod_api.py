@@ -212,8 +212,8 @@ class RunpodProvider:
         _batch(plan, options)
         training_type = request.options.get("training_type", "lora")
         base = BASE_LEARNING_RATE[training_type]
-        if plan.learning_rate("learning_rate", base, "Axolotl", f"the usual {training_type} rate this adapter "
-                              "treats as 1x (Axolotl has no default)") is None:
+        if plan.learning_rate("learning_rate", base, "Axolotl", f"the usual {training_type} rate, as Axolotl "
+                              "has no default:") is None:
             plan.put("learning_rate", base)  # Axolotl requires one
         _wandb(plan, has_key=self.connection.wandb_api_key is not None)
         _provider_options(plan, options)
