@@ -22,12 +22,16 @@ from fireworks.types.shared import DeployedModel
 
 from ftserve.domain.errors import InvalidRequest
 from ftserve.providers.contract import (
+    HasEvents,
     HostedProvider,
     JobRequest,
+    Pausable,
     ProviderError,
     ProviderUnsupported,
     RemoteStatus,
+    Resumable,
     Staged,
+    lacking,
 )
 from ftserve.providers.fireworks_api import STATUSES, FireworksProvider
 
@@ -286,10 +290,9 @@ def test_what_fireworks_lacks_is_refused(provider: FireworksProvider, tmp_path: 
         provider.resolve(job(tmp_path, options={"training_type": "full"}))
     with pytest.raises(ProviderUnsupported, match="supervised jobs"):
         provider.resolve(preference(tmp_path, provider_options={"is_turbo": True}))
-    with pytest.raises(ProviderUnsupported, match="no event list"):
-        provider.events(SFT)
-    with pytest.raises(ProviderUnsupported, match="no pause"):
-        provider.pause(SFT)
+    assert not isinstance(provider, HasEvents) and "no event list" in lacking(provider, "events").message
+    assert not isinstance(provider, Pausable) and "no pause" in lacking(provider, "pause").message
+    assert isinstance(provider, Resumable)  # a job Fireworks paused itself can be resumed
 
 
 def test_the_wandb_key_is_sent_but_never_shown(provider: FireworksProvider, api: Any, tmp_path: Path) -> None:

@@ -12,18 +12,19 @@ One module rather than several: every part of it translates the same two SDK res
 
 from __future__ import annotations
 
-import math
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from functools import cached_property
 from itertools import islice
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr
 
 from ftserve.domain.errors import InvalidRequest
+from ftserve.providers import errors
 from ftserve.providers.contract import (
     BaseModelInfo,
     Capabilities,
@@ -38,16 +39,16 @@ from ftserve.providers.contract import (
     ProviderUnsupported,
     RemoteCheckpoint,
     RemoteError,
-    RemoteEvent,
     RemoteJob,
     RemoteStatus,
     Resolved,
     Staged,
+    capabilities_of,
     chosen,
-    file_digest,
     map_status,
-    tokens_of,
 )
+from ftserve.providers.plan import Mapped, Plan, dropped, epochs_of, options_of, text_estimate
+from ftserve.providers.staging import digest, stage
 
 # The SDK declares no defaults; these are the ones Fireworks documents for its fine-tuning jobs.
 DEFAULT_LEARNING_RATE = 1e-4
@@ -88,6 +89,25 @@ TRAINING_OPTIONS = ("region", "jinja_template", "batch_size_samples", "gradient_
                     "optimizer_weight_decay")
 SUPERVISED_OPTIONS = ("is_turbo", "nodes", "early_stop", "eval_auto_carveout")
 
+# The caller's fields Fireworks takes under its own names, or not at all: before the batch, and after it.
+RENAMED: dict[str, Mapped] = {
+    "hyperparameters.n_epochs": Mapped("epochs", "Fireworks' name for it", int),
+    "ftserve.max_seq_length": Mapped("max_context_length", "Fireworks' name for it"),
+}
+_NO_LORA_KNOBS = "Fireworks sets LoRA alpha and dropout itself; its jobs take only the rank"
+LORA_AND_STEPS: dict[str, Mapped] = {
+    "ftserve.lora_rank": Mapped("lora_rank"),
+    "ftserve.lora_alpha": dropped(_NO_LORA_KNOBS),
+    "ftserve.lora_dropout": dropped(_NO_LORA_KNOBS),
+    "ftserve.eval_interval": dropped("Fireworks evaluates on its own schedule; its jobs take no evaluation interval"),
+    "ftserve.checkpoint_interval": Mapped("sampler_checkpoint_save_interval_steps",
+                                          "Fireworks' name for the steps between checkpoints that can become models"),
+}
+NOT_KEPT: dict[str, Mapped] = {
+    "seed": dropped("Fireworks' fine-tuning jobs have no seed"),
+    "metadata": dropped("Fireworks' fine-tuning jobs have no metadata"),
+}
+
 
 class FireworksConnection(Connection):
     api_key: SecretStr
@@ -118,6 +138,11 @@ class FireworksProvider:
     kind: ClassVar[ProviderKind] = "fireworks"
     Connection: ClassVar[type[FireworksConnection]] = FireworksConnection
     Options: ClassVar[type[FireworksOptions]] = FireworksOptions
+    LACKS: ClassVar[dict[str, str]] = {
+        "events": "Fireworks has no event list for fine-tuning jobs; poll the job for its state and progress instead.",
+        "pause": "Fireworks has no pause for fine-tuning jobs (only Fireworks itself pauses one); cancel it instead, "
+                 "or resume a job Fireworks paused.",
+    }
 
     def __init__(self, name: str, connection: FireworksConnection, *, client: Any = None):
         self.name = name
@@ -139,10 +164,8 @@ class FireworksProvider:
     # -- what it can do ---------------------------------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            methods=("supervised", "dpo"), training_types=("lora",), data="dataset", serving="needs_deployment",
-            events=False, checkpoints=True, pause=False, deploy=True, cost_estimate=False,
-        )
+        return capabilities_of(self, methods=("supervised", "dpo"), training_types=("lora",), data="dataset",
+                               serving="needs_deployment")
 
     def list_base_models(self) -> list[BaseModelInfo]:
         with self._calling():
@@ -162,19 +185,12 @@ class FireworksProvider:
             raise ProviderUnsupported(
                 "Fireworks' managed fine-tuning trains LoRA adapters only; use ftserve.training_type 'lora'."
             )
-        try:
-            options = self.Options.model_validate(request.provider_options)
-        except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise InvalidRequest(f"ftserve.provider_options.fireworks.{where}: {first['msg']}",
-                                 param=f"ftserve.provider_options.fireworks.{where}") from error
+        options = options_of(request, FireworksOptions, self.kind)
         dpo = request.method == "dpo"
-        nest = "training_config." if dpo else ""
-        converted: list[Change] = []
-        dropped: list[Change] = []
+        plan = Plan(request)
         job_id = resource_id(request.job_id)
-        training = self._training(request, options, job_id, nest, converted, dropped)
+        training = self._training(Plan(request, "training_config." if dpo else "", converted=plan.converted,
+                                       dropped=plan.dropped), options, job_id)
         # Fireworks keeps display names under 64 characters; the job id is the part worth keeping whole.
         display_name = request.job_id
         if request.suffix:
@@ -191,11 +207,10 @@ class FireworksProvider:
                         f"provider_options.fireworks.{key} applies to supervised jobs: Fireworks' DPO job has no such setting."
                     )
             if validation is not None:
-                dropped.append(Change("validation_file", str(request.validation_file), None,
-                                      reason="Fireworks' DPO job takes no evaluation dataset"))
+                plan.drop("validation_file", str(request.validation_file), "Fireworks' DPO job takes no evaluation dataset")
             native: dict[str, Any] = {
                 "dpo_job_id": job_id, "dataset": dataset, "display_name": display_name,
-                "training_config": training, "loss_config": self._loss(request, options, converted),
+                "training_config": training, "loss_config": self._loss(request, options, plan.converted),
             }
         else:
             if options.dpo_loss is not None:
@@ -211,114 +226,54 @@ class FireworksProvider:
                 native["evaluation_dataset"] = validation
             native.update({key: getattr(options, key) for key in SUPERVISED_OPTIONS if getattr(options, key) is not None})
 
-        wandb = self._wandb(request, converted, dropped)
+        wandb = self._wandb(request, plan.converted, plan.dropped)
         if wandb is not None:
             native["wandb_config"] = wandb
-        for name, value in (("seed", request.seed), ("metadata", request.metadata)):
-            if value is not None:
-                dropped.append(Change(name, value, None, reason=f"Fireworks' fine-tuning jobs have no {name}"))
-        return Resolved(self.name, native, converted, dropped)
+        plan.map(NOT_KEPT)
+        return plan.resolved(self.name, native)
 
-    def _training(self, request: JobRequest, options: FireworksOptions, job_id: str, nest: str,
-                  converted: list[Change], dropped: list[Change]) -> dict[str, Any]:
+    def _training(self, plan: Plan, options: FireworksOptions, job_id: str) -> dict[str, Any]:
         """The settings both job kinds share: top level in a supervised job, `training_config` in a DPO one."""
-        training: dict[str, Any] = {}
+        request = plan.request
         if options.warm_start_from is not None:
-            training["warm_start_from"] = options.warm_start_from
-            converted.append(Change(
-                "model", request.model, f"{nest}warm_start_from", options.warm_start_from,
+            plan.put("warm_start_from", options.warm_start_from, source="model", given=request.model, reason=(
                 "Fireworks takes a base model or a LoRA to continue, not both: the job continues "
-                "provider_options.fireworks.warm_start_from, on that LoRA's own base model",
-            ))
+                "provider_options.fireworks.warm_start_from, on that LoRA's own base model"))
         else:
             base = request.model if "/" in request.model else f"accounts/fireworks/models/{request.model}"
-            training["base_model"] = base
             if base != request.model:
-                converted.append(Change("model", request.model, f"{nest}base_model", base,
-                                        "a bare model name is one of Fireworks' public models"))
-
-        epochs = chosen(request, "n_epochs")
-        if epochs is not None:
-            training["epochs"] = int(epochs)
-            converted.append(Change("hyperparameters.n_epochs", epochs, f"{nest}epochs", int(epochs),
-                                    "Fireworks' name for it"))
-        multiplier = chosen(request, "learning_rate_multiplier")
-        if multiplier is not None:
-            training["learning_rate"] = float(multiplier) * DEFAULT_LEARNING_RATE
-            converted.append(Change(
-                "hyperparameters.learning_rate_multiplier", multiplier, f"{nest}learning_rate",
-                training["learning_rate"],
-                f"Fireworks takes an absolute learning rate: the multiplier times Fireworks' documented "
-                f"default, {DEFAULT_LEARNING_RATE:g}",
-            ))
-        context = request.options.get("max_seq_length")
-        if context is not None:
-            training["max_context_length"] = context
-            converted.append(Change("ftserve.max_seq_length", context, f"{nest}max_context_length", context,
-                                    "Fireworks' name for it"))
-        batch = chosen(request, "batch_size")
+                plan.put("base_model", base, source="model", given=request.model,
+                         reason="a bare model name is one of Fireworks' public models")
+            else:
+                plan.put("base_model", base)
+        plan.map(RENAMED)
+        plan.learning_rate("learning_rate", DEFAULT_LEARNING_RATE, "Fireworks", "Fireworks' documented default")
+        batch = plan.given("hyperparameters.batch_size")
         if batch is not None:
             if options.batch_size_samples is not None:
                 raise InvalidRequest(
                     "hyperparameters.batch_size and provider_options.fireworks.batch_size_samples both set the "
                     "batch size; set one of them.", param="hyperparameters.batch_size",
                 )
-            tokens = int(batch) * (context or DEFAULT_CONTEXT)
+            context = request.options.get("max_seq_length")
             source = "ftserve.max_seq_length" if context else "Fireworks' default context"
-            training["batch_size"] = tokens
-            converted.append(Change(
-                "hyperparameters.batch_size", batch, f"{nest}batch_size", tokens,
-                f"Fireworks counts a batch in tokens, packing examples into it: {batch} examples x "
-                f"{context or DEFAULT_CONTEXT} tokens of context ({source})",
-            ))
-        self._warmup(request, options, batch, epochs, nest, training, converted, dropped)
-
-        if "lora_rank" in request.options:
-            training["lora_rank"] = request.options["lora_rank"]
-        for key in ("lora_alpha", "lora_dropout"):
-            if key in request.options:
-                dropped.append(Change(f"ftserve.{key}", request.options[key], None,
-                                      reason="Fireworks sets LoRA alpha and dropout itself; its jobs take only the rank"))
-        if "eval_interval" in request.options:
-            dropped.append(Change("ftserve.eval_interval", request.options["eval_interval"], None,
-                                  reason="Fireworks evaluates on its own schedule; its jobs take no evaluation interval"))
-        if "checkpoint_interval" in request.options:
-            interval = request.options["checkpoint_interval"]
-            training["sampler_checkpoint_save_interval_steps"] = interval
-            converted.append(Change("ftserve.checkpoint_interval", interval,
-                                    f"{nest}sampler_checkpoint_save_interval_steps", interval,
-                                    "Fireworks' name for the steps between checkpoints that can become models"))
+            plan.put("batch_size", int(batch) * (context or DEFAULT_CONTEXT), source="hyperparameters.batch_size",
+                     given=batch, reason=f"Fireworks counts a batch in tokens, packing examples into it: {batch} "
+                                         f"examples x {context or DEFAULT_CONTEXT} tokens of context ({source})")
+        per_batch = batch or options.batch_size_samples
+        plan.warmup("learning_rate_warmup_steps", int(per_batch) if per_batch else None,
+                    epochs_of(request, DEFAULT_EPOCHS), "Fireworks",
+                    "Fireworks takes warmup in steps, and counting steps needs a batch size in examples: "
+                    "set hyperparameters.batch_size", note="; packing may change the count")
+        plan.map(LORA_AND_STEPS)
         if request.suffix:
             tail = f"-{job_id}"
             head = resource_id(request.suffix)[: RESOURCE_ID_LENGTH - len(tail)].strip("-")
-            output = f"accounts/{self.connection.account_id}/models/{head}{tail}"
-            training["output_model"] = output
-            converted.append(Change("suffix", request.suffix, f"{nest}output_model", output,
-                                    "Fireworks names the model by id: the suffix, lowercased, then the job id "
-                                    "so that the name is unique"))
-        training.update({key: getattr(options, key) for key in TRAINING_OPTIONS if getattr(options, key) is not None})
-        return training
-
-    @staticmethod
-    def _warmup(request: JobRequest, options: FireworksOptions, batch: Any, epochs: Any, nest: str,
-                training: dict[str, Any], converted: list[Change], dropped: list[Change]) -> None:
-        ratio = request.options.get("warmup_ratio")
-        if ratio is None:
-            return
-        per_batch = batch or options.batch_size_samples
-        if per_batch is None:
-            dropped.append(Change("ftserve.warmup_ratio", ratio, None, reason=(
-                "Fireworks takes warmup in steps, and counting steps needs a batch size in examples: "
-                "set hyperparameters.batch_size")))
-            return
-        total = math.ceil(request.training_examples / int(per_batch)) * int(epochs or DEFAULT_EPOCHS)
-        steps = round(ratio * total)
-        training["learning_rate_warmup_steps"] = steps
-        converted.append(Change(
-            "ftserve.warmup_ratio", ratio, f"{nest}learning_rate_warmup_steps", steps,
-            f"Fireworks takes warmup in steps: {ratio:g} x about {total} steps ({request.training_examples} "
-            f"examples / {per_batch} per batch x {epochs or DEFAULT_EPOCHS} epochs; packing may change the count)",
-        ))
+            plan.put("output_model", f"accounts/{self.connection.account_id}/models/{head}{tail}", source="suffix",
+                     given=request.suffix, reason="Fireworks names the model by id: the suffix, lowercased, then the "
+                                                  "job id so that the name is unique")
+        plan.native.update({key: getattr(options, key) for key in TRAINING_OPTIONS if getattr(options, key) is not None})
+        return plan.native
 
     @staticmethod
     def _loss(request: JobRequest, options: FireworksOptions, converted: list[Change]) -> dict[str, Any]:
@@ -358,26 +313,20 @@ class FireworksProvider:
         return config
 
     def estimate(self, request: JobRequest) -> Estimate:
-        epochs = int(chosen(request, "n_epochs") or DEFAULT_EPOCHS)
-        return Estimate(
-            tokens_of(request.training_file) * epochs, epochs, cost_usd=None,
-            basis=f"text of the training file at 4 characters per token, times {epochs} epochs (Fireworks' "
-                  f"default is {DEFAULT_EPOCHS}); Fireworks bills per training token but has no estimate API, "
-                  "and shows a job's estimated cost only once the job exists",
-        )
+        return text_estimate(request, DEFAULT_EPOCHS, "Fireworks", "Fireworks bills per training token but has no "
+                             "estimate API, and shows a job's estimated cost only once the job exists")
 
     # -- running a job ------------------------------------------------------------------------------------
 
     def stage_data(self, request: JobRequest) -> Staged:
-        training = self._dataset(request.training_file, request.training_examples)
-        validation = None
-        if request.validation_file is not None and request.method == "supervised":
-            validation = self._dataset(request.validation_file, request.validation_examples)
-        return Staged(training, validation)
+        def upload(path: Path, param: str) -> str:
+            examples = request.training_examples if param == "training_file" else request.validation_examples
+            return self._dataset(path, examples)
+        return stage(request, upload, validation=request.method == "supervised")
 
     def _dataset(self, path: Path, examples: int) -> str:
         """The dataset holding `path`, uploaded once: it is named after the file's hash, and a READY one is reused."""
-        dataset_id = f"ftserve-{file_digest(path)[:40]}"  # a letter first: Fireworks refuses ids that start with a digit
+        dataset_id = f"ftserve-{digest(path)[:40]}"  # a letter first: Fireworks refuses ids that start with a digit
         try:
             with self._calling():
                 existing = self._sdk.datasets.get(dataset_id)
@@ -440,11 +389,6 @@ class FireworksProvider:
             jobs.cancel(job_id, account_id=account, body={})  # answers an empty object: read the job back
             return self._remote(jobs.get(job_id, account_id=account))
 
-    def events(self, remote_id: str, after: str | None = None) -> list[RemoteEvent]:
-        raise ProviderUnsupported(
-            "Fireworks has no event list for fine-tuning jobs; poll the job for its state and progress instead."
-        )
-
     def checkpoints(self, remote_id: str) -> list[RemoteCheckpoint]:
         """The job's checkpoints that carry a step (`.../checkpoints/step-N`), oldest first.
 
@@ -471,12 +415,6 @@ class FireworksProvider:
                     created_at=int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()) if created else 0,
                 ))
         return sorted(found, key=lambda checkpoint: checkpoint.step)
-
-    def pause(self, remote_id: str) -> RemoteJob:
-        raise ProviderUnsupported(
-            "Fireworks has no pause for fine-tuning jobs (only Fireworks itself pauses one); cancel it instead, "
-            "or resume a job Fireworks paused."
-        )
 
     def resume(self, remote_id: str) -> RemoteJob:
         account, jobs, job_id = self._job(remote_id)
@@ -562,32 +500,10 @@ class FireworksProvider:
         """Turns the SDK's exceptions into `ProviderError`, keeping Fireworks' own message."""
         import fireworks
 
-        try:
+        with errors.translated("Fireworks", errors.sdk(fireworks)):
             yield
-        except fireworks.APIStatusError as error:
-            status = error.status_code
-            raise ProviderError(
-                f"Fireworks answered {status}: {provider_message(error.body, error.message)}",
-                retryable=status in (408, 429) or status >= 500, status=status,
-            ) from error
-        except fireworks.APIConnectionError as error:  # timeouts included
-            cause = f" ({error.__cause__})" if error.__cause__ else ""
-            raise ProviderError(f"Fireworks could not be reached: {error.message}{cause}", retryable=True) from error
-        except fireworks.FireworksError as error:
-            raise ProviderError(f"Fireworks: {error}") from error
 
 
 def resource_id(text: str) -> str:
     """`text` as a Fireworks resource id: lowercase letters, digits and '-', at most 63 characters."""
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:RESOURCE_ID_LENGTH].rstrip("-")
-
-
-def provider_message(body: object, fallback: str) -> str:
-    """Fireworks' own error message, from either of its error bodies: `{"error": {"message"}}` or `{"code", "message"}`."""
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-        if isinstance(inner, str):
-            return inner
-    return fallback
