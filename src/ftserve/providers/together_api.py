@@ -20,7 +20,6 @@ mapping could move to a `together_request.py` of its own if it grows further.
 from __future__ import annotations
 
 import hashlib
-import math
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from ftserve.domain.errors import InvalidRequest
+from ftserve.providers import errors
 from ftserve.providers.contract import (
     BaseModelInfo,
     Capabilities,
@@ -51,11 +51,13 @@ from ftserve.providers.contract import (
     Resolved,
     Serving,
     Staged,
+    capabilities_of,
     chosen,
-    file_digest,
     map_status,
     tokens_of,
 )
+from ftserve.providers.plan import Mapped, Plan, dropped, epochs_of, options_of, steps
+from ftserve.providers.staging import digest, once, stage
 
 # Every status the SDK declares: the `FinetuneResponse.status` Literal, plus `user_error` from the
 # hand-written `lib.types.fine_tuning.FinetuneJobStatus` enum.
@@ -91,6 +93,10 @@ LEVELS: dict[str, Literal["info", "warn", "error"]] = {
     "warning": "warn", "legacy_iwarning": "warn", "error": "error", "legacy_ierror": "error",
 }
 ERROR_EVENTS = ("job_error", "job_user_error")
+RENAMED: dict[str, Mapped] = {
+    "seed": Mapped("random_seed", "Together's name for the seed"),
+    "metadata": dropped("Together jobs carry no metadata"),
+}
 
 
 class TogetherConnection(Connection):
@@ -147,6 +153,10 @@ class TogetherProvider:
     kind: ClassVar[Literal["together"]] = "together"
     Connection = TogetherConnection
     Options = TogetherOptions
+    LACKS: ClassVar[dict[str, str]] = {
+        "pause": "Together has no pause; cancel the job and start a new one with ftserve.provider_options.together."
+                 "from_checkpoint = '<Together job id>:<step>' to continue from a checkpoint.",
+    }
 
     def __init__(self, name: str, connection: TogetherConnection, *, client: Any = None):
         self.name = name
@@ -167,13 +177,11 @@ class TogetherProvider:
         return self._client
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            methods=("supervised", "dpo"), training_types=("lora", "full"), data="file_api", serving="ready",
-            events=True, checkpoints=True, pause=False, deploy=True, cost_estimate=True,
-        )
+        return capabilities_of(self, methods=("supervised", "dpo"), training_types=("lora", "full"),
+                               data="file_api", serving="ready", cost_estimate=True)
 
     def list_base_models(self) -> list[BaseModelInfo]:
-        with _errors(self.name):
+        with self._calling():
             models = list(self.client.models.list_supported(product="PRODUCT_FINE_TUNING"))
         return [
             BaseModelInfo(m.name, ("supervised", "dpo"),
@@ -188,11 +196,11 @@ class TogetherProvider:
             raise ProviderUnsupported(
                 f"Together's fine-tuning API trains with SFT and DPO only, not {request.method}.", param="method",
             )
-        options = self.Options.model_validate(request.provider_options)
+        options = options_of(request, TogetherOptions, self.kind)
         _refuse_conflicts(request, options)
-        converted: list[Change] = []
-        dropped: list[Change] = []
-        native: dict[str, Any] = {"training_file": staged.training if staged else "<training_file>"}
+        plan = Plan(request)
+        native, converted, dropped = plan.native, plan.converted, plan.dropped
+        native["training_file"] = staged.training if staged else "<training_file>"
         if request.validation_file is not None:
             native["validation_file"] = staged.validation if staged and staged.validation else "<validation_file>"
         if options.from_checkpoint is not None:
@@ -201,16 +209,10 @@ class TogetherProvider:
                                     "Together continues the checkpoint's own base model and refuses both"))
         else:
             native["model"] = request.model
-        epochs = chosen(request, "n_epochs")
-        native["n_epochs"] = int(epochs) if epochs is not None else SDK_DEFAULTS["n_epochs"]
+        native["n_epochs"] = epochs_of(request, SDK_DEFAULTS["n_epochs"])
         native["learning_rate"] = SDK_DEFAULTS["learning_rate"]
-        multiplier = chosen(request, "learning_rate_multiplier")
-        if multiplier is not None:
-            native["learning_rate"] = float(multiplier) * SDK_DEFAULTS["learning_rate"]
-            converted.append(Change(
-                "hyperparameters.learning_rate_multiplier", multiplier, "learning_rate", native["learning_rate"],
-                f"Together takes an absolute learning rate: the multiplier times {SDK_DEFAULTS['learning_rate']:g}, "
-                "the together SDK's default learning rate for fine-tuning jobs"))
+        plan.learning_rate("learning_rate", SDK_DEFAULTS["learning_rate"], "Together",
+                           "the together SDK's default learning rate for fine-tuning jobs,")
         batch_size = chosen(request, "batch_size")
         native["batch_size"] = int(batch_size) if batch_size is not None else SDK_DEFAULTS["batch_size"]
         native.update(_scheduler(options))
@@ -242,13 +244,9 @@ class TogetherProvider:
                 "suffix", request.suffix, "suffix", native["suffix"],
                 f"Together allows {SUFFIX_LIMIT} characters; ftserve keeps the first "
                 f"{SUFFIX_LIMIT - TAG_LENGTH - 1} and appends a tag of the job id, so a retried submit finds this job"))
-        if request.seed is not None:
-            native["random_seed"] = request.seed
-            converted.append(Change("seed", request.seed, "random_seed", request.seed, "Together's name for the seed"))
-        if request.metadata:
-            dropped.append(Change("metadata", request.metadata, None, reason="Together jobs carry no metadata"))
+        plan.map(RENAMED)
         self._wandb(request, native, converted, dropped)
-        return Resolved(self.name, native, converted, dropped)
+        return plan.resolved(self.name)
 
     def _per_run(self, request: JobRequest, option: str, key: str, native: dict[str, Any],
                  converted: list[Change], dropped: list[Change]) -> None:
@@ -263,10 +261,10 @@ class TogetherProvider:
                 f"Together counts {key} per run, and with batch_size 'max' (chosen by Together) the steps per run "
                 "are not known; set hyperparameters.batch_size, or provider_options.together." + key)))
             return
-        steps = math.ceil(max(1, request.training_examples) / native["batch_size"]) * native["n_epochs"]
-        native[key] = max(1, steps // interval)
+        total = steps(request.training_examples, native["batch_size"], native["n_epochs"])
+        native[key] = max(1, total // interval)
         converted.append(Change(field, interval, key, native[key], (
-            f"Together counts {key} per run: {steps} steps (ceil(examples / batch_size) x n_epochs) "
+            f"Together counts {key} per run: {total} steps (ceil(examples / batch_size) x n_epochs) "
             f"divided by the interval")))
 
     def _training_type(self, request: JobRequest, options: TogetherOptions,
@@ -286,7 +284,7 @@ class TogetherProvider:
         rank = request.options.get("lora_rank")
         if rank is None:
             # The same default the SDK's create fills in: the model's own default rank.
-            with _errors(self.name):
+            with self._calling():
                 rank = self.client.fine_tuning.model_limits(model_name=request.model).lora_training.default_rank
         alpha = request.options.get("lora_alpha", 2 * rank)
         lora = {
@@ -345,20 +343,20 @@ class TogetherProvider:
 
     def estimate(self, request: JobRequest) -> Estimate:
         asked = chosen(request, "n_epochs")
-        epochs = int(asked) if asked is not None else SDK_DEFAULTS["n_epochs"]
+        epochs = epochs_of(request, SDK_DEFAULTS["n_epochs"])
         local = tokens_of(request.training_file) * epochs
         basis = "text at 4 characters per token, times the epochs" + (
             "" if asked is not None else f" (Together's default: {epochs})")
         try:
-            training = self._uploaded(request.training_file)
-            validation = self._uploaded(request.validation_file) if request.validation_file else None
+            training = self._uploaded(_filename(request.training_file))
+            validation = self._uploaded(_filename(request.validation_file)) if request.validation_file else None
             if training is None or (request.validation_file is not None and validation is None):
                 return Estimate(local, epochs, None, f"{basis}; Together prices only uploaded files, and this "
                                 "job's are not uploaded yet (they are when the job starts)")
             native = self.resolve(request, Staged(training, validation)).native
             kwargs = {key: native[key] for key in ("model", "from_checkpoint", "validation_file", "training_type")
                       if key in native}
-            with _errors(self.name):
+            with self._calling():
                 answer = self.client.fine_tuning.estimate_price(
                     training_file=training, n_epochs=native["n_epochs"], n_evals=native["n_evals"],
                     training_method=native["training_method"], **kwargs,
@@ -376,24 +374,19 @@ class TogetherProvider:
     # The lifecycle.
 
     def stage_data(self, request: JobRequest) -> Staged:
-        training = self._upload(request.training_file)
-        validation = self._upload(request.validation_file) if request.validation_file else None
-        return Staged(training, validation)
+        def upload(path: Path, param: str) -> str:
+            def send(name: str) -> str:
+                with tempfile.TemporaryDirectory() as folder, self._calling():
+                    # The SDK names the upload after the file on disk: a link gives it the content's name.
+                    named = Path(folder) / name
+                    named.symlink_to(path.resolve())
+                    return self.client.files.upload(named, purpose="fine-tune", check=True).id
+            return once(_filename(path), self._uploaded, send)
+        return stage(request, upload)
 
-    def _upload(self, path: Path) -> str:
-        found = self._uploaded(path)
-        if found is not None:
-            return found
-        with tempfile.TemporaryDirectory() as folder, _errors(self.name):
-            # The SDK names the upload after the file on disk: a link gives it the content's name.
-            named = Path(folder) / _filename(path)
-            named.symlink_to(path.resolve())
-            return self.client.files.upload(named, purpose="fine-tune", check=True).id
-
-    def _uploaded(self, path: Path) -> str | None:
+    def _uploaded(self, filename: str) -> str | None:
         """A usable earlier upload of the same content (named after its sha256), so a retry uploads nothing."""
-        filename = _filename(path)
-        with _errors(self.name):
+        with self._calling():
             files = self.client.files.list().data
         for existing in files:
             if (existing.filename == filename and existing.purpose == "fine-tune"
@@ -404,7 +397,7 @@ class TogetherProvider:
     def submit(self, request: JobRequest, staged: Staged) -> RemoteJob:
         native = self.resolve(request, staged).native
         tag = _tag(request.job_id)
-        with _errors(self.name):
+        with self._calling():
             for job in self.client.fine_tuning.list().data:
                 if tag in (job.suffix or "").lower() or tag in (job.x_model_output_name or "").lower():
                     return self._job(job)
@@ -423,30 +416,18 @@ class TogetherProvider:
         return {**native, **secrets}
 
     def get(self, remote_id: str) -> RemoteJob:
-        with _errors(self.name):
+        with self._calling():
             return self._job(self.client.fine_tuning.retrieve(remote_id))
 
     def list(self, limit: int = 20) -> list[RemoteJob]:
-        with _errors(self.name):
+        with self._calling():
             jobs = self.client.fine_tuning.list().data
         jobs.sort(key=lambda job: job.created_at, reverse=True)
         return [self._job(job) for job in jobs[:limit]]
 
     def cancel(self, remote_id: str) -> RemoteJob:
-        with _errors(self.name):
+        with self._calling():
             return self._job(self.client.fine_tuning.cancel(remote_id))
-
-    def pause(self, remote_id: str) -> RemoteJob:
-        raise ProviderUnsupported(
-            "Together has no pause; cancel the job and start a new one with "
-            "ftserve.provider_options.together.from_checkpoint = '<Together job id>:<step>' to continue from a checkpoint."
-        )
-
-    def resume(self, remote_id: str) -> RemoteJob:
-        raise ProviderUnsupported(
-            "Together has no pause or resume; a new job with ftserve.provider_options.together.from_checkpoint "
-            "continues from a saved checkpoint."
-        )
 
     def events(self, remote_id: str, after: str | None = None) -> list[RemoteEvent]:
         # Together's events carry no id and come as one list, oldest first, that only grows: an
@@ -454,12 +435,12 @@ class TogetherProvider:
         if after is not None and not after.isdigit():
             raise ProviderError(f"{self.name}: '{after}' is not a Together event position")
         start = int(after) + 1 if after is not None else 0
-        with _errors(self.name):
+        with self._calling():
             found = self.client.fine_tuning.list_events(remote_id).data
         return [_event(str(index), event) for index, event in enumerate(found) if index >= start]
 
     def checkpoints(self, remote_id: str) -> list[RemoteCheckpoint]:
-        with _errors(self.name):
+        with self._calling():
             found = self.client.fine_tuning.list_checkpoints(remote_id).data
         by_step: dict[int, RemoteCheckpoint] = {}
         for saved in found:
@@ -475,7 +456,7 @@ class TogetherProvider:
                 f"{self.name}: deploying needs the provider's project_id setting (the Together project of the model)."
             )
         config = {"config": self.connection.deploy_config} if self.connection.deploy_config else {}
-        with _errors(self.name):
+        with self._calling():
             resource = model if model.startswith("projects/") else self._registry_model(model, project)
             endpoint = self.client.endpoints.create(
                 project_id=project, name=_endpoint_name(model), visibility="VISIBILITY_PRIVATE",
@@ -504,6 +485,14 @@ class TogetherProvider:
                     return f"projects/{project}/models/{made.api_model_object_id}"
                 raise ProviderError(f"{self.name}: job {job.id} has no registered model yet ({made.status})")
         raise ProviderError(f"{self.name}: no Together fine-tuning job made '{model}'", status=404)
+
+    @contextmanager
+    def _calling(self) -> Iterator[None]:
+        """The SDK's exceptions as `ProviderError`, keeping Together's own message."""
+        import together
+
+        with errors.translated(self.name, errors.sdk(together)):
+            yield
 
     def _job(self, job: Any) -> RemoteJob:
         raw = job.to_dict(mode="json")
@@ -571,7 +560,7 @@ def _suffix(suffix: str | None, job_id: str) -> str:
 
 
 def _filename(path: Path) -> str:
-    return f"ftserve-{file_digest(path)}.jsonl"
+    return f"ftserve-{digest(path)}.jsonl"
 
 
 def _endpoint_name(model: str) -> str:
@@ -603,26 +592,3 @@ def _error(status: str, events: list[dict[str, Any]]) -> RemoteError | None:
     reasons = [e.get("message") for e in events if e.get("type") in ERROR_EVENTS or e.get("level") == "error"]
     message = next((m for m in reversed(reasons) if m), None)
     return RemoteError(status, message or f"Together reported '{status}' without a reason; see the job's events")
-
-
-@contextmanager
-def _errors(name: str) -> Iterator[None]:
-    """The SDK's exceptions as `ProviderError`, keeping Together's own message."""
-    import together
-
-    try:
-        yield
-    except together.APIConnectionError as error:  # timeouts included
-        raise ProviderError(f"{name} could not be reached: {error}", retryable=True) from error
-    except together.APIStatusError as error:
-        body = error.body if isinstance(error.body, dict) else {}
-        detail = body.get("error") if isinstance(body.get("error"), dict) else body
-        message = detail.get("message") or str(error)
-        code = detail.get("code")
-        raise ProviderError(
-            f"{name} answered {error.status_code}: {message}",
-            retryable=error.status_code == 429 or error.status_code >= 500, status=error.status_code,
-            code=code if isinstance(code, str) else None,
-        ) from error
-    except together.TogetherError as error:  # the SDK's own checks, e.g. a file its format check refuses
-        raise ProviderError(f"{name}: {error}") from error
