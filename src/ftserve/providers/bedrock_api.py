@@ -308,7 +308,7 @@ class BedrockProvider:
         return self._s3
 
     def _session(self) -> Any:
-        import boto3  # the providers extra: only servers that configure Bedrock install it
+        import boto3  # type: ignore[import-untyped]  # boto3 ships no type hints; the providers extra installs it
 
         c = self.connection
         return boto3.session.Session(

@@ -12,6 +12,7 @@ One module rather than several: every part of it translates the same two SDK res
 
 from __future__ import annotations
 
+import builtins  # inside the class, the adapter's own `list` method hides the builtin
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -389,7 +390,7 @@ class FireworksProvider:
             jobs.cancel(job_id, account_id=account, body={})  # answers an empty object: read the job back
             return self._remote(jobs.get(job_id, account_id=account))
 
-    def checkpoints(self, remote_id: str) -> list[RemoteCheckpoint]:
+    def checkpoints(self, remote_id: str) -> builtins.list[RemoteCheckpoint]:
         """The job's checkpoints that carry a step (`.../checkpoints/step-N`), oldest first.
 
         The listing is the one `fireworks.training.sdk.FireworksClient.list_training_job_checkpoints` calls;

@@ -8,6 +8,7 @@ ftserve's own options in the `ftserve` extension field; Azure takes its training
 
 from __future__ import annotations
 
+import builtins  # inside the class, the adapter's own `list` method hides the builtin
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -207,7 +208,7 @@ class OpenAICompatibleProvider:
         with self._calling():
             return self._job(self.client.fine_tuning.jobs.resume(remote_id))
 
-    def events(self, remote_id: str, after: str | None = None) -> list[RemoteEvent]:
+    def events(self, remote_id: str, after: str | None = None) -> builtins.list[RemoteEvent]:
         # The API pages newest first; walk back until the last event already seen.
         newer: list[RemoteEvent] = []
         cursor: str | None = None
@@ -229,7 +230,7 @@ class OpenAICompatibleProvider:
                 cursor = page.data[-1].id
         return newer[::-1]
 
-    def checkpoints(self, remote_id: str) -> list[RemoteCheckpoint]:
+    def checkpoints(self, remote_id: str) -> builtins.list[RemoteCheckpoint]:
         with self._calling():
             found = list(self.client.fine_tuning.jobs.checkpoints.list(remote_id, limit=100))
         return sorted(

@@ -19,6 +19,7 @@ mapping could move to a `together_request.py` of its own if it grows further.
 
 from __future__ import annotations
 
+import builtins  # inside the class, the adapter's own `list` method hides the builtin
 import hashlib
 import tempfile
 import time
@@ -93,6 +94,7 @@ LEVELS: dict[str, Literal["info", "warn", "error"]] = {
     "warning": "warn", "legacy_iwarning": "warn", "error": "error", "legacy_ierror": "error",
 }
 ERROR_EVENTS = ("job_error", "job_user_error")
+SERVING: dict[str, Serving] = {"Lora": "ready", "Full": "needs_deployment"}
 RENAMED: dict[str, Mapped] = {
     "seed": Mapped("random_seed", "Together's name for the seed"),
     "metadata": dropped("Together jobs carry no metadata"),
@@ -429,7 +431,7 @@ class TogetherProvider:
         with self._calling():
             return self._job(self.client.fine_tuning.cancel(remote_id))
 
-    def events(self, remote_id: str, after: str | None = None) -> list[RemoteEvent]:
+    def events(self, remote_id: str, after: str | None = None) -> builtins.list[RemoteEvent]:
         # Together's events carry no id and come as one list, oldest first, that only grows: an
         # event's id is its position in it.
         if after is not None and not after.isdigit():
@@ -439,7 +441,7 @@ class TogetherProvider:
             found = self.client.fine_tuning.list_events(remote_id).data
         return [_event(str(index), event) for index, event in enumerate(found) if index >= start]
 
-    def checkpoints(self, remote_id: str) -> list[RemoteCheckpoint]:
+    def checkpoints(self, remote_id: str) -> builtins.list[RemoteCheckpoint]:
         with self._calling():
             found = self.client.fine_tuning.list_checkpoints(remote_id).data
         by_step: dict[int, RemoteCheckpoint] = {}
@@ -500,7 +502,7 @@ class TogetherProvider:
         # Together serves a LoRA adapter at once on its serverless-LoRA models; full weights (and
         # adapters of other models) need a dedicated endpoint, which `deploy` makes.
         training = (raw.get("training_type") or {}).get("type")
-        serving: Serving | None = {"Lora": "ready", "Full": "needs_deployment"}.get(training or "")
+        serving = SERVING.get(training or "")
         progress = raw.get("progress") or {}
         finish = None
         if status == "running" and progress.get("estimate_available"):
