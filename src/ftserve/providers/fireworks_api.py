@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import builtins  # inside the class, the adapter's own `list` method hides the builtin
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
-from functools import cached_property
 from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -25,7 +22,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, SecretStr
 
 from ftserve.domain.errors import InvalidRequest
-from ftserve.providers import errors
+from ftserve.providers.clients import Sdk
 from ftserve.providers.contract import (
     BaseModelInfo,
     Capabilities,
@@ -148,19 +145,10 @@ class FireworksProvider:
     def __init__(self, name: str, connection: FireworksConnection, *, client: Any = None):
         self.name = name
         self.connection = connection
-        self._injected = client
-
-    @cached_property
-    def _sdk(self) -> Any:
-        if self._injected is not None:
-            return self._injected
-        # The SDK takes most of a second to import: only when a job needs it.
-        from fireworks import Fireworks
-
-        return Fireworks(
-            api_key=self.connection.api_key.get_secret_value(), account_id=self.connection.account_id,
-            base_url=self.connection.base_url, max_retries=0,  # the worker's back-off decides when to retry
-        )
+        self.sdk = Sdk("Fireworks", "fireworks", "Fireworks", {
+            "api_key": connection.api_key.get_secret_value(), "account_id": connection.account_id,
+            "base_url": connection.base_url,
+        }, client)
 
     # -- what it can do ---------------------------------------------------------------------------------
 
@@ -169,8 +157,8 @@ class FireworksProvider:
                                serving="needs_deployment")
 
     def list_base_models(self) -> list[BaseModelInfo]:
-        with self._calling():
-            models = [model for model in self._sdk.models.list(account_id="fireworks", page_size=200) if model.tunable]
+        with self.sdk.calling():
+            models = [model for model in self.sdk.client.models.list(account_id="fireworks", page_size=200) if model.tunable]
         return [
             BaseModelInfo(model.name, ("supervised", "dpo"), model.training_context_length or model.context_length)
             for model in models
@@ -329,38 +317,38 @@ class FireworksProvider:
         """The dataset holding `path`, uploaded once: it is named after the file's hash, and a READY one is reused."""
         dataset_id = f"ftserve-{digest(path)[:40]}"  # a letter first: Fireworks refuses ids that start with a digit
         try:
-            with self._calling():
-                existing = self._sdk.datasets.get(dataset_id)
+            with self.sdk.calling():
+                existing = self.sdk.client.datasets.get(dataset_id)
         except ProviderError as error:
             if error.status != 404:
                 raise
             existing = None
         if existing is None:
             try:
-                with self._calling():
-                    self._sdk.datasets.create(dataset_id=dataset_id, dataset={
+                with self.sdk.calling():
+                    self.sdk.client.datasets.create(dataset_id=dataset_id, dataset={
                         "user_uploaded": {}, "example_count": str(examples), "display_name": path.name,
                     })
             except ProviderError as error:
                 if error.status != 409:  # 409: a concurrent stage_data created it first; upload anyway
                     raise
         if existing is None or existing.state != "READY":
-            with self._calling(), path.open("rb") as file:
-                self._sdk.datasets.upload(dataset_id, file=(path.name, file))
+            with self.sdk.calling(), path.open("rb") as file:
+                self.sdk.client.datasets.upload(dataset_id, file=(path.name, file))
         return f"accounts/{self.connection.account_id}/datasets/{dataset_id}"
 
     def submit(self, request: JobRequest, staged: Staged) -> RemoteJob:
         native = self.resolve(request, staged).native
-        jobs = self._sdk.dpo_jobs if request.method == "dpo" else self._sdk.supervised_fine_tuning_jobs
+        jobs = self.sdk.client.dpo_jobs if request.method == "dpo" else self.sdk.client.supervised_fine_tuning_jobs
         job_id = native["dpo_job_id"] if request.method == "dpo" else native["supervised_fine_tuning_job_id"]
         try:
-            with self._calling():
+            with self.sdk.calling():
                 job = jobs.create(**self._with_credentials(native))
         except ProviderError as error:
             if error.status != 409:
                 raise
             # The id is ftserve's job id: a job with it is the one an earlier, interrupted submit created.
-            with self._calling():
+            with self.sdk.calling():
                 job = jobs.get(job_id)
         return self._remote(job)
 
@@ -373,20 +361,20 @@ class FireworksProvider:
 
     def get(self, remote_id: str) -> RemoteJob:
         account, jobs, job_id = self._job(remote_id)
-        with self._calling():
+        with self.sdk.calling():
             return self._remote(jobs.get(job_id, account_id=account))
 
     def list(self, limit: int = 20) -> list[RemoteJob]:
         found: list[Any] = []
-        for jobs in (self._sdk.supervised_fine_tuning_jobs, self._sdk.dpo_jobs):
-            with self._calling():  # the pages after the first are fetched while iterating
+        for jobs in (self.sdk.client.supervised_fine_tuning_jobs, self.sdk.client.dpo_jobs):
+            with self.sdk.calling():  # the pages after the first are fetched while iterating
                 found.extend(islice(jobs.list(page_size=limit, order_by="create_time desc"), limit))
         found.sort(key=lambda job: job.create_time.timestamp() if job.create_time else 0, reverse=True)
         return [self._remote(job) for job in found[:limit]]
 
     def cancel(self, remote_id: str) -> RemoteJob:
         account, jobs, job_id = self._job(remote_id)
-        with self._calling():
+        with self.sdk.calling():
             jobs.cancel(job_id, account_id=account, body={})  # answers an empty object: read the job back
             return self._remote(jobs.get(job_id, account_id=account))
 
@@ -399,9 +387,9 @@ class FireworksProvider:
         self._job(remote_id)
         rows: list[dict[str, Any]] = []
         params: dict[str, Any] = {"pageSize": 200}
-        with self._calling():
+        with self.sdk.calling():
             while True:
-                page = self._sdk.get(f"/v1/{remote_id}/checkpoints", cast_to=object, options={"params": params})
+                page = self.sdk.client.get(f"/v1/{remote_id}/checkpoints", cast_to=object, options={"params": params})
                 rows.extend(page.get("checkpoints") or [])
                 if not page.get("nextPageToken"):
                     break
@@ -419,7 +407,7 @@ class FireworksProvider:
 
     def resume(self, remote_id: str) -> RemoteJob:
         account, jobs, job_id = self._job(remote_id)
-        with self._calling():
+        with self.sdk.calling():
             return self._remote(jobs.resume(job_id, account_id=account, body={}))
 
     def deploy(self, model: str) -> Deployment:
@@ -432,28 +420,28 @@ class FireworksProvider:
         if parsed is None:
             raise InvalidRequest(f"'{model}' is not a Fireworks model name (accounts/<account>/models/<id>).",
                                  param="model")
-        with self._calling():
-            details = self._sdk.models.get(parsed.group(2), account_id=parsed.group(1))
+        with self.sdk.calling():
+            details = self.sdk.client.models.get(parsed.group(2), account_id=parsed.group(1))
         base = details.peft_details.base_model if details.peft_details else model
         deployment_id = resource_id(f"ftserve-{base.rsplit('/', 1)[-1]}")
         try:
-            with self._calling():
-                deployment = self._sdk.deployments.create(
+            with self.sdk.calling():
+                deployment = self.sdk.client.deployments.create(
                     base_model=base, deployment_id=deployment_id, display_name=f"ftserve: {base}",
                     deployment_shape="default", enable_addons=True, min_replica_count=0,
                 )
         except ProviderError as error:
             if error.status != 409:
                 raise
-            with self._calling():
-                deployment = self._sdk.deployments.get(deployment_id)
+            with self.sdk.calling():
+                deployment = self.sdk.client.deployments.get(deployment_id)
         if base == model:  # a full model is the deployment itself; nothing to load onto it
             return Deployment(deployment.name, model, deployment.state or "", {"deployment": deployment.to_dict(mode="json")})
-        with self._calling():
-            loaded = next((item for item in self._sdk.lora.list(page_size=200)
+        with self.sdk.calling():
+            loaded = next((item for item in self.sdk.client.lora.list(page_size=200)
                            if item.model == model and item.deployment == deployment.name), None)
             if loaded is None:
-                loaded = self._sdk.lora.load(model=model, deployment=deployment.name)
+                loaded = self.sdk.client.lora.load(model=model, deployment=deployment.name)
         return Deployment(
             deployment.name, f"{model}#{deployment.name}", loaded.state or "",
             {"deployment": deployment.to_dict(mode="json"), "deployed_model": loaded.to_dict(mode="json")},
@@ -468,7 +456,7 @@ class FireworksProvider:
             raise ProviderError(f"'{remote_id}' is not a Fireworks supervised or DPO job name "
                                 "(accounts/<account>/supervisedFineTuningJobs/<id> or .../dpoJobs/<id>)")
         account, kind, job_id = parsed.groups()
-        jobs = self._sdk.dpo_jobs if kind == "dpoJobs" else self._sdk.supervised_fine_tuning_jobs
+        jobs = self.sdk.client.dpo_jobs if kind == "dpoJobs" else self.sdk.client.supervised_fine_tuning_jobs
         return account, jobs, job_id
 
     def _remote(self, job: Any) -> RemoteJob:
@@ -495,14 +483,6 @@ class FireworksProvider:
             trained_tokens=progress.input_tokens if progress else None, error=error,
             serving="needs_deployment", raw=raw,
         )
-
-    @contextmanager
-    def _calling(self) -> Iterator[None]:
-        """Turns the SDK's exceptions into `ProviderError`, keeping Fireworks' own message."""
-        import fireworks
-
-        with errors.translated("Fireworks", errors.sdk(fireworks)):
-            yield
 
 
 def resource_id(text: str) -> str:

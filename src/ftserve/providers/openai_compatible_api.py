@@ -9,15 +9,13 @@ ftserve's own options in the `ftserve` extension field; Azure takes its training
 from __future__ import annotations
 
 import builtins  # inside the class, the adapter's own `list` method hides the builtin
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from ftserve.domain.hyperparameters import auto_epochs
-from ftserve.providers import errors
+from ftserve.providers.clients import Sdk
 from ftserve.providers.contract import (
     BaseModelInfo,
     Capabilities,
@@ -82,26 +80,17 @@ class OpenAICompatibleProvider:
     def __init__(self, name: str, connection: OpenAICompatibleConnection, *, client: Any = None):
         self.name = name
         self.connection = connection
-        self._client = client
+        azure = connection.dialect == "azure"
+        self.sdk = Sdk(name, "openai", "OpenAI", {
+            "base_url": connection.base_url, "api_key": connection.api_key or "none",
+            "timeout": connection.timeout_seconds,
+            "default_headers": {"api-key": connection.api_key} if azure else None,
+            "default_query": {"api-version": connection.api_version} if connection.api_version else None,
+        }, client)
         self.LACKS = {"deploy": (
             f"{name}: Azure serves a fine-tuned model after a deployment made through Azure Resource Manager "
             "(the portal, `az cognitiveservices account deployment create`); this API cannot make one."
             if connection.dialect == "azure" else f"{name} serves fine-tuned models at once; there is nothing to deploy.")}
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from openai import OpenAI
-
-            azure = self.connection.dialect == "azure"
-            self._client = OpenAI(
-                base_url=self.connection.base_url, api_key=self.connection.api_key or "none",
-                max_retries=0,  # the worker's reconcile loop backs off; the SDK's own retries would hide outages
-                timeout=self.connection.timeout_seconds,
-                default_headers={"api-key": self.connection.api_key} if azure else None,
-                default_query={"api-version": self.connection.api_version} if self.connection.api_version else None,
-            )
-        return self._client
 
     def capabilities(self) -> Capabilities:
         ftserve = self.connection.dialect == "ftserve"
@@ -113,8 +102,8 @@ class OpenAICompatibleProvider:
 
     def list_base_models(self) -> list[BaseModelInfo]:
         # OpenAI's model list has no flag for "fine-tunable"; every model the far side lists is offered.
-        with self._calling():
-            models = list(self.client.models.list())
+        with self.sdk.calling():
+            models = list(self.sdk.client.models.list())
         return [BaseModelInfo(m.id, ("supervised", "dpo")) for m in models if not m.id.startswith("ft:")]
 
     def resolve(self, request: JobRequest, staged: Staged | None = None) -> Resolved:
@@ -165,59 +154,59 @@ class OpenAICompatibleProvider:
     def stage_data(self, request: JobRequest) -> Staged:
         def upload(path: Path, param: str) -> str:
             def send(filename: str) -> str:
-                with self._calling(), path.open("rb") as data:
-                    return self.client.files.create(file=(filename, data), purpose="fine-tune").id
+                with self.sdk.calling(), path.open("rb") as data:
+                    return self.sdk.client.files.create(file=(filename, data), purpose="fine-tune").id
             return once(f"ftserve-{digest(path)[:32]}.jsonl", self._uploaded, send)
         return stage(request, upload)
 
     def _uploaded(self, filename: str) -> str | None:
-        with self._calling():
-            for existing in self.client.files.list(purpose="fine-tune"):
+        with self.sdk.calling():
+            for existing in self.sdk.client.files.list(purpose="fine-tune"):
                 if existing.filename == filename and existing.status != "error":
                     return str(existing.id)
         return None
 
     def submit(self, request: JobRequest, staged: Staged) -> RemoteJob:
         native = dict(self.resolve(request, staged).native)
-        with self._calling():
-            for job in self.client.fine_tuning.jobs.list(metadata={JOB_TAG: request.job_id}, limit=1):
+        with self.sdk.calling():
+            for job in self.sdk.client.fine_tuning.jobs.list(metadata={JOB_TAG: request.job_id}, limit=1):
                 return self._job(job)
             extra = native.pop("extra_body", None)
-            job = self.client.fine_tuning.jobs.create(
+            job = self.sdk.client.fine_tuning.jobs.create(
                 **native, extra_body=extra, extra_headers={"Idempotency-Key": f"ftserve-{request.job_id}"},
             )
         return self._job(job)
 
     def get(self, remote_id: str) -> RemoteJob:
-        with self._calling():
-            return self._job(self.client.fine_tuning.jobs.retrieve(remote_id))
+        with self.sdk.calling():
+            return self._job(self.sdk.client.fine_tuning.jobs.retrieve(remote_id))
 
     def list(self, limit: int = 20) -> list[RemoteJob]:
-        with self._calling():
-            return [self._job(job) for job in self.client.fine_tuning.jobs.list(limit=limit).data]
+        with self.sdk.calling():
+            return [self._job(job) for job in self.sdk.client.fine_tuning.jobs.list(limit=limit).data]
 
     def cancel(self, remote_id: str) -> RemoteJob:
-        with self._calling():
-            return self._job(self.client.fine_tuning.jobs.cancel(remote_id))
+        with self.sdk.calling():
+            return self._job(self.sdk.client.fine_tuning.jobs.cancel(remote_id))
 
     def pause(self, remote_id: str) -> RemoteJob:
-        with self._calling():
-            return self._job(self.client.fine_tuning.jobs.pause(remote_id))
+        with self.sdk.calling():
+            return self._job(self.sdk.client.fine_tuning.jobs.pause(remote_id))
 
     def resume(self, remote_id: str) -> RemoteJob:
-        with self._calling():
-            return self._job(self.client.fine_tuning.jobs.resume(remote_id))
+        with self.sdk.calling():
+            return self._job(self.sdk.client.fine_tuning.jobs.resume(remote_id))
 
     def events(self, remote_id: str, after: str | None = None) -> builtins.list[RemoteEvent]:
         # The API pages newest first; walk back until the last event already seen.
         newer: list[RemoteEvent] = []
         cursor: str | None = None
-        with self._calling():
+        with self.sdk.calling():
             for _ in range(MAX_EVENT_PAGES):
                 kwargs: dict[str, Any] = {"limit": EVENT_PAGE}
                 if cursor:
                     kwargs["after"] = cursor
-                page = self.client.fine_tuning.jobs.list_events(remote_id, **kwargs)
+                page = self.sdk.client.fine_tuning.jobs.list_events(remote_id, **kwargs)
                 for event in page.data:
                     if event.id == after:
                         return newer[::-1]
@@ -231,8 +220,8 @@ class OpenAICompatibleProvider:
         return newer[::-1]
 
     def checkpoints(self, remote_id: str) -> builtins.list[RemoteCheckpoint]:
-        with self._calling():
-            found = list(self.client.fine_tuning.jobs.checkpoints.list(remote_id, limit=100))
+        with self.sdk.calling():
+            found = list(self.sdk.client.fine_tuning.jobs.checkpoints.list(remote_id, limit=100))
         return sorted(
             (RemoteCheckpoint(
                 step=c.step_number, created_at=c.created_at, model=c.fine_tuned_model_checkpoint,
@@ -240,14 +229,6 @@ class OpenAICompatibleProvider:
             ) for c in found),
             key=lambda c: c.step,
         )
-
-    @contextmanager
-    def _calling(self) -> Iterator[None]:
-        """The SDK's exceptions as `ProviderError`, keeping the far side's own message."""
-        import openai
-
-        with errors.translated(self.name, errors.sdk(openai)):
-            yield
 
     def _job(self, job: Any) -> RemoteJob:
         raw = job.model_dump(mode="json")

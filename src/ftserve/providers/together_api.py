@@ -23,8 +23,6 @@ import builtins  # inside the class, the adapter's own `list` method hides the b
 import hashlib
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -32,7 +30,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from ftserve.domain.errors import InvalidRequest
-from ftserve.providers import errors
+from ftserve.providers.clients import Sdk
 from ftserve.providers.contract import (
     BaseModelInfo,
     Capabilities,
@@ -163,28 +161,18 @@ class TogetherProvider:
     def __init__(self, name: str, connection: TogetherConnection, *, client: Any = None):
         self.name = name
         self.connection = connection
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            # Imported here: the SDK takes about a second to import, paid only once a Together call is made.
-            from together import Together
-
-            self._client = Together(
-                api_key=self.connection.api_key, base_url=self.connection.base_url or DEFAULT_BASE_URL,
-                project_id=self.connection.project_id, timeout=self.connection.timeout_seconds,
-                max_retries=0,  # the worker's reconcile loop backs off; the SDK's own retries would hide outages
-            )
-        return self._client
+        self.sdk = Sdk(name, "together", "Together", {
+            "api_key": connection.api_key, "base_url": connection.base_url or DEFAULT_BASE_URL,
+            "project_id": connection.project_id, "timeout": connection.timeout_seconds,
+        }, client)
 
     def capabilities(self) -> Capabilities:
         return capabilities_of(self, methods=("supervised", "dpo"), training_types=("lora", "full"),
                                data="file_api", serving="ready", cost_estimate=True)
 
     def list_base_models(self) -> list[BaseModelInfo]:
-        with self._calling():
-            models = list(self.client.models.list_supported(product="PRODUCT_FINE_TUNING"))
+        with self.sdk.calling():
+            models = list(self.sdk.client.models.list_supported(product="PRODUCT_FINE_TUNING"))
         return [
             BaseModelInfo(m.name, ("supervised", "dpo"),
                           int(m.context_length) if (m.context_length or "").isdigit() else None)
@@ -286,8 +274,8 @@ class TogetherProvider:
         rank = request.options.get("lora_rank")
         if rank is None:
             # The same default the SDK's create fills in: the model's own default rank.
-            with self._calling():
-                rank = self.client.fine_tuning.model_limits(model_name=request.model).lora_training.default_rank
+            with self.sdk.calling():
+                rank = self.sdk.client.fine_tuning.model_limits(model_name=request.model).lora_training.default_rank
         alpha = request.options.get("lora_alpha", 2 * rank)
         lora = {
             "lora_r": rank, "lora_alpha": round(alpha),
@@ -358,8 +346,8 @@ class TogetherProvider:
             native = self.resolve(request, Staged(training, validation)).native
             kwargs = {key: native[key] for key in ("model", "from_checkpoint", "validation_file", "training_type")
                       if key in native}
-            with self._calling():
-                answer = self.client.fine_tuning.estimate_price(
+            with self.sdk.calling():
+                answer = self.sdk.client.fine_tuning.estimate_price(
                     training_file=training, n_epochs=native["n_epochs"], n_evals=native["n_evals"],
                     training_method=native["training_method"], **kwargs,
                 )
@@ -378,18 +366,18 @@ class TogetherProvider:
     def stage_data(self, request: JobRequest) -> Staged:
         def upload(path: Path, param: str) -> str:
             def send(name: str) -> str:
-                with tempfile.TemporaryDirectory() as folder, self._calling():
+                with tempfile.TemporaryDirectory() as folder, self.sdk.calling():
                     # The SDK names the upload after the file on disk: a link gives it the content's name.
                     named = Path(folder) / name
                     named.symlink_to(path.resolve())
-                    return self.client.files.upload(named, purpose="fine-tune", check=True).id
+                    return self.sdk.client.files.upload(named, purpose="fine-tune", check=True).id
             return once(_filename(path), self._uploaded, send)
         return stage(request, upload)
 
     def _uploaded(self, filename: str) -> str | None:
         """A usable earlier upload of the same content (named after its sha256), so a retry uploads nothing."""
-        with self._calling():
-            files = self.client.files.list().data
+        with self.sdk.calling():
+            files = self.sdk.client.files.list().data
         for existing in files:
             if (existing.filename == filename and existing.purpose == "fine-tune"
                     and existing.processing_status not in ("FAILED", "INVALID_FORMAT")):
@@ -399,13 +387,13 @@ class TogetherProvider:
     def submit(self, request: JobRequest, staged: Staged) -> RemoteJob:
         native = self.resolve(request, staged).native
         tag = _tag(request.job_id)
-        with self._calling():
-            for job in self.client.fine_tuning.list().data:
+        with self.sdk.calling():
+            for job in self.sdk.client.fine_tuning.list().data:
                 if tag in (job.suffix or "").lower() or tag in (job.x_model_output_name or "").lower():
                     return self._job(job)
             from together.types import FinetuneResponse
 
-            created = self.client.post("/v1/fine-tunes", body=self._with_credentials(native), cast_to=FinetuneResponse)
+            created = self.sdk.client.post("/v1/fine-tunes", body=self._with_credentials(native), cast_to=FinetuneResponse)
         return self._job(created)
 
     def _with_credentials(self, native: dict[str, Any]) -> dict[str, Any]:
@@ -418,18 +406,18 @@ class TogetherProvider:
         return {**native, **secrets}
 
     def get(self, remote_id: str) -> RemoteJob:
-        with self._calling():
-            return self._job(self.client.fine_tuning.retrieve(remote_id))
+        with self.sdk.calling():
+            return self._job(self.sdk.client.fine_tuning.retrieve(remote_id))
 
     def list(self, limit: int = 20) -> list[RemoteJob]:
-        with self._calling():
-            jobs = self.client.fine_tuning.list().data
+        with self.sdk.calling():
+            jobs = self.sdk.client.fine_tuning.list().data
         jobs.sort(key=lambda job: job.created_at, reverse=True)
         return [self._job(job) for job in jobs[:limit]]
 
     def cancel(self, remote_id: str) -> RemoteJob:
-        with self._calling():
-            return self._job(self.client.fine_tuning.cancel(remote_id))
+        with self.sdk.calling():
+            return self._job(self.sdk.client.fine_tuning.cancel(remote_id))
 
     def events(self, remote_id: str, after: str | None = None) -> builtins.list[RemoteEvent]:
         # Together's events carry no id and come as one list, oldest first, that only grows: an
@@ -437,13 +425,13 @@ class TogetherProvider:
         if after is not None and not after.isdigit():
             raise ProviderError(f"{self.name}: '{after}' is not a Together event position")
         start = int(after) + 1 if after is not None else 0
-        with self._calling():
-            found = self.client.fine_tuning.list_events(remote_id).data
+        with self.sdk.calling():
+            found = self.sdk.client.fine_tuning.list_events(remote_id).data
         return [_event(str(index), event) for index, event in enumerate(found) if index >= start]
 
     def checkpoints(self, remote_id: str) -> builtins.list[RemoteCheckpoint]:
-        with self._calling():
-            found = self.client.fine_tuning.list_checkpoints(remote_id).data
+        with self.sdk.calling():
+            found = self.sdk.client.fine_tuning.list_checkpoints(remote_id).data
         by_step: dict[int, RemoteCheckpoint] = {}
         for saved in found:
             # A LoRA job lists its final step twice (adapter and merged model); one step is one checkpoint.
@@ -458,18 +446,18 @@ class TogetherProvider:
                 f"{self.name}: deploying needs the provider's project_id setting (the Together project of the model)."
             )
         config = {"config": self.connection.deploy_config} if self.connection.deploy_config else {}
-        with self._calling():
+        with self.sdk.calling():
             resource = model if model.startswith("projects/") else self._registry_model(model, project)
-            endpoint = self.client.endpoints.create(
+            endpoint = self.sdk.client.endpoints.create(
                 project_id=project, name=_endpoint_name(model), visibility="VISIBILITY_PRIVATE",
             )
-            deployment = self.client.endpoints.deployments.create(
+            deployment = self.sdk.client.endpoints.deployments.create(
                 endpoint.id, project_id=project, name="primary", model=resource,
                 autoscaling={"min_replicas": self.connection.deploy_min_replicas,
                              "max_replicas": self.connection.deploy_max_replicas},
                 inactive_timeout=self.connection.deploy_inactive_timeout, **config,
             )
-            routed = self.client.endpoints.update(
+            routed = self.sdk.client.endpoints.update(
                 endpoint.id, project_id=project, etag=endpoint.etag,
                 traffic_split=[{"deployment_id": deployment.id, "weight": 1}],
             )
@@ -480,21 +468,13 @@ class TogetherProvider:
 
     def _registry_model(self, model: str, project: str) -> str:
         """The model-registry resource of the job that made `model` (its output name)."""
-        for job in self.client.fine_tuning.list().data:
+        for job in self.sdk.client.fine_tuning.list().data:
             if job.x_model_output_name == model:
-                made = self.client.fine_tuning.retrieve(job.id)
+                made = self.sdk.client.fine_tuning.retrieve(job.id)
                 if made.api_model_object_id:
                     return f"projects/{project}/models/{made.api_model_object_id}"
                 raise ProviderError(f"{self.name}: job {job.id} has no registered model yet ({made.status})")
         raise ProviderError(f"{self.name}: no Together fine-tuning job made '{model}'", status=404)
-
-    @contextmanager
-    def _calling(self) -> Iterator[None]:
-        """The SDK's exceptions as `ProviderError`, keeping Together's own message."""
-        import together
-
-        with errors.translated(self.name, errors.sdk(together)):
-            yield
 
     def _job(self, job: Any) -> RemoteJob:
         raw = job.to_dict(mode="json")
