@@ -26,12 +26,8 @@ from tests.unit.provider_fakes import bedrock_answer as recorded
 from tests.unit.provider_fakes import output_shape as _output_shape
 
 from ftserve.domain.errors import InvalidRequest
-from ftserve.providers.bedrock_api import (
-    FAMILIES,
-    STATUSES,
-    BedrockConnection,
-    BedrockProvider,
-)
+from ftserve.providers.bedrock_api import STATUSES, BedrockConnection, BedrockProvider
+from ftserve.providers.bedrock_families import FAMILIES
 from ftserve.providers.contract import (
     Change,
     HostedProvider,
