@@ -62,7 +62,8 @@ class _Respx(Fake):
     base: str
     get_path: str
     cancel_path: str
-    method_cancel = "POST"
+    STATES: dict[str, tuple[str, dict[str, Any]]]
+    """Each state `answers` knows: the recording, and what the fake changes in it."""
 
     def __init__(self, stack: ExitStack):
         self.router = stack.enter_context(respx.mock(base_url=self.base, assert_all_called=False,
@@ -71,6 +72,14 @@ class _Respx(Fake):
 
     def reply(self, name: str, http_status: int = 200, **changes: Any) -> httpx.Response:
         return httpx.Response(http_status, json=recorded(self.name, name, **changes))
+
+    def answers(self, state: str) -> None:
+        name, changes = self.STATES[state]
+        self.on_get(self.reply(name, **changes))
+
+    def cancels(self) -> None:
+        self.router.post(self.cancel_path).mock(return_value=self.reply("cancel.json"))
+        self.answers("cancelled")
 
     def on_get(self, response: httpx.Response) -> None:
         self.route = self.router.get(self.get_path).mock(return_value=response)
@@ -96,14 +105,6 @@ class TogetherFake(_Respx):
 
         return TogetherProvider("together", TogetherConnection(api_key="test-key", base_url=self.base))
 
-    def answers(self, state: str) -> None:
-        name, changes = self.STATES[state]
-        self.on_get(self.reply(name, **changes))
-
-    def cancels(self) -> None:
-        self.router.post(self.cancel_path).mock(return_value=self.reply("cancel.json"))
-        self.answers("cancelled")
-
     def refuses(self, status: int) -> str:
         name = f"error_{status}.json"
         self.on_get(self.reply(name, status))
@@ -124,14 +125,6 @@ class FireworksFake(_Respx):
         from ftserve.providers.fireworks_api import FireworksProvider
 
         return FireworksProvider("fireworks", FireworksProvider.Connection(api_key="fw-test", account_id="acct"))
-
-    def answers(self, state: str) -> None:
-        name, changes = self.STATES[state]
-        self.on_get(self.reply(name, **changes))
-
-    def cancels(self) -> None:
-        self.router.post(self.cancel_path).mock(return_value=self.reply("cancel.json"))
-        self.answers("cancelled")
 
     def refuses(self, status: int) -> str:
         name = f"error_{status}.json"
@@ -157,14 +150,6 @@ class RunpodFake(_Respx):
             api_key="rp_live_key", endpoint_id="ep-ft1", hf_token="hf_secret", s3_bucket="vol",
             s3_endpoint_url="https://s3api-eur-is-1.runpod.io", s3_access_key_id="a", s3_secret_access_key="b")
         return RunpodProvider("runpod", connection, s3=_NoVolume())
-
-    def answers(self, state: str) -> None:
-        name, changes = self.STATES[state]
-        self.on_get(self.reply(name, **changes))
-
-    def cancels(self) -> None:
-        self.router.post(self.cancel_path).mock(return_value=self.reply("cancel.json"))
-        self.answers("cancelled")
 
     def refuses(self, status: int) -> str:
         self.on_get(httpx.Response(status, json=self.ERRORS[status]))
