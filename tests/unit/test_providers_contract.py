@@ -138,7 +138,7 @@ def test_every_status_the_openai_sdk_declares_maps_to_itself() -> None:
 
 def test_provider_options_reject_unknown_keys(providers: dict[str, Provider], tmp_path: Path) -> None:
     for name in ("together", "fireworks", "bedrock", "runpod", "openai"):
-        options = type(providers[name]).Options  # type: ignore[attr-defined]
+        options = type(providers[name]).Options  # type: ignore[attr-defined]  # hosted adapters declare Options; the Provider protocol does not
         with pytest.raises(ValueError, match="no_such_option"):
             options.model_validate({"no_such_option": 1})
 
@@ -159,7 +159,7 @@ def test_the_model_id_picks_where_a_job_runs(providers: dict[str, Provider]) -> 
     catalogue = load_catalogue()
     catalogue["llama-8b"] = BaseModel(id="llama-8b", provider="together", provider_model=MODELS["together"])
     hosted = {name: p for name, p in providers.items() if name != "local"}
-    routes = registry.Providers(LocalProvider(catalogue), hosted, catalogue)  # type: ignore[arg-type]
+    routes = registry.Providers(LocalProvider(catalogue), hosted, catalogue)  # type: ignore[arg-type]  # a dict of Provider where the registry wants HostedProvider
     assert routes.route("SmolLM2-135M-Instruct").name is None
     assert routes.route("ft:SmolLM2-135M-Instruct:default::abc").name is None
     together = routes.route(f"together/{MODELS['together']}")
