@@ -16,33 +16,30 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import botocore.session
 import pytest
-from botocore.exceptions import EndpointConnectionError
 from botocore.parsers import create_parser
 from botocore.stub import Stubber
-from botocore.validate import ParamValidator
 from moto import mock_aws
 
+from tests.unit.provider_fakes import BEDROCK as SERVICE
+from tests.unit.provider_fakes import bedrock_answer as recorded
+from tests.unit.provider_fakes import output_shape as _output_shape
+
 from ftserve.domain.errors import InvalidRequest
-from ftserve.providers.bedrock_api import (
-    FAMILIES,
-    STATUSES,
-    BedrockConnection,
-    BedrockProvider,
-)
+from ftserve.providers.bedrock_api import STATUSES, BedrockConnection, BedrockProvider
+from ftserve.providers.bedrock_families import FAMILIES
 from ftserve.providers.contract import (
     Change,
     HostedProvider,
     JobRequest,
-    ProviderError,
     ProviderUnsupported,
     RemoteStatus,
+    Resumable,
     Staged,
+    lacking,
 )
 
 RECORDINGS = Path(__file__).parent.parent / "recordings" / "bedrock"
-SERVICE = botocore.session.get_session().get_service_model("bedrock")
 BUCKET = "ftserve-test-bucket"
 ROLE = "arn:aws:iam::123456789012:role/BedrockFineTuning"
 JOB_ID = "ftjob-abc123"
@@ -51,22 +48,6 @@ JOB_ARN = "arn:aws:bedrock:us-east-1:123456789012:model-customization-job/amazon
 MODEL_ARN = "arn:aws:bedrock:us-east-1:123456789012:custom-model/amazon.nova-micro-v1:0:128k/h3v8c1n6t0wd"
 NOVA = "amazon.nova-micro-v1:0:128k"
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
-
-
-def _output_shape(client: Any, method: str) -> Any:
-    return SERVICE.operation_model(client.meta.method_to_api_mapping[method]).output_shape
-
-
-def recorded(client: Any, method: str, name: str) -> dict[str, Any]:
-    """A recorded response body, validated against and parsed with botocore's model of `method`."""
-    body = json.loads((RECORDINGS / f"{name}.json").read_text())
-    shape = _output_shape(client, method)
-    report = ParamValidator().validate(body, shape)
-    assert not report.has_errors(), report.generate_report()
-    parsed = create_parser("rest-json").parse(
-        {"status_code": 200, "headers": {}, "body": json.dumps(body).encode()}, shape)
-    parsed.pop("ResponseMetadata", None)
-    return parsed
 
 
 @dataclass
@@ -193,12 +174,10 @@ def test_lifecycle_stages_converse_data_submits_the_resolved_request_and_reports
     assert done.raw["endTime"] == "2026-11-21T11:05:00+00:00"
     json.dumps(done.raw)  # storable as it is
 
-    caps = provider.capabilities()
-    assert (caps.events, caps.checkpoints, caps.pause, caps.deploy, caps.cost_estimate) == (
-        False, False, False, True, False)
-    for unsupported in (provider.events, provider.checkpoints, provider.pause, provider.resume):
-        with pytest.raises(ProviderUnsupported, match="Bedrock has no"):
-            unsupported(JOB_ARN)
+    assert not provider.capabilities().cost_estimate
+    assert not isinstance(provider, Resumable)
+    for operation in ("events", "checkpoints", "pause"):
+        assert lacking(provider, operation).message.startswith("Bedrock has no")
 
 
 def test_deploy_is_an_on_demand_custom_model_deployment(provider: BedrockProvider, aws: Aws) -> None:
@@ -224,31 +203,6 @@ def test_list_and_base_models(provider: BedrockProvider, aws: Aws) -> None:
 
 
 # -- cancel, failure, unknown statuses ------------------------------------------------------------
-
-
-def test_cancel_is_cancelling_then_cancelled_never_failed(provider: BedrockProvider, aws: Aws) -> None:
-    aws.stub.add_response("stop_model_customization_job", {}, {"jobIdentifier": JOB_ARN})
-    aws.respond("get_model_customization_job", "get_job_stopping", jobIdentifier=JOB_ARN)
-    assert provider.cancel(JOB_ARN).status == "cancelling"
-
-    aws.respond("get_model_customization_job", "get_job_stopped", jobIdentifier=JOB_ARN)
-    stopped = provider.get(JOB_ARN)
-    assert (stopped.status, stopped.provider_status, stopped.error) == ("cancelled", "Stopped", None)
-
-
-def test_a_failed_job_keeps_bedrocks_message(provider: BedrockProvider, aws: Aws) -> None:
-    aws.respond("get_model_customization_job", "get_job_failed", jobIdentifier=JOB_ARN)
-    failed = provider.get(JOB_ARN)
-    assert failed.status == "failed"
-    assert failed.error is not None
-    assert failed.error.message.startswith("Validation of the training data failed")
-    assert "alternate between user and assistant" in failed.error.message
-
-
-def test_a_status_bedrock_adds_later_is_unknown_with_the_raw_value_kept(provider: BedrockProvider, aws: Aws) -> None:
-    aws.respond("get_model_customization_job", "get_job_new_status", jobIdentifier=JOB_ARN)
-    remote = provider.get(JOB_ARN)
-    assert (remote.status, remote.provider_status) == ("unknown", "Queued")
 
 
 def test_every_status_botocore_declares_maps_to_exactly_one_normalised_status() -> None:
@@ -323,7 +277,7 @@ def test_resolve_refuses_what_bedrock_cannot_run(provider: BedrockProvider, tmp_
     assert unknown.value.param == "model"
     with pytest.raises(InvalidRequest, match="packing") as options:
         provider.resolve(job(tmp_path, provider_options={"packing": True}))
-    assert options.value.param == "provider_options"
+    assert options.value.param == "ftserve.provider_options.bedrock.packing"
     with pytest.raises(InvalidRequest, match="takes no earlyStoppingPatience"):
         provider.resolve(job(tmp_path, provider_options={"early_stopping_patience": 2}))
     with pytest.raises(InvalidRequest, match="warmup_ratio and provider_options.bedrock.learning_rate_warmup_steps"):
@@ -380,26 +334,3 @@ def test_submitting_the_same_job_twice_makes_one_bedrock_job(provider: BedrockPr
     second = provider.submit(request, staged)  # a second create would find no stubbed response and fail
     assert first.id == second.id == JOB_ARN
 
-
-@pytest.mark.parametrize(("recording", "status", "retryable"), [
-    ("error_internal", 500, True), ("error_throttling", 429, True), ("error_validation", 400, False)])
-def test_aws_errors_become_provider_errors(provider: BedrockProvider, aws: Aws, recording: str, status: int,
-                                           retryable: bool) -> None:
-    aws.fail("stop_model_customization_job", recording, jobIdentifier=JOB_ARN)
-    with pytest.raises(ProviderError) as raised:
-        provider.cancel(JOB_ARN)
-    assert (raised.value.status, raised.value.retryable) == (status, retryable)
-    message = json.loads((RECORDINGS / f"{recording}.json").read_text())["body"]["message"]
-    assert message in raised.value.message
-
-
-def test_a_network_failure_is_retryable(aws: Aws) -> None:
-    def unreachable(**_: Any) -> None:
-        raise EndpointConnectionError(endpoint_url="https://bedrock.us-east-1.amazonaws.com")
-
-    bedrock = boto3.client("bedrock", region_name="us-east-1")  # unstubbed: the failure comes before any answer
-    bedrock.meta.events.register("before-call.bedrock.GetModelCustomizationJob", unreachable)
-    connection = BedrockConnection(region="us-east-1", role_arn=ROLE, s3_bucket=BUCKET)
-    with pytest.raises(ProviderError, match="could not reach AWS") as raised:
-        BedrockProvider("bedrock", connection, client=bedrock, s3=aws.s3).get(JOB_ARN)
-    assert raised.value.retryable

@@ -22,12 +22,15 @@ from fireworks.types.shared import DeployedModel
 
 from ftserve.domain.errors import InvalidRequest
 from ftserve.providers.contract import (
+    HasEvents,
     HostedProvider,
     JobRequest,
-    ProviderError,
+    Pausable,
     ProviderUnsupported,
     RemoteStatus,
+    Resumable,
     Staged,
+    lacking,
 )
 from ftserve.providers.fireworks_api import STATUSES, FireworksProvider
 
@@ -133,7 +136,6 @@ def test_the_adapter_is_a_hosted_provider(provider: FireworksProvider) -> None:
     assert isinstance(provider, HostedProvider)
     capabilities = provider.capabilities()
     assert (capabilities.data, capabilities.serving) == ("dataset", "needs_deployment")
-    assert (capabilities.events, capabilities.pause, capabilities.checkpoints, capabilities.deploy) == (False, False, True, True)
 
 
 def test_a_job_runs_from_upload_to_a_fine_tuned_model(provider: FireworksProvider, api: Any, tmp_path: Path) -> None:
@@ -181,33 +183,6 @@ def test_a_ready_dataset_is_not_uploaded_again(provider: FireworksProvider, api:
 
     assert provider.stage_data(job(tmp_path)).training == f"accounts/acct/datasets/{DATASET_ID}"
     assert (created.call_count, uploaded.call_count) == (0, 0)
-
-
-def test_a_cancelled_job_is_cancelled_never_failed(provider: FireworksProvider, api: Any) -> None:
-    cancelled = api.post(f"/supervisedFineTuningJobs/{FIREWORKS_JOB}:cancel").mock(return_value=reply("cancel.json"))
-    api.get(f"/supervisedFineTuningJobs/{FIREWORKS_JOB}").mock(return_value=reply("sft_cancelled.json"))
-
-    remote = provider.cancel(SFT)
-    assert cancelled.called
-    assert (remote.status, remote.provider_status, remote.error) == ("cancelled", "JOB_STATE_CANCELLED", None)
-    assert STATUSES["JOB_STATE_CANCELLING"] == "cancelling"
-
-
-def test_a_failed_job_keeps_fireworks_message(provider: FireworksProvider, api: Any) -> None:
-    api.get(f"/supervisedFineTuningJobs/{FIREWORKS_JOB}").mock(return_value=reply("sft_failed.json"))
-
-    remote = provider.get(SFT)
-    assert (remote.status, remote.model) == ("failed", None)
-    assert remote.error is not None and remote.error.code == "INVALID_ARGUMENT"
-    assert "the last message must be from the assistant" in remote.error.message
-
-
-def test_a_status_fireworks_adds_later_is_unknown(provider: FireworksProvider, api: Any) -> None:
-    body = {**recording("sft_running.json"), "state": "JOB_STATE_MIGRATING"}
-    api.get(f"/supervisedFineTuningJobs/{FIREWORKS_JOB}").mock(return_value=httpx.Response(200, json=body))
-
-    remote = provider.get(SFT)
-    assert (remote.status, remote.provider_status) == ("unknown", "JOB_STATE_MIGRATING")
 
 
 @pytest.mark.parametrize("shape", [SupervisedFineTuningJob, DpoJob])
@@ -286,10 +261,9 @@ def test_what_fireworks_lacks_is_refused(provider: FireworksProvider, tmp_path: 
         provider.resolve(job(tmp_path, options={"training_type": "full"}))
     with pytest.raises(ProviderUnsupported, match="supervised jobs"):
         provider.resolve(preference(tmp_path, provider_options={"is_turbo": True}))
-    with pytest.raises(ProviderUnsupported, match="no event list"):
-        provider.events(SFT)
-    with pytest.raises(ProviderUnsupported, match="no pause"):
-        provider.pause(SFT)
+    assert not isinstance(provider, HasEvents) and "no event list" in lacking(provider, "events").message
+    assert not isinstance(provider, Pausable) and "no pause" in lacking(provider, "pause").message
+    assert isinstance(provider, Resumable)  # a job Fireworks paused itself can be resumed
 
 
 def test_the_wandb_key_is_sent_but_never_shown(provider: FireworksProvider, api: Any, tmp_path: Path) -> None:
@@ -316,26 +290,6 @@ def test_submitting_twice_makes_one_job(provider: FireworksProvider, api: Any, t
     second = provider.submit(request, Staged(f"accounts/acct/datasets/{DATASET_ID}"))
     assert first.id == second.id == SFT
     assert {call.request.url.params["supervisedFineTuningJobId"] for call in submitted.calls} == {FIREWORKS_JOB}
-
-
-@pytest.mark.parametrize("status, name, retryable, text", [
-    (500, "error_500.json", True, "internal error; please retry"),
-    (429, "error_429.json", True, "rate limit exceeded"),
-    (400, "error_400.json", False, "epochs must be between 1 and 10"),
-])
-def test_http_errors_become_provider_errors(provider: FireworksProvider, api: Any, tmp_path: Path,
-                                            status: int, name: str, retryable: bool, text: str) -> None:
-    api.post("/supervisedFineTuningJobs").mock(return_value=reply(name, status))
-    with pytest.raises(ProviderError, match=text) as raised:
-        provider.submit(representative(tmp_path), Staged("accounts/acct/datasets/d"))
-    assert (raised.value.retryable, raised.value.status) == (retryable, status)
-
-
-def test_an_unreachable_fireworks_is_retryable(provider: FireworksProvider, api: Any) -> None:
-    api.get(f"/supervisedFineTuningJobs/{FIREWORKS_JOB}").mock(side_effect=httpx.ConnectError("refused"))
-    with pytest.raises(ProviderError) as raised:
-        provider.get(SFT)
-    assert raised.value.retryable and raised.value.status is None
 
 
 def test_deploy_loads_the_lora_onto_a_deployment_of_its_base(provider: FireworksProvider, api: Any) -> None:

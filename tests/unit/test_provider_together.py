@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 together = pytest.importorskip("together")
 respx = pytest.importorskip("respx")
@@ -46,10 +46,11 @@ from together.types.fine_tuning_estimate_price_response import (
 from ftserve.domain.errors import InvalidRequest
 from ftserve.providers.contract import (
     JobRequest,
-    ProviderError,
+    Pausable,
     ProviderUnsupported,
     RemoteStatus,
     Staged,
+    lacking,
 )
 from ftserve.providers.together_api import (
     SDK_DEFAULTS,
@@ -246,7 +247,7 @@ def test_a_method_together_lacks_is_refused(provider: TogetherProvider, tmp_path
 
 
 def test_unknown_provider_options_are_refused(provider: TogetherProvider, tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="n_evalz"):
+    with pytest.raises(InvalidRequest, match="n_evalz"):
         provider.resolve(job(tmp_path, provider_options={"n_evalz": 3}))
 
 
@@ -379,30 +380,6 @@ def test_submit_twice_gives_one_remote_job(provider: TogetherProvider, tmp_path:
     assert create.call_count == 1
 
 
-def test_cancel_ends_cancelled_never_failed(provider: TogetherProvider, api: Any) -> None:
-    api.post(f"{API}/v1/fine-tunes/{REMOTE}/cancel").mock(return_value=answer("cancel.json"))
-    api.get(f"{API}/v1/fine-tunes/{REMOTE}").mock(return_value=answer("retrieve_cancelled.json"))
-
-    assert provider.cancel(REMOTE).status == "cancelling"
-    ended = provider.get(REMOTE)
-    assert (ended.status, ended.provider_status, ended.error) == ("cancelled", "cancelled", None)
-
-
-def test_failure_keeps_togethers_reason(provider: TogetherProvider, api: Any) -> None:
-    api.get(f"{API}/v1/fine-tunes/{REMOTE}").mock(return_value=answer("retrieve_error.json"))
-
-    failed = provider.get(REMOTE)
-    assert (failed.status, failed.provider_status) == ("failed", "error")
-    assert failed.error is not None and "must end with an assistant message" in failed.error.message
-
-
-def test_an_unknown_status_is_unknown_and_kept(provider: TogetherProvider, api: Any) -> None:
-    api.get(f"{API}/v1/fine-tunes/{REMOTE}").mock(return_value=answer("retrieve_running.json", status="paused_by_ops"))
-
-    state = provider.get(REMOTE)
-    assert (state.status, state.provider_status, state.raw["status"]) == ("unknown", "paused_by_ops", "paused_by_ops")
-
-
 def test_a_full_training_result_needs_a_deployment(provider: TogetherProvider, api: Any) -> None:
     api.get(f"{API}/v1/fine-tunes/{REMOTE}").mock(return_value=answer(
         "retrieve_completed.json", training_type={"type": "Full"}))
@@ -422,28 +399,6 @@ def test_every_status_the_sdk_declares_lands_in_one_bucket() -> None:
 
 
 # Errors.
-
-
-@pytest.mark.parametrize(("status", "recorded", "retryable"), [
-    (500, "error_500.json", True), (429, "error_429.json", True), (400, "error_400.json", False),
-])
-def test_http_errors_become_provider_errors(
-        provider: TogetherProvider, api: Any, status: int, recorded: str, retryable: bool) -> None:
-    route = api.get(f"{API}/v1/fine-tunes/{REMOTE}").mock(return_value=answer(recorded, http_status=status))
-
-    with pytest.raises(ProviderError) as raised:
-        provider.get(REMOTE)
-    assert (raised.value.retryable, raised.value.status) == (retryable, status)
-    assert recording(recorded)["error"]["message"] in raised.value.message
-    assert route.call_count == 1  # the SDK's own retries are off: the worker backs off
-
-
-def test_an_unreachable_api_is_retryable(provider: TogetherProvider, api: Any) -> None:
-    api.get(f"{API}/v1/fine-tunes/{REMOTE}").mock(side_effect=httpx.ConnectError("connection refused"))
-
-    with pytest.raises(ProviderError) as raised:
-        provider.get(REMOTE)
-    assert raised.value.retryable
 
 
 # Estimate, models, deploy, pause.
@@ -505,9 +460,6 @@ def test_deploy_makes_a_dedicated_endpoint_for_the_model(provider: TogetherProvi
         {"deploymentId": "dep_01K4E0B2", "weight": 1}]
 
 
-def test_no_pause_at_together(provider: TogetherProvider) -> None:
-    capabilities = provider.capabilities()
-    assert (capabilities.pause, capabilities.deploy, capabilities.events, capabilities.cost_estimate) == (
-        False, True, True, True)
-    with pytest.raises(ProviderUnsupported, match="from_checkpoint"):
-        provider.pause(REMOTE)
+def test_no_pause_at_together_but_a_price_estimate(provider: TogetherProvider) -> None:
+    assert provider.capabilities().cost_estimate
+    assert not isinstance(provider, Pausable) and "from_checkpoint" in lacking(provider, "pause").message

@@ -14,9 +14,18 @@ from openai.types.fine_tuning import FineTuningJob
 from ftserve.catalogue import BaseModel, load_catalogue
 from ftserve.domain.errors import InvalidRequest
 from ftserve.providers import registry
-from ftserve.providers.contract import HostedProvider, JobRequest, Provider, RemoteStatus
+from ftserve.providers.contract import (
+    OPERATIONS,
+    HostedProvider,
+    JobRequest,
+    Provider,
+    ProviderError,
+    RemoteStatus,
+    lacking,
+)
 from ftserve.providers.local import LocalProvider
 from ftserve.providers.openai_compatible_api import STATUSES as OPENAI_STATUSES
+from tests.unit.provider_fakes import Fake, hosted  # noqa: F401  # hosted is the fixture the suite below uses
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "remote-lab": {"base_url": "https://lab.example/v1", "api_key": "sk-lab", "dialect": "ftserve"},
@@ -129,7 +138,7 @@ def test_every_status_the_openai_sdk_declares_maps_to_itself() -> None:
 
 def test_provider_options_reject_unknown_keys(providers: dict[str, Provider], tmp_path: Path) -> None:
     for name in ("together", "fireworks", "bedrock", "runpod", "openai"):
-        options = type(providers[name]).Options  # type: ignore[attr-defined]
+        options = type(providers[name]).Options  # type: ignore[attr-defined]  # hosted adapters declare Options; the Provider protocol does not
         with pytest.raises(ValueError, match="no_such_option"):
             options.model_validate({"no_such_option": 1})
 
@@ -150,7 +159,7 @@ def test_the_model_id_picks_where_a_job_runs(providers: dict[str, Provider]) -> 
     catalogue = load_catalogue()
     catalogue["llama-8b"] = BaseModel(id="llama-8b", provider="together", provider_model=MODELS["together"])
     hosted = {name: p for name, p in providers.items() if name != "local"}
-    routes = registry.Providers(LocalProvider(catalogue), hosted, catalogue)  # type: ignore[arg-type]
+    routes = registry.Providers(LocalProvider(catalogue), hosted, catalogue)  # type: ignore[arg-type]  # a dict of Provider where the registry wants HostedProvider
     assert routes.route("SmolLM2-135M-Instruct").name is None
     assert routes.route("ft:SmolLM2-135M-Instruct:default::abc").name is None
     together = routes.route(f"together/{MODELS['together']}")
@@ -160,3 +169,60 @@ def test_the_model_id_picks_where_a_job_runs(providers: dict[str, Provider]) -> 
     with pytest.raises(InvalidRequest, match="'remote-gone', which this server does not configure"):
         routes.route("remote-gone/x")
     assert "llama-8b" not in {m.id for m in routes.local.list_base_models()}
+
+
+# Every hosted adapter against its recorded provider: the same questions, the same answers.
+
+
+def test_cancel_ends_cancelled_never_failed(hosted: Fake) -> None:
+    hosted.cancels()
+    assert hosted.provider.cancel(hosted.remote).status in ("cancelling", "cancelled")
+    ended = hosted.provider.get(hosted.remote)
+    assert (ended.status, ended.error) == ("cancelled", None)
+
+
+def test_a_failure_keeps_the_providers_reason(hosted: Fake) -> None:
+    hosted.answers("failed")
+    failed = hosted.provider.get(hosted.remote)
+    code, phrase = hosted.failure
+    assert failed.status == "failed" and failed.model is None
+    assert failed.error is not None and failed.error.code == code and phrase in failed.error.message
+
+
+def test_a_status_nobody_has_seen_is_unknown_and_kept(hosted: Fake) -> None:
+    hosted.answers("unknown")
+    state = hosted.provider.get(hosted.remote)
+    assert state.status == "unknown" and state.error is None
+    assert state.provider_status not in ("", None) and state.provider_status in json.dumps(state.raw)
+
+
+def test_a_running_job_is_running(hosted: Fake) -> None:
+    hosted.answers("running")
+    state = hosted.provider.get(hosted.remote)
+    assert (state.status, state.model, state.error) == ("running", None, None)
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(500, True), (429, True), (400, False)])
+def test_a_refusal_is_a_provider_error_with_the_providers_message(hosted: Fake, status: int, retryable: bool) -> None:
+    message = hosted.refuses(status)
+    with pytest.raises(ProviderError) as raised:
+        hosted.provider.get(hosted.remote)
+    assert (raised.value.retryable, raised.value.status) == (retryable, status)
+    assert message in raised.value.message and f"answered {status}" in raised.value.message
+    assert hosted.requests() in (None, 1)  # the client's own retries are off: the worker backs off
+
+
+def test_no_answer_is_worth_retrying(hosted: Fake) -> None:
+    hosted.unreachable()
+    with pytest.raises(ProviderError, match="could not be reached") as raised:
+        hosted.provider.get(hosted.remote)
+    assert raised.value.retryable and raised.value.status is None
+
+
+def test_capabilities_are_the_operations_the_adapter_has(hosted: Fake) -> None:
+    capabilities = hosted.provider.capabilities()
+    assert {flag: getattr(capabilities, flag) for flag in OPERATIONS} == hosted.operations
+    for flag, protocol in OPERATIONS.items():
+        assert isinstance(hosted.provider, protocol) == hosted.operations[flag]
+        if not hosted.operations[flag]:  # what it lacks, it explains in its own words
+            assert lacking(hosted.provider, flag).message != f"{hosted.name} has no {flag} operation."

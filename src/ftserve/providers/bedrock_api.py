@@ -1,12 +1,9 @@
 """Amazon Bedrock model customization, through boto3, with the job's data in S3.
 
 Bedrock differs from OpenAI's shape in four ways this adapter translates:
-- data is read from S3, in a format that depends on the base model: Amazon Nova and Claude 3 Haiku
-  take Converse records (`bedrock-conversation-2024`); Llama, Titan Text and Cohere take
-  `{"prompt", "completion"}`, so a chat row's last assistant message becomes the completion and the
-  turns before it are rendered into the prompt as `User: ...` blocks;
-- hyperparameters are a string-to-string map whose keys and defaults differ per model family
-  (`FAMILIES`), and most families take an absolute learning rate where OpenAI sends a multiplier;
+- data is read from S3, in a layout that depends on the base model's family (`bedrock_families`);
+- hyperparameters are a string-to-string map whose keys and defaults differ per family, and most
+  families take an absolute learning rate where OpenAI sends a multiplier;
 - there are no events, checkpoints or pause: a job is polled, and its metrics are in `raw`;
 - the custom model is not callable until a deployment serves it (`deploy`, a separate billed step).
 
@@ -17,20 +14,15 @@ it too, which covers two submits racing past the name lookup.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import SecretStr
 
 from ftserve.domain.errors import InvalidRequest
+from ftserve.providers import errors
 from ftserve.providers.contract import (
     BaseModelInfo,
     Capabilities,
@@ -42,18 +34,25 @@ from ftserve.providers.contract import (
     Options,
     ProviderError,
     ProviderKind,
-    ProviderUnsupported,
-    RemoteCheckpoint,
     RemoteError,
-    RemoteEvent,
     RemoteJob,
     RemoteStatus,
     Resolved,
     Staged,
-    chosen,
+    capabilities_of,
     map_status,
-    tokens_of,
 )
+from ftserve.providers.bedrock_families import (
+    UNSUPPORTED,
+    BedrockOptions,
+    converted,
+    family_of,
+    family_prefix,
+    hyperparameters,
+    layout_reason,
+)
+from ftserve.providers.plan import Plan, options_of, text_estimate
+from ftserve.providers.staging import Bucket, digest, stage
 
 STATUSES: dict[str, RemoteStatus] = {
     "InProgress": "running",
@@ -63,68 +62,6 @@ STATUSES: dict[str, RemoteStatus] = {
     "Stopped": "cancelled",
 }
 """`ModelCustomizationJobStatus` of the botocore service model `bedrock` 2023-04-20."""
-
-# Error codes worth retrying whatever HTTP status carried them.
-RETRYABLE_CODES = frozenset({"ThrottlingException", "InternalServerException", "ServiceUnavailableException"})
-
-DataFormat = Literal["converse", "prompt_completion"]
-
-
-@dataclass(frozen=True)
-class Family:
-    """One model family's hyperparameter keys and Bedrock's documented defaults for them
-    (docs.aws.amazon.com/bedrock/latest/userguide/custom-models-hp.html)."""
-
-    label: str
-    data: DataFormat
-    keys: frozenset[str]
-    epochs: int
-    learning_rate: float | None
-    """The default absolute learning rate; None where the family takes `learningRateMultiplier`."""
-    batch_size: int | None
-    """The default batch size; None where Bedrock neither takes nor publishes one."""
-
-
-def _keys(*names: str) -> frozenset[str]:
-    return frozenset(("epochCount",) + names)
-
-
-FAMILIES: dict[str, Family] = {
-    "amazon.nova-": Family("Amazon Nova", "converse", _keys("learningRate", "learningRateWarmupSteps"),
-                           epochs=2, learning_rate=1e-5, batch_size=None),
-    "anthropic.claude-3-haiku": Family(
-        "Claude 3 Haiku", "converse",
-        _keys("batchSize", "learningRateMultiplier", "earlyStoppingThreshold", "earlyStoppingPatience"),
-        epochs=2, learning_rate=None, batch_size=32),
-    "meta.llama3": Family("Llama 3", "prompt_completion", _keys("batchSize", "learningRate"),
-                          epochs=5, learning_rate=1e-4, batch_size=1),
-    "meta.llama2": Family("Llama 2", "prompt_completion", _keys("batchSize", "learningRate"),
-                          epochs=5, learning_rate=1e-4, batch_size=1),
-    "amazon.titan-text-premier": Family(
-        "Titan Text Premier", "prompt_completion", _keys("batchSize", "learningRate", "learningRateWarmupSteps"),
-        epochs=2, learning_rate=1e-6, batch_size=1),
-    "amazon.titan-text-": Family(
-        "Titan Text", "prompt_completion", _keys("batchSize", "learningRate", "learningRateWarmupSteps"),
-        epochs=5, learning_rate=1e-5, batch_size=1),
-    "cohere.command": Family(
-        "Cohere Command", "prompt_completion",
-        _keys("batchSize", "learningRate", "earlyStoppingThreshold", "earlyStoppingPatience", "evalPercentage"),
-        epochs=1, learning_rate=1e-5, batch_size=8),
-}
-
-# ftserve's own options Bedrock has no knob for, and why.
-UNSUPPORTED_OPTIONS = {
-    "training_type": "Bedrock chooses the training technique itself",
-    "lora_rank": "Bedrock exposes no LoRA settings",
-    "lora_alpha": "Bedrock exposes no LoRA settings",
-    "lora_dropout": "Bedrock exposes no LoRA settings",
-    "max_seq_length": "the context length is fixed by the base model id (the :128k in amazon.nova-micro-v1:0:128k)",
-    "eval_interval": "Bedrock evaluates on its own schedule",
-    "checkpoint_interval": "Bedrock keeps no intermediate checkpoints",
-}
-
-_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
-
 
 class BedrockConnection(Connection):
     region: str
@@ -140,126 +77,100 @@ class BedrockConnection(Connection):
     """An S3-compatible endpoint in place of AWS S3 (a test double); Bedrock itself is always AWS."""
 
 
-class VpcConfig(Options):
-    subnet_ids: list[str] = Field(min_length=1, max_length=16)
-    security_group_ids: list[str] = Field(min_length=1, max_length=5)
-
-
-class BedrockOptions(Options):
-    customization_type: Literal["FINE_TUNING", "CONTINUED_PRE_TRAINING"] = "FINE_TUNING"
-    vpc_config: VpcConfig | None = None
-    custom_model_kms_key_id: str | None = None
-    job_tags: dict[str, str] | None = None
-    custom_model_tags: dict[str, str] | None = None
-    learning_rate_warmup_steps: int | None = Field(None, ge=0)
-    early_stopping_threshold: float | None = Field(None, ge=0)
-    early_stopping_patience: int | None = Field(None, ge=1)
-    eval_percentage: float | None = Field(None, gt=0, lt=100)
-
-
-# Options that become hyperParameters, by their Bedrock key.
-_OPTION_KEYS = {
-    "learning_rate_warmup_steps": "learningRateWarmupSteps",
-    "early_stopping_threshold": "earlyStoppingThreshold",
-    "early_stopping_patience": "earlyStoppingPatience",
-    "eval_percentage": "evalPercentage",
-}
-
-
 class BedrockProvider:
     kind: ClassVar[ProviderKind] = "bedrock"
     Connection: ClassVar[type[BedrockConnection]] = BedrockConnection
     Options: ClassVar[type[BedrockOptions]] = BedrockOptions
+    LACKS: ClassVar[dict[str, str]] = {
+        "events": "Bedrock has no job events; poll the job, whose trainingMetrics and validationMetrics are in its "
+                  "raw payload, or read EventBridge state changes.",
+        "checkpoints": "Bedrock has no checkpoints; a job yields one custom model when it completes.",
+        "pause": "Bedrock has no pause; a job can only be stopped (cancelled) for good.",
+    }
 
     def __init__(self, name: str, connection: BedrockConnection, *, client: Any = None, s3: Any = None):
         self.name = name
         self.connection = connection
         self._bedrock = client
         self._s3 = s3
+        self.bucket = Bucket(connection.s3_bucket, lambda operation, **params: self._call(self.s3, operation, **params))
 
     # -- what it can do ------------------------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
         # No training type to choose: Bedrock picks the technique, so neither lora nor full is offered.
-        return Capabilities(methods=("supervised",), training_types=(), data="s3", serving="needs_deployment",
-                            deploy=True)
+        return capabilities_of(self, methods=("supervised",), training_types=(), data="s3",
+                               serving="needs_deployment")
 
     def list_base_models(self) -> list[BaseModelInfo]:
         answer = self._call(self.bedrock, "list_foundation_models", byCustomizationType="FINE_TUNING")
         return [BaseModelInfo(id=summary["modelId"], methods=("supervised",))
-                for summary in answer.get("modelSummaries", []) if _family_prefix(summary["modelId"])]
+                for summary in answer.get("modelSummaries", []) if family_prefix(summary["modelId"])]
 
     def resolve(self, request: JobRequest, staged: Staged | None = None) -> Resolved:
-        family = _family(request)
-        options = _options(request)
-        converted: list[Change] = []
-        dropped: list[Change] = []
+        family = family_of(request)
+        options = options_of(request, BedrockOptions, self.kind)
+        plan = Plan(request)
         training = staged.training if staged else "<training_file>"
-        native: dict[str, Any] = {
-            "jobName": _job_name(request.job_id),
-            "customModelName": _model_name(request.suffix, request.job_id),
-            "roleArn": self.connection.role_arn,
-            "clientRequestToken": _job_name(request.job_id),
-            "baseModelIdentifier": request.model,
-            "customizationType": options.customization_type,
-            "trainingDataConfig": {"s3Uri": training},
-            "outputDataConfig": {"s3Uri": f"{self._s3_root()}output/{request.job_id}/"},
-        }
-        layout = _layout_reason(family, options.customization_type)
-        converted.append(Change("training_file", str(request.training_file), "trainingDataConfig.s3Uri",
-                                training, layout))
+        plan.put("jobName", _job_name(request.job_id))
+        plan.put("customModelName", _model_name(request.suffix, request.job_id))
+        plan.put("roleArn", self.connection.role_arn)
+        plan.put("clientRequestToken", _job_name(request.job_id))
+        plan.put("baseModelIdentifier", request.model)
+        plan.put("customizationType", options.customization_type)
+        plan.put("outputDataConfig", {"s3Uri": f"{self._s3_root()}output/{request.job_id}/"})
+        layout = layout_reason(family, options.customization_type)
+        plan.put("trainingDataConfig", {"s3Uri": training})
+        plan.converted.append(Change("training_file", str(request.training_file), "trainingDataConfig.s3Uri",
+                                     training, layout))
         if request.validation_file is not None:
             validation = (staged.validation if staged else None) or "<validation_file>"
-            native["validationDataConfig"] = {"validators": [{"s3Uri": validation}]}
-            converted.append(Change("validation_file", str(request.validation_file),
-                                    "validationDataConfig.validators.0.s3Uri", validation, layout))
-        hyper = _hyperparameters(request, family, options, converted, dropped)
+            plan.put("validationDataConfig", {"validators": [{"s3Uri": validation}]})
+            plan.converted.append(Change("validation_file", str(request.validation_file),
+                                         "validationDataConfig.validators.0.s3Uri", validation, layout))
+        hyper = hyperparameters(plan, family, options)
         if hyper:
-            native["hyperParameters"] = hyper
+            plan.put("hyperParameters", hyper)
         if request.suffix:
-            converted.append(Change("suffix", request.suffix, "customModelName", native["customModelName"],
-                                    "Bedrock names the custom model: the suffix leads the name, the job id keeps it unique"))
+            plan.converted.append(Change("suffix", request.suffix, "customModelName", plan.native["customModelName"],
+                                         "Bedrock names the custom model: the suffix leads the name, the job id "
+                                         "keeps it unique"))
         tags = _job_tags(request.metadata, options.job_tags)
         if tags:
-            native["jobTags"] = tags
+            plan.put("jobTags", tags)
         if request.metadata:
-            converted.append(Change("metadata", request.metadata, "jobTags", _tag_list(request.metadata),
-                                    "Bedrock keeps a job's metadata as tags"))
+            plan.converted.append(Change("metadata", request.metadata, "jobTags", _tag_list(request.metadata),
+                                         "Bedrock keeps a job's metadata as tags"))
         if options.custom_model_tags:
-            native["customModelTags"] = _tag_list(options.custom_model_tags)
+            plan.put("customModelTags", _tag_list(options.custom_model_tags))
         if options.custom_model_kms_key_id:
-            native["customModelKmsKeyId"] = options.custom_model_kms_key_id
+            plan.put("customModelKmsKeyId", options.custom_model_kms_key_id)
         if options.vpc_config:
-            native["vpcConfig"] = {"subnetIds": options.vpc_config.subnet_ids,
-                                   "securityGroupIds": options.vpc_config.security_group_ids}
-        if request.seed is not None:
-            dropped.append(Change("seed", request.seed, None, reason="Bedrock customization jobs take no seed"))
-        if request.integrations:
-            dropped.append(Change("integrations", request.integrations, None,
-                                  reason="Bedrock has no Weights & Biases integration; its metrics land in the output S3 prefix"))
-        return Resolved(provider=self.name, native=native, converted=converted, dropped=dropped)
+            plan.put("vpcConfig", {"subnetIds": options.vpc_config.subnet_ids,
+                                   "securityGroupIds": options.vpc_config.security_group_ids})
+        plan.map({key: UNSUPPORTED[key] for key in ("seed", "integrations")})
+        return plan.resolved(self.name)
 
     def estimate(self, request: JobRequest) -> Estimate:
-        family = _family(request)
-        asked = chosen(request, "n_epochs")
-        epochs = int(asked) if asked is not None else family.epochs
-        whose = "as asked" if asked is not None else f"Bedrock's default for {family.label}"
-        return Estimate(
-            trained_tokens=tokens_of(request.training_file) * epochs, epochs=epochs, cost_usd=None,
-            basis=f"The training file's tokens at four characters per token times {epochs} epochs ({whose}); "
-                  "Bedrock has no estimate API and bills by its own token count, so no cost is given.",
-        )
+        family = family_of(request)
+        return text_estimate(request, family.epochs, f"Bedrock's {family.label}",
+                             "Bedrock has no estimate API and bills by its own token count, so no cost is given.")
 
     # -- the hosted lifecycle ------------------------------------------------------------------
 
     def stage_data(self, request: JobRequest) -> Staged:
-        family = _family(request)
-        options = _options(request)
+        family = family_of(request)
+        options = options_of(request, BedrockOptions, self.kind)
         layout: Literal["converse", "prompt_completion", "text"] = (
             "text" if options.customization_type == "CONTINUED_PRE_TRAINING" else family.data)
-        training = self._upload(_convert(request.training_file, layout))
-        validation = self._upload(_convert(request.validation_file, layout)) if request.validation_file else None
-        return Staged(training=training, validation=validation)
+        prefix = self.connection.s3_prefix.strip("/")
+
+        def upload(path: Path, param: str) -> str:
+            body = converted(path, layout)
+            key = (f"{prefix}/" if prefix else "") + digest(body) + ".jsonl"
+            self.bucket.put_once(key, body)
+            return f"s3://{self.bucket.name}/{key}"
+        return stage(request, upload)
 
     def submit(self, request: JobRequest, staged: Staged) -> RemoteJob:
         native = self.resolve(request, staged).native
@@ -282,19 +193,6 @@ class BedrockProvider:
     def cancel(self, remote_id: str) -> RemoteJob:
         self._call(self.bedrock, "stop_model_customization_job", jobIdentifier=remote_id)
         return self.get(remote_id)
-
-    def events(self, remote_id: str, after: str | None = None) -> list[RemoteEvent]:
-        raise ProviderUnsupported("Bedrock has no job events; poll the job, whose trainingMetrics and "
-                                  "validationMetrics are in its raw payload, or read EventBridge state changes.")
-
-    def checkpoints(self, remote_id: str) -> list[RemoteCheckpoint]:
-        raise ProviderUnsupported("Bedrock has no checkpoints; a job yields one custom model when it completes.")
-
-    def pause(self, remote_id: str) -> RemoteJob:
-        raise ProviderUnsupported("Bedrock has no pause; a job can only be stopped (cancelled) for good.")
-
-    def resume(self, remote_id: str) -> RemoteJob:
-        raise ProviderUnsupported("Bedrock has no resume; a stopped job cannot continue, submit a new one.")
 
     def deploy(self, model: str) -> Deployment:
         """On-demand serving of a custom model (`create_custom_model_deployment`), billed per token.
@@ -324,7 +222,7 @@ class BedrockProvider:
         return self._s3
 
     def _session(self) -> Any:
-        import boto3  # the providers extra: only servers that configure Bedrock install it
+        import boto3  # type: ignore[import-untyped]  # boto3 ships no type hints; the providers extra installs it
 
         c = self.connection
         return boto3.session.Session(
@@ -338,162 +236,9 @@ class BedrockProvider:
         prefix = self.connection.s3_prefix.strip("/")
         return f"s3://{self.connection.s3_bucket}/" + (f"{prefix}/" if prefix else "")
 
-    def _upload(self, body: bytes) -> str:
-        """Content-addressed, so a file staged before is not uploaded again."""
-        prefix = self.connection.s3_prefix.strip("/")
-        key = (f"{prefix}/" if prefix else "") + hashlib.sha256(body).hexdigest() + ".jsonl"
-        bucket = self.connection.s3_bucket
-        try:
-            self._call(self.s3, "head_object", Bucket=bucket, Key=key)
-        except ProviderError as error:
-            if error.status != 404:
-                raise
-            self._call(self.s3, "put_object", Bucket=bucket, Key=key, Body=body, ContentType="application/jsonl")
-        return f"s3://{bucket}/{key}"
-
     def _call(self, client: Any, operation: str, **params: Any) -> dict[str, Any]:
-        with _translated(operation):
+        with errors.translated(f"Bedrock {operation}", errors.aws):
             return getattr(client, operation)(**params)
-
-
-@contextmanager
-def _translated(operation: str) -> Iterator[None]:
-    """botocore's exceptions as `ProviderError`, with AWS's own message kept."""
-    # botocore comes with the providers extra: imported here so that ftserve without it still imports this module.
-    from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-
-    try:
-        yield
-    except ClientError as error:
-        info = error.response.get("Error", {})
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = info.get("Code", "")
-        retryable = code in RETRYABLE_CODES or status == 429 or (status or 0) >= 500
-        raise ProviderError(f"Bedrock {operation} failed: {code}: {info.get('Message', '')}".rstrip(": "),
-                            retryable=retryable, status=status) from error
-    except (BotoConnectionError, HTTPClientError) as error:
-        raise ProviderError(f"Bedrock {operation} could not reach AWS: {error}", retryable=True) from error
-    except BotoCoreError as error:
-        raise ProviderError(f"Bedrock {operation} failed: {error}") from error
-
-
-# -- resolve ----------------------------------------------------------------------------------
-
-
-def _options(request: JobRequest) -> BedrockOptions:
-    try:
-        return BedrockOptions.model_validate(request.provider_options)
-    except ValidationError as error:
-        raise InvalidRequest(f"provider_options.bedrock: {error}", param="provider_options") from error
-
-
-def _family_prefix(model_id: str) -> str | None:
-    return max((prefix for prefix in FAMILIES if model_id.startswith(prefix)), key=len, default=None)
-
-
-def _family(request: JobRequest) -> Family:
-    """The model family of a job Bedrock can run; an error naming why for any other job."""
-    if request.method == "dpo":
-        raise ProviderUnsupported("Bedrock model customization has no preference (DPO) training; "
-                                  "run DPO jobs on the local engine or another provider.")
-    if request.method != "supervised":
-        raise ProviderUnsupported(
-            "Bedrock grades reinforcement fine-tuning with an AWS Lambda function of your own "
-            "(rftConfig.graderConfig.lambdaGrader); OpenAI graders cannot be turned into one, so "
-            "reinforcement jobs need another provider.")
-    # An ARN names the model after `foundation-model/` or `custom-model/`.
-    model_id = request.model.split("/")[1] if request.model.startswith("arn:") else request.model
-    prefix = _family_prefix(model_id)
-    if prefix is None:
-        raise InvalidRequest(f"Bedrock fine-tunes base models whose id starts with {', '.join(FAMILIES)}; "
-                             f"{request.model} is none of them.", param="model")
-    return FAMILIES[prefix]
-
-
-def _layout_reason(family: Family, customization: str) -> str:
-    if customization == "CONTINUED_PRE_TRAINING":
-        return "continued pre-training reads {\"input\": text}: each chat row is rendered as User:/Assistant: blocks"
-    if family.data == "converse":
-        return f"{family.label} reads Converse records (bedrock-conversation-2024), converted from the chat rows"
-    return (f"{family.label} reads {{prompt, completion}}: the last assistant message is the completion and "
-            "the turns before it are rendered into the prompt as User:/Assistant: blocks")
-
-
-Send = Callable[[str, Any, str, float, str], None]
-
-
-def _hyperparameters(request: JobRequest, family: Family, options: BedrockOptions,
-                     converted: list[Change], dropped: list[Change]) -> dict[str, str]:
-    """Bedrock's string map under the family's keys; each value sent is reported as converted."""
-    hyper: dict[str, str] = {}
-
-    def send(field: str, value: Any, key: str, native: float, reason: str) -> None:
-        hyper[key] = _text(native)
-        converted.append(Change(field, value, f"hyperParameters.{key}", hyper[key], reason))
-
-    epochs = chosen(request, "n_epochs")
-    if epochs is not None:
-        send("hyperparameters.n_epochs", epochs, "epochCount", int(epochs), "Bedrock takes hyperparameters as strings")
-    batch = chosen(request, "batch_size")
-    if batch is not None:
-        if "batchSize" in family.keys:
-            send("hyperparameters.batch_size", batch, "batchSize", int(batch), "Bedrock takes hyperparameters as strings")
-        else:
-            dropped.append(Change("hyperparameters.batch_size", batch, None,
-                                  reason=f"{family.label} takes no batch size; Bedrock sets it"))
-    multiplier = chosen(request, "learning_rate_multiplier")
-    if multiplier is not None:
-        if family.learning_rate is None:
-            send("hyperparameters.learning_rate_multiplier", multiplier, "learningRateMultiplier", float(multiplier),
-                 f"{family.label} takes the multiplier itself, as a string")
-        else:
-            send("hyperparameters.learning_rate_multiplier", multiplier, "learningRate",
-                 float(multiplier) * family.learning_rate,
-                 f"{family.label} takes an absolute learning rate: the multiplier times its documented "
-                 f"default {family.learning_rate:g}")
-    for key in sorted(set(request.options) - {"warmup_ratio"}):
-        dropped.append(Change(f"ftserve.{key}", request.options[key], None,
-                              reason=UNSUPPORTED_OPTIONS.get(key, "Bedrock has no such setting")))
-    if "warmup_ratio" in request.options:
-        _warmup(request, family, options, epochs, batch, send, dropped)
-    for option, key in _OPTION_KEYS.items():
-        value = getattr(options, option)
-        if value is None:
-            continue
-        if key not in family.keys:
-            raise InvalidRequest(f"provider_options.bedrock.{option}: {family.label} takes no {key}; its "
-                                 f"hyperparameters are {', '.join(sorted(family.keys))}.", param="provider_options")
-        hyper[key] = _text(value)
-    return hyper
-
-
-def _warmup(request: JobRequest, family: Family, options: BedrockOptions, epochs: Any, batch: Any,
-            send: Send, dropped: list[Change]) -> None:
-    ratio = request.options["warmup_ratio"]
-    if options.learning_rate_warmup_steps is not None:
-        raise InvalidRequest("ftserve.warmup_ratio and provider_options.bedrock.learning_rate_warmup_steps both "
-                             "set the warmup; set one of them.", param="provider_options")
-    if "learningRateWarmupSteps" not in family.keys:
-        dropped.append(Change("ftserve.warmup_ratio", ratio, None, reason=f"{family.label} takes no warmup"))
-        return
-    # The batch Bedrock will use: the one asked for only where the family takes one.
-    batch_size = int(batch) if batch is not None and "batchSize" in family.keys else family.batch_size
-    if batch_size is None:
-        dropped.append(Change("ftserve.warmup_ratio", ratio, None,
-                              reason=f"{family.label}'s batch size is not published, so a ratio cannot become "
-                                     "steps; set provider_options.bedrock.learning_rate_warmup_steps instead"))
-        return
-    total_epochs = int(epochs) if epochs is not None else family.epochs
-    steps = math.ceil(request.training_examples / batch_size) * total_epochs
-    send("ftserve.warmup_ratio", ratio, "learningRateWarmupSteps", round(float(ratio) * steps),
-         f"Bedrock counts warmup in steps: the ratio of {steps} steps "
-         f"({request.training_examples} examples / batch {batch_size} x {total_epochs} epochs)")
-
-
-def _text(value: float) -> str:
-    """Integers as they are, floats in their shortest form: 2e-05, not 2.0000000000000002e-05."""
-    return str(value) if isinstance(value, int) else format(value, ".10g")
 
 
 def _job_name(job_id: str) -> str:
@@ -518,59 +263,6 @@ def _job_tags(metadata: dict[str, str] | None, option: dict[str, str] | None) ->
         raise InvalidRequest(f"metadata and provider_options.bedrock.job_tags give {', '.join(clashes)} different "
                              "values; set each tag once.", param="provider_options")
     return _tag_list({**metadata, **option})
-
-
-# -- data -------------------------------------------------------------------------------------
-
-
-def _convert(path: Path, layout: Literal["converse", "prompt_completion", "text"]) -> bytes:
-    rows = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            messages = json.loads(line).get("messages")
-            if not isinstance(messages, list):
-                raise InvalidRequest(f"Bedrock fine-tuning takes chat rows; line {number} has no messages.",
-                                     param="training_file")
-            turns = [(message.get("role"), _content(message, number)) for message in messages]
-            rows.append(json.dumps(_row(turns, layout, number), ensure_ascii=False))
-    return ("\n".join(rows) + "\n").encode()
-
-
-def _content(message: dict[str, Any], line: int) -> str:
-    if message.get("role") not in _ROLES or message.get("tool_calls") or message.get("function_call"):
-        raise InvalidRequest(f"Bedrock fine-tuning data holds system, user and assistant text only; line {line} "
-                             f"has a {message.get('role')} message or a tool call.", param="training_file")
-    content = message.get("content") or ""
-    if isinstance(content, str):
-        return content
-    if any(part.get("type") != "text" for part in content):
-        raise InvalidRequest(f"Bedrock fine-tuning data is text only; line {line} has a non-text part.",
-                             param="training_file")
-    return "".join(part["text"] for part in content)
-
-
-def _row(turns: list[tuple[str, str]], layout: str, line: int) -> dict[str, Any]:
-    if layout == "converse":
-        row: dict[str, Any] = {"schemaVersion": "bedrock-conversation-2024"}
-        system = [{"text": text} for role, text in turns if role == "system"]
-        if system:
-            row["system"] = system
-        row["messages"] = [{"role": role, "content": [{"text": text}]} for role, text in turns if role != "system"]
-        return row
-    if layout == "text":
-        return {"input": _rendered(turns)}
-    if not turns or turns[-1][0] != "assistant":
-        raise InvalidRequest(f"Bedrock trains this model on prompt and completion pairs; line {line} does not end "
-                             "with the assistant message that becomes the completion.", param="training_file")
-    before = turns[:-1]
-    prompt = before[0][1] if [role for role, _ in before] == ["user"] else _rendered(before)
-    return {"prompt": prompt, "completion": turns[-1][1]}
-
-
-def _rendered(turns: list[tuple[str, str]]) -> str:
-    return "\n\n".join(f"{_ROLES[role]}: {text}" for role, text in turns)
 
 
 # -- jobs -------------------------------------------------------------------------------------

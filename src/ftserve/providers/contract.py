@@ -15,7 +15,6 @@ the server's provider configuration (`Connection`), never from the job.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,22 +234,74 @@ class Provider(Protocol):
 
 @runtime_checkable
 class HostedProvider(Provider, Protocol):
-    """A provider that runs jobs itself. Every call may raise `ProviderError`; unsupported ones raise `ProviderUnsupported`."""
+    """A provider that runs jobs itself. Every call may raise `ProviderError`.
+
+    What only some providers can do is a protocol of its own below (`Listable`, `HasEvents`,
+    `HasCheckpoints`, `Pausable`, `Deployable`): an adapter has the method or not, and its
+    `capabilities` say which (`capabilities_of`), so a flag and a method can never disagree.
+    """
 
     def stage_data(self, request: JobRequest) -> Staged: ...
     def submit(self, request: JobRequest, staged: Staged) -> RemoteJob:
         """Start the job. Calling it again for the same `job_id` returns the same remote job where the provider allows it."""
         ...
     def get(self, remote_id: str) -> RemoteJob: ...
-    def list(self, limit: int = 20) -> list[RemoteJob]: ...
     def cancel(self, remote_id: str) -> RemoteJob: ...
+
+
+@runtime_checkable
+class Listable(Protocol):
+    def list(self, limit: int = 20) -> list[RemoteJob]: ...
+
+
+@runtime_checkable
+class HasEvents(Protocol):
     def events(self, remote_id: str, after: str | None = None) -> list[RemoteEvent]:
         """Events newer than the event `after` (all when None), oldest first."""
         ...
+
+
+@runtime_checkable
+class HasCheckpoints(Protocol):
     def checkpoints(self, remote_id: str) -> list[RemoteCheckpoint]: ...
-    def pause(self, remote_id: str) -> RemoteJob: ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """Continues a paused job: one this server paused, or one the provider paused itself."""
+
     def resume(self, remote_id: str) -> RemoteJob: ...
+
+
+@runtime_checkable
+class Pausable(Resumable, Protocol):
+    def pause(self, remote_id: str) -> RemoteJob: ...
+
+
+@runtime_checkable
+class Deployable(Protocol):
     def deploy(self, model: str) -> Deployment: ...
+
+
+OPERATIONS: dict[str, type] = {"events": HasEvents, "checkpoints": HasCheckpoints, "pause": Pausable,
+                               "deploy": Deployable}
+"""The capability flags that say whether a provider has an operation, by the protocol that holds it."""
+
+
+def capabilities_of(provider: object, *, methods: tuple[MethodType, ...],
+                    training_types: tuple[Literal["lora", "full"], ...],
+                    data: Literal["local", "file_api", "dataset", "s3", "hf_dataset"], serving: Serving,
+                    cost_estimate: bool = False) -> Capabilities:
+    """A provider's capabilities: what it declares, and the operations its class has."""
+    return Capabilities(methods, training_types, data, serving, cost_estimate=cost_estimate,
+                        **{flag: isinstance(provider, protocol) for flag, protocol in OPERATIONS.items()})
+
+
+def lacking(provider: object, operation: str) -> ProviderUnsupported:
+    """The error for an operation `provider` does not have, with its adapter's reason (`LACKS`) where it gives one."""
+    reasons: dict[str, str] = getattr(provider, "LACKS", {})
+    name = getattr(provider, "name", "this provider")
+    return ProviderUnsupported(reasons.get(operation) or f"{name} has no {operation} operation.")
 
 
 def map_status(table: dict[str, RemoteStatus], raw: str | None) -> RemoteStatus:
@@ -262,15 +313,6 @@ def chosen(request: JobRequest, name: str) -> Any | None:
     """A hyperparameter the caller set, or None where it is `"auto"` or absent (the provider's default applies)."""
     value = request.hyperparameters.get(name, "auto")
     return None if value == "auto" else value
-
-
-def file_digest(path: Path) -> str:
-    """The sha256 of a file, read a block at a time: uploads are named by it, so a retry finds the earlier one."""
-    digest = hashlib.sha256()
-    with path.open("rb") as data:
-        for block in iter(lambda: data.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tokens_of(path: Path) -> int:

@@ -7,27 +7,25 @@ Fireworks batches by tokens and takes an absolute learning rate; `resolve` repor
 A finished model is a LoRA addon that nothing can call until `deploy` loads it onto a dedicated
 deployment of its base model (Fireworks dropped serverless LoRA), which bills per GPU-second.
 
-One module rather than several: every part of it translates the same two SDK resources.
+The job's create request is built in `fireworks_request`; this module runs the job.
 """
 
 from __future__ import annotations
 
-import math
+import builtins  # inside the class, the adapter's own `list` method hides the builtin
 import re
-from contextlib import contextmanager
 from datetime import datetime
-from functools import cached_property
 from itertools import islice
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import SecretStr
 
 from ftserve.domain.errors import InvalidRequest
+from ftserve.providers.clients import Sdk
 from ftserve.providers.contract import (
     BaseModelInfo,
     Capabilities,
-    Change,
     Connection,
     Deployment,
     Estimate,
@@ -35,24 +33,18 @@ from ftserve.providers.contract import (
     Options,
     ProviderError,
     ProviderKind,
-    ProviderUnsupported,
     RemoteCheckpoint,
     RemoteError,
-    RemoteEvent,
     RemoteJob,
     RemoteStatus,
     Resolved,
     Staged,
-    chosen,
-    file_digest,
+    capabilities_of,
     map_status,
-    tokens_of,
 )
-
-# The SDK declares no defaults; these are the ones Fireworks documents for its fine-tuning jobs.
-DEFAULT_LEARNING_RATE = 1e-4
-DEFAULT_CONTEXT = 8192
-DEFAULT_EPOCHS = 1
+from ftserve.providers.fireworks_request import DEFAULT_EPOCHS, FireworksOptions, job_body, resource_id
+from ftserve.providers.plan import options_of, text_estimate
+from ftserve.providers.staging import digest, stage
 
 # Every `JOB_STATE_*` value of the SDK's `SupervisedFineTuningJob.state` and `DpoJob.state` (the same Literal).
 STATUSES: dict[str, RemoteStatus] = {
@@ -81,13 +73,6 @@ STATUSES: dict[str, RemoteStatus] = {
 JOB_NAME = re.compile(r"accounts/([^/]+)/(supervisedFineTuningJobs|dpoJobs)/([^/]+)")
 MODEL_NAME = re.compile(r"accounts/([^/]+)/models/([^/#]+)")
 CHECKPOINT_STEP = re.compile(r"step-(\d+)$")
-RESOURCE_ID_LENGTH = 63
-
-# Options that both job kinds take (DPO inside its training_config), and those only one kind has.
-TRAINING_OPTIONS = ("region", "jinja_template", "batch_size_samples", "gradient_accumulation_steps",
-                    "optimizer_weight_decay")
-SUPERVISED_OPTIONS = ("is_turbo", "nodes", "early_stop", "eval_auto_carveout")
-
 
 class FireworksConnection(Connection):
     api_key: SecretStr
@@ -97,320 +82,91 @@ class FireworksConnection(Connection):
     """Fireworks logs to W&B only with a key; it is added to jobs that ask for W&B, never shown in a dry run."""
 
 
-class FireworksOptions(Options):
-    """`ftserve.provider_options.fireworks`: the job settings Fireworks has and OpenAI's job lacks."""
-
-    region: str | None = None
-    jinja_template: str | None = None
-    is_turbo: bool | None = None
-    nodes: int | None = Field(None, ge=1)
-    warm_start_from: str | None = None
-    """A LoRA model (`accounts/<a>/models/<id>`) to continue training, instead of the job's base model."""
-    early_stop: bool | None = None
-    eval_auto_carveout: bool | None = None
-    batch_size_samples: int | None = Field(None, ge=1)
-    gradient_accumulation_steps: int | None = Field(None, ge=1)
-    optimizer_weight_decay: float | None = Field(None, ge=0)
-    dpo_loss: Literal["DPO", "ORPO"] | None = None
-
-
 class FireworksProvider:
     kind: ClassVar[ProviderKind] = "fireworks"
     Connection: ClassVar[type[FireworksConnection]] = FireworksConnection
     Options: ClassVar[type[FireworksOptions]] = FireworksOptions
+    LACKS: ClassVar[dict[str, str]] = {
+        "events": "Fireworks has no event list for fine-tuning jobs; poll the job for its state and progress instead.",
+        "pause": "Fireworks has no pause for fine-tuning jobs (only Fireworks itself pauses one); cancel it instead, "
+                 "or resume a job Fireworks paused.",
+    }
 
     def __init__(self, name: str, connection: FireworksConnection, *, client: Any = None):
         self.name = name
         self.connection = connection
-        self._injected = client
-
-    @cached_property
-    def _sdk(self) -> Any:
-        if self._injected is not None:
-            return self._injected
-        # The SDK takes most of a second to import: only when a job needs it.
-        from fireworks import Fireworks
-
-        return Fireworks(
-            api_key=self.connection.api_key.get_secret_value(), account_id=self.connection.account_id,
-            base_url=self.connection.base_url, max_retries=0,  # the worker's back-off decides when to retry
-        )
+        self.sdk = Sdk("Fireworks", "fireworks", "Fireworks", {
+            "api_key": connection.api_key.get_secret_value(), "account_id": connection.account_id,
+            "base_url": connection.base_url,
+        }, client)
 
     # -- what it can do ---------------------------------------------------------------------------------
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            methods=("supervised", "dpo"), training_types=("lora",), data="dataset", serving="needs_deployment",
-            events=False, checkpoints=True, pause=False, deploy=True, cost_estimate=False,
-        )
+        return capabilities_of(self, methods=("supervised", "dpo"), training_types=("lora",), data="dataset",
+                               serving="needs_deployment")
 
     def list_base_models(self) -> list[BaseModelInfo]:
-        with self._calling():
-            models = [model for model in self._sdk.models.list(account_id="fireworks", page_size=200) if model.tunable]
+        with self.sdk.calling():
+            models = [model for model in self.sdk.client.models.list(account_id="fireworks", page_size=200) if model.tunable]
         return [
             BaseModelInfo(model.name, ("supervised", "dpo"), model.training_context_length or model.context_length)
             for model in models
         ]
 
     def resolve(self, request: JobRequest, staged: Staged | None = None) -> Resolved:
-        if request.method not in ("supervised", "dpo"):
-            raise ProviderUnsupported(
-                "Fireworks has no reinforcement job that takes an OpenAI grader: its RFT scores with an evaluator "
-                "resource of its own. Use the supervised or dpo method here."
-            )
-        if request.options.get("training_type") == "full":
-            raise ProviderUnsupported(
-                "Fireworks' managed fine-tuning trains LoRA adapters only; use ftserve.training_type 'lora'."
-            )
-        try:
-            options = self.Options.model_validate(request.provider_options)
-        except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise InvalidRequest(f"ftserve.provider_options.fireworks.{where}: {first['msg']}",
-                                 param=f"ftserve.provider_options.fireworks.{where}") from error
-        dpo = request.method == "dpo"
-        nest = "training_config." if dpo else ""
-        converted: list[Change] = []
-        dropped: list[Change] = []
-        job_id = resource_id(request.job_id)
-        training = self._training(request, options, job_id, nest, converted, dropped)
-        # Fireworks keeps display names under 64 characters; the job id is the part worth keeping whole.
-        display_name = request.job_id
-        if request.suffix:
-            display_name = f"{request.suffix[: RESOURCE_ID_LENGTH - len(request.job_id) - 3]} ({request.job_id})"
-        dataset = staged.training if staged else "<training_file>"
-        validation = None
-        if request.validation_file is not None:
-            validation = (staged.validation if staged else None) or "<validation_file>"
-
-        if dpo:
-            for key in SUPERVISED_OPTIONS:
-                if getattr(options, key) is not None:
-                    raise ProviderUnsupported(
-                        f"provider_options.fireworks.{key} applies to supervised jobs: Fireworks' DPO job has no such setting."
-                    )
-            if validation is not None:
-                dropped.append(Change("validation_file", str(request.validation_file), None,
-                                      reason="Fireworks' DPO job takes no evaluation dataset"))
-            native: dict[str, Any] = {
-                "dpo_job_id": job_id, "dataset": dataset, "display_name": display_name,
-                "training_config": training, "loss_config": self._loss(request, options, converted),
-            }
-        else:
-            if options.dpo_loss is not None:
-                raise ProviderUnsupported("provider_options.fireworks.dpo_loss applies to dpo jobs only.")
-            if validation is not None and options.eval_auto_carveout:
-                raise InvalidRequest(
-                    "validation_file and provider_options.fireworks.eval_auto_carveout both choose the evaluation "
-                    "data; set one of them.", param="validation_file",
-                )
-            native = {"supervised_fine_tuning_job_id": job_id, "dataset": dataset, "display_name": display_name,
-                      **training}
-            if validation is not None:
-                native["evaluation_dataset"] = validation
-            native.update({key: getattr(options, key) for key in SUPERVISED_OPTIONS if getattr(options, key) is not None})
-
-        wandb = self._wandb(request, converted, dropped)
-        if wandb is not None:
-            native["wandb_config"] = wandb
-        for name, value in (("seed", request.seed), ("metadata", request.metadata)):
-            if value is not None:
-                dropped.append(Change(name, value, None, reason=f"Fireworks' fine-tuning jobs have no {name}"))
-        return Resolved(self.name, native, converted, dropped)
-
-    def _training(self, request: JobRequest, options: FireworksOptions, job_id: str, nest: str,
-                  converted: list[Change], dropped: list[Change]) -> dict[str, Any]:
-        """The settings both job kinds share: top level in a supervised job, `training_config` in a DPO one."""
-        training: dict[str, Any] = {}
-        if options.warm_start_from is not None:
-            training["warm_start_from"] = options.warm_start_from
-            converted.append(Change(
-                "model", request.model, f"{nest}warm_start_from", options.warm_start_from,
-                "Fireworks takes a base model or a LoRA to continue, not both: the job continues "
-                "provider_options.fireworks.warm_start_from, on that LoRA's own base model",
-            ))
-        else:
-            base = request.model if "/" in request.model else f"accounts/fireworks/models/{request.model}"
-            training["base_model"] = base
-            if base != request.model:
-                converted.append(Change("model", request.model, f"{nest}base_model", base,
-                                        "a bare model name is one of Fireworks' public models"))
-
-        epochs = chosen(request, "n_epochs")
-        if epochs is not None:
-            training["epochs"] = int(epochs)
-            converted.append(Change("hyperparameters.n_epochs", epochs, f"{nest}epochs", int(epochs),
-                                    "Fireworks' name for it"))
-        multiplier = chosen(request, "learning_rate_multiplier")
-        if multiplier is not None:
-            training["learning_rate"] = float(multiplier) * DEFAULT_LEARNING_RATE
-            converted.append(Change(
-                "hyperparameters.learning_rate_multiplier", multiplier, f"{nest}learning_rate",
-                training["learning_rate"],
-                f"Fireworks takes an absolute learning rate: the multiplier times Fireworks' documented "
-                f"default, {DEFAULT_LEARNING_RATE:g}",
-            ))
-        context = request.options.get("max_seq_length")
-        if context is not None:
-            training["max_context_length"] = context
-            converted.append(Change("ftserve.max_seq_length", context, f"{nest}max_context_length", context,
-                                    "Fireworks' name for it"))
-        batch = chosen(request, "batch_size")
-        if batch is not None:
-            if options.batch_size_samples is not None:
-                raise InvalidRequest(
-                    "hyperparameters.batch_size and provider_options.fireworks.batch_size_samples both set the "
-                    "batch size; set one of them.", param="hyperparameters.batch_size",
-                )
-            tokens = int(batch) * (context or DEFAULT_CONTEXT)
-            source = "ftserve.max_seq_length" if context else "Fireworks' default context"
-            training["batch_size"] = tokens
-            converted.append(Change(
-                "hyperparameters.batch_size", batch, f"{nest}batch_size", tokens,
-                f"Fireworks counts a batch in tokens, packing examples into it: {batch} examples x "
-                f"{context or DEFAULT_CONTEXT} tokens of context ({source})",
-            ))
-        self._warmup(request, options, batch, epochs, nest, training, converted, dropped)
-
-        if "lora_rank" in request.options:
-            training["lora_rank"] = request.options["lora_rank"]
-        for key in ("lora_alpha", "lora_dropout"):
-            if key in request.options:
-                dropped.append(Change(f"ftserve.{key}", request.options[key], None,
-                                      reason="Fireworks sets LoRA alpha and dropout itself; its jobs take only the rank"))
-        if "eval_interval" in request.options:
-            dropped.append(Change("ftserve.eval_interval", request.options["eval_interval"], None,
-                                  reason="Fireworks evaluates on its own schedule; its jobs take no evaluation interval"))
-        if "checkpoint_interval" in request.options:
-            interval = request.options["checkpoint_interval"]
-            training["sampler_checkpoint_save_interval_steps"] = interval
-            converted.append(Change("ftserve.checkpoint_interval", interval,
-                                    f"{nest}sampler_checkpoint_save_interval_steps", interval,
-                                    "Fireworks' name for the steps between checkpoints that can become models"))
-        if request.suffix:
-            tail = f"-{job_id}"
-            head = resource_id(request.suffix)[: RESOURCE_ID_LENGTH - len(tail)].strip("-")
-            output = f"accounts/{self.connection.account_id}/models/{head}{tail}"
-            training["output_model"] = output
-            converted.append(Change("suffix", request.suffix, f"{nest}output_model", output,
-                                    "Fireworks names the model by id: the suffix, lowercased, then the job id "
-                                    "so that the name is unique"))
-        training.update({key: getattr(options, key) for key in TRAINING_OPTIONS if getattr(options, key) is not None})
-        return training
-
-    @staticmethod
-    def _warmup(request: JobRequest, options: FireworksOptions, batch: Any, epochs: Any, nest: str,
-                training: dict[str, Any], converted: list[Change], dropped: list[Change]) -> None:
-        ratio = request.options.get("warmup_ratio")
-        if ratio is None:
-            return
-        per_batch = batch or options.batch_size_samples
-        if per_batch is None:
-            dropped.append(Change("ftserve.warmup_ratio", ratio, None, reason=(
-                "Fireworks takes warmup in steps, and counting steps needs a batch size in examples: "
-                "set hyperparameters.batch_size")))
-            return
-        total = math.ceil(request.training_examples / int(per_batch)) * int(epochs or DEFAULT_EPOCHS)
-        steps = round(ratio * total)
-        training["learning_rate_warmup_steps"] = steps
-        converted.append(Change(
-            "ftserve.warmup_ratio", ratio, f"{nest}learning_rate_warmup_steps", steps,
-            f"Fireworks takes warmup in steps: {ratio:g} x about {total} steps ({request.training_examples} "
-            f"examples / {per_batch} per batch x {epochs or DEFAULT_EPOCHS} epochs; packing may change the count)",
-        ))
-
-    @staticmethod
-    def _loss(request: JobRequest, options: FireworksOptions, converted: list[Change]) -> dict[str, Any]:
-        # Always named: the SDK's loss config says an unnamed method means GRPO for preference jobs.
-        loss: dict[str, Any] = {"method": options.dpo_loss or "DPO"}
-        beta = chosen(request, "beta")
-        if beta is not None:
-            if loss["method"] != "DPO":
-                raise InvalidRequest(
-                    "hyperparameters.beta is DPO's, and provider_options.fireworks.dpo_loss chooses ORPO; "
-                    "leave beta 'auto' or use DPO.", param="hyperparameters.beta",
-                )
-            loss["dpo"] = {"beta": float(beta)}
-            converted.append(Change("hyperparameters.beta", beta, "loss_config.dpo.beta", float(beta),
-                                    "Fireworks sets DPO's beta in the job's loss config"))
-        return loss
-
-    def _wandb(self, request: JobRequest, converted: list[Change], dropped: list[Change]) -> dict[str, Any] | None:
-        config: dict[str, Any] | None = None
-        for integration in request.integrations or []:
-            if integration.get("type") != "wandb" or config is not None:
-                dropped.append(Change("integrations", integration, None,
-                                      reason="Fireworks reports to Weights & Biases only, one run per job"))
-            elif self.connection.wandb_api_key is None:
-                dropped.append(Change("integrations", integration, None, reason=(
-                    "Fireworks logs to W&B only with an API key, and this server configures no wandb_api_key "
-                    "for this provider")))
-            else:
-                wandb = integration.get("wandb") or {}
-                config = {"enabled": True, **{key: wandb[key] for key in ("project", "entity") if wandb.get(key)}}
-                unsent = [key for key in ("name", "tags") if wandb.get(key)]
-                converted.append(Change(
-                    "integrations", integration, "wandb_config", config,
-                    "Fireworks' W&B settings; the server's W&B key is added when the job is sent"
-                    + (f"; Fireworks has no field for the run's {' and '.join(unsent)}" if unsent else ""),
-                ))
-        return config
+        plan = job_body(request, options_of(request, FireworksOptions, self.kind), staged,
+                        account=self.connection.account_id, wandb_key=self.connection.wandb_api_key is not None)
+        return plan.resolved(self.name)
 
     def estimate(self, request: JobRequest) -> Estimate:
-        epochs = int(chosen(request, "n_epochs") or DEFAULT_EPOCHS)
-        return Estimate(
-            tokens_of(request.training_file) * epochs, epochs, cost_usd=None,
-            basis=f"text of the training file at 4 characters per token, times {epochs} epochs (Fireworks' "
-                  f"default is {DEFAULT_EPOCHS}); Fireworks bills per training token but has no estimate API, "
-                  "and shows a job's estimated cost only once the job exists",
-        )
+        return text_estimate(request, DEFAULT_EPOCHS, "Fireworks", "Fireworks bills per training token but has no "
+                             "estimate API, and shows a job's estimated cost only once the job exists")
 
     # -- running a job ------------------------------------------------------------------------------------
 
     def stage_data(self, request: JobRequest) -> Staged:
-        training = self._dataset(request.training_file, request.training_examples)
-        validation = None
-        if request.validation_file is not None and request.method == "supervised":
-            validation = self._dataset(request.validation_file, request.validation_examples)
-        return Staged(training, validation)
+        def upload(path: Path, param: str) -> str:
+            examples = request.training_examples if param == "training_file" else request.validation_examples
+            return self._dataset(path, examples)
+        return stage(request, upload, validation=request.method == "supervised")
 
     def _dataset(self, path: Path, examples: int) -> str:
         """The dataset holding `path`, uploaded once: it is named after the file's hash, and a READY one is reused."""
-        dataset_id = f"ftserve-{file_digest(path)[:40]}"  # a letter first: Fireworks refuses ids that start with a digit
+        dataset_id = f"ftserve-{digest(path)[:40]}"  # a letter first: Fireworks refuses ids that start with a digit
         try:
-            with self._calling():
-                existing = self._sdk.datasets.get(dataset_id)
+            with self.sdk.calling():
+                existing = self.sdk.client.datasets.get(dataset_id)
         except ProviderError as error:
             if error.status != 404:
                 raise
             existing = None
         if existing is None:
             try:
-                with self._calling():
-                    self._sdk.datasets.create(dataset_id=dataset_id, dataset={
+                with self.sdk.calling():
+                    self.sdk.client.datasets.create(dataset_id=dataset_id, dataset={
                         "user_uploaded": {}, "example_count": str(examples), "display_name": path.name,
                     })
             except ProviderError as error:
                 if error.status != 409:  # 409: a concurrent stage_data created it first; upload anyway
                     raise
         if existing is None or existing.state != "READY":
-            with self._calling(), path.open("rb") as file:
-                self._sdk.datasets.upload(dataset_id, file=(path.name, file))
+            with self.sdk.calling(), path.open("rb") as file:
+                self.sdk.client.datasets.upload(dataset_id, file=(path.name, file))
         return f"accounts/{self.connection.account_id}/datasets/{dataset_id}"
 
     def submit(self, request: JobRequest, staged: Staged) -> RemoteJob:
         native = self.resolve(request, staged).native
-        jobs = self._sdk.dpo_jobs if request.method == "dpo" else self._sdk.supervised_fine_tuning_jobs
+        jobs = self.sdk.client.dpo_jobs if request.method == "dpo" else self.sdk.client.supervised_fine_tuning_jobs
         job_id = native["dpo_job_id"] if request.method == "dpo" else native["supervised_fine_tuning_job_id"]
         try:
-            with self._calling():
+            with self.sdk.calling():
                 job = jobs.create(**self._with_credentials(native))
         except ProviderError as error:
             if error.status != 409:
                 raise
             # The id is ftserve's job id: a job with it is the one an earlier, interrupted submit created.
-            with self._calling():
+            with self.sdk.calling():
                 job = jobs.get(job_id)
         return self._remote(job)
 
@@ -423,29 +179,24 @@ class FireworksProvider:
 
     def get(self, remote_id: str) -> RemoteJob:
         account, jobs, job_id = self._job(remote_id)
-        with self._calling():
+        with self.sdk.calling():
             return self._remote(jobs.get(job_id, account_id=account))
 
     def list(self, limit: int = 20) -> list[RemoteJob]:
         found: list[Any] = []
-        for jobs in (self._sdk.supervised_fine_tuning_jobs, self._sdk.dpo_jobs):
-            with self._calling():  # the pages after the first are fetched while iterating
+        for jobs in (self.sdk.client.supervised_fine_tuning_jobs, self.sdk.client.dpo_jobs):
+            with self.sdk.calling():  # the pages after the first are fetched while iterating
                 found.extend(islice(jobs.list(page_size=limit, order_by="create_time desc"), limit))
         found.sort(key=lambda job: job.create_time.timestamp() if job.create_time else 0, reverse=True)
         return [self._remote(job) for job in found[:limit]]
 
     def cancel(self, remote_id: str) -> RemoteJob:
         account, jobs, job_id = self._job(remote_id)
-        with self._calling():
+        with self.sdk.calling():
             jobs.cancel(job_id, account_id=account, body={})  # answers an empty object: read the job back
             return self._remote(jobs.get(job_id, account_id=account))
 
-    def events(self, remote_id: str, after: str | None = None) -> list[RemoteEvent]:
-        raise ProviderUnsupported(
-            "Fireworks has no event list for fine-tuning jobs; poll the job for its state and progress instead."
-        )
-
-    def checkpoints(self, remote_id: str) -> list[RemoteCheckpoint]:
+    def checkpoints(self, remote_id: str) -> builtins.list[RemoteCheckpoint]:
         """The job's checkpoints that carry a step (`.../checkpoints/step-N`), oldest first.
 
         The listing is the one `fireworks.training.sdk.FireworksClient.list_training_job_checkpoints` calls;
@@ -454,9 +205,9 @@ class FireworksProvider:
         self._job(remote_id)
         rows: list[dict[str, Any]] = []
         params: dict[str, Any] = {"pageSize": 200}
-        with self._calling():
+        with self.sdk.calling():
             while True:
-                page = self._sdk.get(f"/v1/{remote_id}/checkpoints", cast_to=object, options={"params": params})
+                page = self.sdk.client.get(f"/v1/{remote_id}/checkpoints", cast_to=object, options={"params": params})
                 rows.extend(page.get("checkpoints") or [])
                 if not page.get("nextPageToken"):
                     break
@@ -472,15 +223,9 @@ class FireworksProvider:
                 ))
         return sorted(found, key=lambda checkpoint: checkpoint.step)
 
-    def pause(self, remote_id: str) -> RemoteJob:
-        raise ProviderUnsupported(
-            "Fireworks has no pause for fine-tuning jobs (only Fireworks itself pauses one); cancel it instead, "
-            "or resume a job Fireworks paused."
-        )
-
     def resume(self, remote_id: str) -> RemoteJob:
         account, jobs, job_id = self._job(remote_id)
-        with self._calling():
+        with self.sdk.calling():
             return self._remote(jobs.resume(job_id, account_id=account, body={}))
 
     def deploy(self, model: str) -> Deployment:
@@ -493,28 +238,28 @@ class FireworksProvider:
         if parsed is None:
             raise InvalidRequest(f"'{model}' is not a Fireworks model name (accounts/<account>/models/<id>).",
                                  param="model")
-        with self._calling():
-            details = self._sdk.models.get(parsed.group(2), account_id=parsed.group(1))
+        with self.sdk.calling():
+            details = self.sdk.client.models.get(parsed.group(2), account_id=parsed.group(1))
         base = details.peft_details.base_model if details.peft_details else model
         deployment_id = resource_id(f"ftserve-{base.rsplit('/', 1)[-1]}")
         try:
-            with self._calling():
-                deployment = self._sdk.deployments.create(
+            with self.sdk.calling():
+                deployment = self.sdk.client.deployments.create(
                     base_model=base, deployment_id=deployment_id, display_name=f"ftserve: {base}",
                     deployment_shape="default", enable_addons=True, min_replica_count=0,
                 )
         except ProviderError as error:
             if error.status != 409:
                 raise
-            with self._calling():
-                deployment = self._sdk.deployments.get(deployment_id)
+            with self.sdk.calling():
+                deployment = self.sdk.client.deployments.get(deployment_id)
         if base == model:  # a full model is the deployment itself; nothing to load onto it
             return Deployment(deployment.name, model, deployment.state or "", {"deployment": deployment.to_dict(mode="json")})
-        with self._calling():
-            loaded = next((item for item in self._sdk.lora.list(page_size=200)
+        with self.sdk.calling():
+            loaded = next((item for item in self.sdk.client.lora.list(page_size=200)
                            if item.model == model and item.deployment == deployment.name), None)
             if loaded is None:
-                loaded = self._sdk.lora.load(model=model, deployment=deployment.name)
+                loaded = self.sdk.client.lora.load(model=model, deployment=deployment.name)
         return Deployment(
             deployment.name, f"{model}#{deployment.name}", loaded.state or "",
             {"deployment": deployment.to_dict(mode="json"), "deployed_model": loaded.to_dict(mode="json")},
@@ -529,7 +274,7 @@ class FireworksProvider:
             raise ProviderError(f"'{remote_id}' is not a Fireworks supervised or DPO job name "
                                 "(accounts/<account>/supervisedFineTuningJobs/<id> or .../dpoJobs/<id>)")
         account, kind, job_id = parsed.groups()
-        jobs = self._sdk.dpo_jobs if kind == "dpoJobs" else self._sdk.supervised_fine_tuning_jobs
+        jobs = self.sdk.client.dpo_jobs if kind == "dpoJobs" else self.sdk.client.supervised_fine_tuning_jobs
         return account, jobs, job_id
 
     def _remote(self, job: Any) -> RemoteJob:
@@ -556,38 +301,3 @@ class FireworksProvider:
             trained_tokens=progress.input_tokens if progress else None, error=error,
             serving="needs_deployment", raw=raw,
         )
-
-    @contextmanager
-    def _calling(self) -> Iterator[None]:
-        """Turns the SDK's exceptions into `ProviderError`, keeping Fireworks' own message."""
-        import fireworks
-
-        try:
-            yield
-        except fireworks.APIStatusError as error:
-            status = error.status_code
-            raise ProviderError(
-                f"Fireworks answered {status}: {provider_message(error.body, error.message)}",
-                retryable=status in (408, 429) or status >= 500, status=status,
-            ) from error
-        except fireworks.APIConnectionError as error:  # timeouts included
-            cause = f" ({error.__cause__})" if error.__cause__ else ""
-            raise ProviderError(f"Fireworks could not be reached: {error.message}{cause}", retryable=True) from error
-        except fireworks.FireworksError as error:
-            raise ProviderError(f"Fireworks: {error}") from error
-
-
-def resource_id(text: str) -> str:
-    """`text` as a Fireworks resource id: lowercase letters, digits and '-', at most 63 characters."""
-    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:RESOURCE_ID_LENGTH].rstrip("-")
-
-
-def provider_message(body: object, fallback: str) -> str:
-    """Fireworks' own error message, from either of its error bodies: `{"error": {"message"}}` or `{"code", "message"}`."""
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-        if isinstance(inner, str):
-            return inner
-    return fallback

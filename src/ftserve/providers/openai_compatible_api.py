@@ -8,24 +8,22 @@ ftserve's own options in the `ftserve` extension field; Azure takes its training
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import builtins  # inside the class, the adapter's own `list` method hides the builtin
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from ftserve.domain.hyperparameters import auto_epochs
+from ftserve.providers.clients import Sdk
 from ftserve.providers.contract import (
     BaseModelInfo,
     Capabilities,
     Change,
     Connection,
-    Deployment,
     Estimate,
     JobRequest,
     Options,
-    ProviderError,
     ProviderUnsupported,
     RemoteCheckpoint,
     RemoteError,
@@ -34,10 +32,12 @@ from ftserve.providers.contract import (
     RemoteStatus,
     Resolved,
     Staged,
-    file_digest,
+    capabilities_of,
     map_status,
     tokens_of,
 )
+from ftserve.providers.plan import options_of
+from ftserve.providers.staging import digest, once, stage
 
 # OpenAI's job statuses; `pausing` and `paused` are sent although the Python SDK's Literal omits them.
 STATUSES: dict[str, RemoteStatus] = {
@@ -80,41 +80,34 @@ class OpenAICompatibleProvider:
     def __init__(self, name: str, connection: OpenAICompatibleConnection, *, client: Any = None):
         self.name = name
         self.connection = connection
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from openai import OpenAI
-
-            azure = self.connection.dialect == "azure"
-            self._client = OpenAI(
-                base_url=self.connection.base_url, api_key=self.connection.api_key or "none",
-                max_retries=0,  # the worker's reconcile loop backs off; the SDK's own retries would hide outages
-                timeout=self.connection.timeout_seconds,
-                default_headers={"api-key": self.connection.api_key} if azure else None,
-                default_query={"api-version": self.connection.api_version} if self.connection.api_version else None,
-            )
-        return self._client
+        azure = connection.dialect == "azure"
+        self.sdk = Sdk(name, "openai", "OpenAI", {
+            "base_url": connection.base_url, "api_key": connection.api_key or "none",
+            "timeout": connection.timeout_seconds,
+            "default_headers": {"api-key": connection.api_key} if azure else None,
+            "default_query": {"api-version": connection.api_version} if connection.api_version else None,
+        }, client)
+        self.LACKS = {"deploy": (
+            f"{name}: Azure serves a fine-tuned model after a deployment made through Azure Resource Manager "
+            "(the portal, `az cognitiveservices account deployment create`); this API cannot make one."
+            if connection.dialect == "azure" else f"{name} serves fine-tuned models at once; there is nothing to deploy.")}
 
     def capabilities(self) -> Capabilities:
         ftserve = self.connection.dialect == "ftserve"
-        return Capabilities(
-            methods=("supervised", "dpo", "reinforcement"),
-            training_types=("lora", "full") if ftserve else ("lora",),
-            data="file_api",
+        return capabilities_of(
+            self, methods=("supervised", "dpo", "reinforcement"),
+            training_types=("lora", "full") if ftserve else ("lora",), data="file_api",
             serving="needs_deployment" if self.connection.dialect == "azure" else "ready",
-            events=True, checkpoints=True, pause=True,
         )
 
     def list_base_models(self) -> list[BaseModelInfo]:
         # OpenAI's model list has no flag for "fine-tunable"; every model the far side lists is offered.
-        with _errors(self.name):
-            models = list(self.client.models.list())
+        with self.sdk.calling():
+            models = list(self.sdk.client.models.list())
         return [BaseModelInfo(m.id, ("supervised", "dpo")) for m in models if not m.id.startswith("ft:")]
 
     def resolve(self, request: JobRequest, staged: Staged | None = None) -> Resolved:
-        options = self.Options.model_validate(request.provider_options)
+        options = options_of(request, OpenAICompatibleOptions, self.kind)
         native: dict[str, Any] = {
             "model": request.model,
             "training_file": staged.training if staged else "<training_file>",
@@ -159,61 +152,61 @@ class OpenAICompatibleProvider:
         )
 
     def stage_data(self, request: JobRequest) -> Staged:
-        training = self._upload(request.training_file)
-        validation = self._upload(request.validation_file) if request.validation_file else None
-        return Staged(training, validation)
+        def upload(path: Path, param: str) -> str:
+            def send(filename: str) -> str:
+                with self.sdk.calling(), path.open("rb") as data:
+                    return self.sdk.client.files.create(file=(filename, data), purpose="fine-tune").id
+            return once(f"ftserve-{digest(path)[:32]}.jsonl", self._uploaded, send)
+        return stage(request, upload)
 
-    def _upload(self, path: Path) -> str:
-        # Named after the content, so a retry (or another job on the same data) reuses the upload.
-        filename = f"ftserve-{file_digest(path)[:32]}.jsonl"
-        with _errors(self.name):
-            for existing in self.client.files.list(purpose="fine-tune"):
+    def _uploaded(self, filename: str) -> str | None:
+        with self.sdk.calling():
+            for existing in self.sdk.client.files.list(purpose="fine-tune"):
                 if existing.filename == filename and existing.status != "error":
-                    return existing.id
-            with path.open("rb") as data:
-                return self.client.files.create(file=(filename, data), purpose="fine-tune").id
+                    return str(existing.id)
+        return None
 
     def submit(self, request: JobRequest, staged: Staged) -> RemoteJob:
         native = dict(self.resolve(request, staged).native)
-        with _errors(self.name):
-            for job in self.client.fine_tuning.jobs.list(metadata={JOB_TAG: request.job_id}, limit=1):
+        with self.sdk.calling():
+            for job in self.sdk.client.fine_tuning.jobs.list(metadata={JOB_TAG: request.job_id}, limit=1):
                 return self._job(job)
             extra = native.pop("extra_body", None)
-            job = self.client.fine_tuning.jobs.create(
+            job = self.sdk.client.fine_tuning.jobs.create(
                 **native, extra_body=extra, extra_headers={"Idempotency-Key": f"ftserve-{request.job_id}"},
             )
         return self._job(job)
 
     def get(self, remote_id: str) -> RemoteJob:
-        with _errors(self.name):
-            return self._job(self.client.fine_tuning.jobs.retrieve(remote_id))
+        with self.sdk.calling():
+            return self._job(self.sdk.client.fine_tuning.jobs.retrieve(remote_id))
 
     def list(self, limit: int = 20) -> list[RemoteJob]:
-        with _errors(self.name):
-            return [self._job(job) for job in self.client.fine_tuning.jobs.list(limit=limit).data]
+        with self.sdk.calling():
+            return [self._job(job) for job in self.sdk.client.fine_tuning.jobs.list(limit=limit).data]
 
     def cancel(self, remote_id: str) -> RemoteJob:
-        with _errors(self.name):
-            return self._job(self.client.fine_tuning.jobs.cancel(remote_id))
+        with self.sdk.calling():
+            return self._job(self.sdk.client.fine_tuning.jobs.cancel(remote_id))
 
     def pause(self, remote_id: str) -> RemoteJob:
-        with _errors(self.name):
-            return self._job(self.client.fine_tuning.jobs.pause(remote_id))
+        with self.sdk.calling():
+            return self._job(self.sdk.client.fine_tuning.jobs.pause(remote_id))
 
     def resume(self, remote_id: str) -> RemoteJob:
-        with _errors(self.name):
-            return self._job(self.client.fine_tuning.jobs.resume(remote_id))
+        with self.sdk.calling():
+            return self._job(self.sdk.client.fine_tuning.jobs.resume(remote_id))
 
-    def events(self, remote_id: str, after: str | None = None) -> list[RemoteEvent]:
+    def events(self, remote_id: str, after: str | None = None) -> builtins.list[RemoteEvent]:
         # The API pages newest first; walk back until the last event already seen.
         newer: list[RemoteEvent] = []
         cursor: str | None = None
-        with _errors(self.name):
+        with self.sdk.calling():
             for _ in range(MAX_EVENT_PAGES):
                 kwargs: dict[str, Any] = {"limit": EVENT_PAGE}
                 if cursor:
                     kwargs["after"] = cursor
-                page = self.client.fine_tuning.jobs.list_events(remote_id, **kwargs)
+                page = self.sdk.client.fine_tuning.jobs.list_events(remote_id, **kwargs)
                 for event in page.data:
                     if event.id == after:
                         return newer[::-1]
@@ -226,9 +219,9 @@ class OpenAICompatibleProvider:
                 cursor = page.data[-1].id
         return newer[::-1]
 
-    def checkpoints(self, remote_id: str) -> list[RemoteCheckpoint]:
-        with _errors(self.name):
-            found = list(self.client.fine_tuning.jobs.checkpoints.list(remote_id, limit=100))
+    def checkpoints(self, remote_id: str) -> builtins.list[RemoteCheckpoint]:
+        with self.sdk.calling():
+            found = list(self.sdk.client.fine_tuning.jobs.checkpoints.list(remote_id, limit=100))
         return sorted(
             (RemoteCheckpoint(
                 step=c.step_number, created_at=c.created_at, model=c.fine_tuned_model_checkpoint,
@@ -236,14 +229,6 @@ class OpenAICompatibleProvider:
             ) for c in found),
             key=lambda c: c.step,
         )
-
-    def deploy(self, model: str) -> Deployment:
-        if self.connection.dialect == "azure":
-            raise ProviderUnsupported(
-                f"{self.name}: Azure serves a fine-tuned model after a deployment made through Azure Resource Manager "
-                "(the portal, `az cognitiveservices account deployment create`); this API cannot make one."
-            )
-        raise ProviderUnsupported(f"{self.name} serves fine-tuned models at once; there is nothing to deploy.")
 
     def _job(self, job: Any) -> RemoteJob:
         raw = job.model_dump(mode="json")
@@ -255,23 +240,3 @@ class OpenAICompatibleProvider:
             model=job.fine_tuned_model, trained_tokens=job.trained_tokens, estimated_finish=job.estimated_finish,
             error=error, serving="needs_deployment" if self.connection.dialect == "azure" else "ready", raw=raw,
         )
-
-
-@contextmanager
-def _errors(name: str) -> Iterator[None]:
-    """The SDK's exceptions as `ProviderError`, keeping the far side's own message."""
-    import openai
-
-    try:
-        yield
-    except (openai.APIConnectionError, openai.APITimeoutError) as error:
-        raise ProviderError(f"{name} could not be reached: {error}", retryable=True) from error
-    except openai.APIStatusError as error:
-        body = error.body if isinstance(error.body, dict) else {}
-        detail = body.get("error", body) if isinstance(body.get("error", body), dict) else {}
-        message = detail.get("message") or str(error)
-        raise ProviderError(
-            f"{name} answered {error.status_code}: {message}",
-            retryable=error.status_code == 429 or error.status_code >= 500, status=error.status_code,
-            code=detail.get("code"),
-        ) from error
