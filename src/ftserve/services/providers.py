@@ -20,12 +20,14 @@ from ftserve.files.storage import BlobStore
 from ftserve.providers.contract import (
     BaseModelInfo,
     Capabilities,
+    Deployable,
     Deployment,
     Estimate,
     JobRequest,
     Provider,
     ProviderUnsupported,
     Resolved,
+    lacking,
 )
 from ftserve.providers.registry import HOSTED, Providers, Route
 from ftserve.services.files import FileService
@@ -135,6 +137,8 @@ class ProviderService:
             raise NotFound(f"'{name}' lives at the provider '{provider}', which this server no longer configures.",
                            param="model")
         try:
+            if not isinstance(hosted, Deployable):
+                raise lacking(hosted, "deploy")
             return hosted.deploy(remote_model)
         except ProviderUnsupported as error:
             raise InvalidRequest(error.message, param="model", code=error.code) from None

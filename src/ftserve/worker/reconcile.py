@@ -25,7 +25,16 @@ from ftserve.domain.ids import new_id
 from ftserve.domain.jobs import Checkpoint, Job, JobError, JobEvent, JobStatus
 from ftserve.domain.naming import checkpoint_name
 from ftserve.files.storage import BlobStore
-from ftserve.providers.contract import HostedProvider, ProviderError, RemoteJob
+from ftserve.providers.contract import (
+    HasCheckpoints,
+    HasEvents,
+    HostedProvider,
+    Pausable,
+    ProviderError,
+    RemoteJob,
+    Resumable,
+    lacking,
+)
 from ftserve.providers.registry import Providers
 from ftserve.services.clock import now
 from ftserve.services.files import FileService
@@ -78,6 +87,8 @@ class Reconciler:
         with self._lease_kept(job):
             try:
                 if remote.get("id"):
+                    if not isinstance(provider, Resumable):
+                        raise lacking(provider, "resume")
                     state = provider.resume(remote["id"])
                     message = f"Fine-tuning job resumed at {job.provider}"
                 else:
@@ -140,13 +151,12 @@ class Reconciler:
         if job.status == JobStatus.CANCELLED:
             self._pass_on_cancel(job, provider, remote)
             return
-        if job.status == JobStatus.PAUSING and not remote.get("pause_sent"):
+        if job.status == JobStatus.PAUSING and not remote.get("pause_sent") and isinstance(provider, Pausable):
             provider.pause(remote["id"])
             remote["pause_sent"] = True
         state = provider.get(remote["id"])
-        capabilities = provider.capabilities()
-        events = provider.events(state.id, remote.get("events_after")) if capabilities.events else []
-        checkpoints = provider.checkpoints(state.id) if capabilities.checkpoints else []
+        events = provider.events(state.id, remote.get("events_after")) if isinstance(provider, HasEvents) else []
+        checkpoints = provider.checkpoints(state.id) if isinstance(provider, HasCheckpoints) else []
         changed = state.provider_status != remote.get("provider_status") or state.model != remote.get("model") or bool(events)
         interval = self.backoff.next(remote.get("interval"), changed)
         remote = {**remote_state(state, remote), "interval": interval, "last_error": None}
