@@ -8,7 +8,8 @@ import random
 import time
 from pathlib import Path
 
-from ftserve.providers.base import Reporter, TrainingOutcome, TrainingRequest
+from ftserve.engine.spec import JobSpec
+from ftserve.providers.base import Reporter, TrainingOutcome
 
 
 class FakeTrainer:
@@ -21,14 +22,14 @@ class FakeTrainer:
     def __init__(self, step_seconds: float = 0.2):
         self.step_seconds = step_seconds
 
-    def train(self, request: TrainingRequest, reporter: Reporter) -> TrainingOutcome:
-        hp = request.hyperparameters
-        steps_per_epoch = max(1, math.ceil(request.training_examples / int(hp["batch_size"])))
-        total = steps_per_epoch * int(hp["n_epochs"])
-        rng = random.Random(request.seed)
+    def train(self, spec: JobSpec, reporter: Reporter) -> TrainingOutcome:
+        examples = sum(1 for line in spec.training_file.read_bytes().splitlines() if line.strip())
+        steps_per_epoch = max(1, math.ceil(examples / spec.batch_size))
+        total = steps_per_epoch * spec.n_epochs
+        rng = random.Random(spec.seed)
         noise = [rng.uniform(-0.05, 0.05) for _ in range(total + 1)]
-        tokens_per_step = max(1, request.training_file.stat().st_size // 4 // steps_per_epoch)
-        step = request.resume_step
+        tokens_per_step = max(1, spec.training_file.stat().st_size // 4 // steps_per_epoch)
+        step = _resume_step(spec)
         if step:
             reporter.message(f"Resuming from step {step}")
         reporter.started(step, total)
@@ -40,21 +41,29 @@ class FakeTrainer:
             step += 1
             loss = 2.0 * math.exp(-2.5 * step / total) + noise[step]
             metrics = {"train_loss": round(loss, 4), "train_mean_token_accuracy": round(min(1.0, 1.0 - loss / 2.5), 4)}
-            if request.validation_file is not None:
+            if spec.validation_file is not None:
                 metrics["valid_loss"] = round(loss * 1.1, 4)
                 metrics["valid_mean_token_accuracy"] = round(min(1.0, 1.0 - loss * 1.1 / 2.5), 4)
             reporter.metrics(step, total, metrics)
             if step % steps_per_epoch == 0:
-                path = request.output_dir / f"checkpoint-{step}"
-                _write_weights(path, request, step)
+                path = spec.output_dir / f"checkpoint-{step}"
+                _write_weights(path, spec, step)
                 reporter.checkpoint(step, {"step": step, **metrics}, path)
-                reporter.state_saved(step)  # it resumes from its last checkpoint (`resume_step`): that is its saved state
-        model_dir = request.output_dir / "model"
-        _write_weights(model_dir, request, total)
+                reporter.state_saved(step)  # it resumes from its newest checkpoint directory: that is its saved state
+        model_dir = spec.output_dir / "model"
+        _write_weights(model_dir, spec, total)
         return TrainingOutcome(stopped=None, trained_tokens=total * tokens_per_step, model_dir=model_dir, step=total)
 
 
-def _write_weights(path: Path, request: TrainingRequest, step: int) -> None:
+def _resume_step(spec: JobSpec) -> int:
+    """The newest checkpoint this job wrote, no newer than the last step the service recorded."""
+    steps = [int(path.name.removeprefix("checkpoint-")) for path in spec.output_dir.glob("checkpoint-*")
+             if path.name.removeprefix("checkpoint-").isdigit()]
+    ceiling = spec.resume_at_most if spec.resume_at_most is not None else float("inf")
+    return max((step for step in steps if step <= ceiling), default=0)
+
+
+def _write_weights(path: Path, spec: JobSpec, step: int) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    manifest = {"base_model": request.model, "step": step, "trainer": "fake", "seed": request.seed}
+    manifest = {"base_model": spec.model.id, "step": step, "trainer": "fake", "seed": spec.seed}
     (path / "ftserve_fake.json").write_text(json.dumps(manifest))

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import openai
 import pytest
 from openai import OpenAI
 
@@ -100,18 +101,20 @@ def test_a_dpo_job_fine_tunes_on_preferences(client: OpenAI) -> None:
     assert job.fine_tuned_model and client.models.retrieve(job.fine_tuned_model)
 
 
-def test_a_reinforcement_job_fails_with_a_message_naming_the_limit(client: OpenAI) -> None:
+def test_a_reinforcement_job_is_refused_at_create_naming_the_limit(client: OpenAI) -> None:
     training = upload(client, jsonl(chat_examples(4)))
-    job = client.fine_tuning.jobs.create(
-        model="SmolLM2-135M-Instruct", training_file=training,
-        method={"type": "reinforcement", "reinforcement": {
-            "grader": {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
-                       "reference": "{{item.answer}}", "operation": "eq"},
-        }},
-    )
-    job = wait_for(client, job.id, timeout=120)
-    assert job.status == "failed"
-    assert job.error and "supervised and dpo" in job.error.message
+    before = len(client.fine_tuning.jobs.list(limit=100).data)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.fine_tuning.jobs.create(
+            model="SmolLM2-135M-Instruct", training_file=training,
+            method={"type": "reinforcement", "reinforcement": {
+                "grader": {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+                           "reference": "{{item.answer}}", "operation": "eq"},
+            }},
+        )
+    assert refused.value.body["param"] == "method"  # type: ignore[index]  # the error envelope's body
+    assert "supervised and dpo" in refused.value.body["message"]  # type: ignore[index]  # as above
+    assert len(client.fine_tuning.jobs.list(limit=100).data) == before
 
 
 def test_pause_keeps_the_state_and_resume_continues_from_it(client: OpenAI) -> None:

@@ -14,7 +14,8 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from ftserve.api.app import create_app
-from ftserve.providers.base import Reporter, TrainingOutcome, TrainingRequest
+from ftserve.engine.spec import JobSpec
+from ftserve.providers.base import Reporter, TrainingOutcome
 from ftserve.schemas.fine_tuning import CreateFineTuningJobRequest
 from ftserve.services.jobs import CreateContext
 from ftserve.services.runtime import build
@@ -110,12 +111,12 @@ class Throughput:
         self.samples = samples
         self.shown: list[float | None] = []
 
-    def train(self, request: TrainingRequest, reporter: Reporter) -> TrainingOutcome:
+    def train(self, spec: JobSpec, reporter: Reporter) -> TrainingOutcome:
         for step in (1, 2):
             reporter.metrics(step, 2, {"train_loss": 1.0}, tokens_per_second=100.0 * step)
-            self.shown.append(value(self.samples(), "ftserve_training_tokens_per_second", job_id=request.job_id))
-        request.output_dir.mkdir(parents=True, exist_ok=True)
-        return TrainingOutcome(None, trained_tokens=20, model_dir=request.output_dir, step=2)
+            self.shown.append(value(self.samples(), "ftserve_training_tokens_per_second", job_id=spec.job_id))
+        spec.output_dir.mkdir(parents=True, exist_ok=True)
+        return TrainingOutcome(None, trained_tokens=20, model_dir=spec.output_dir, step=2)
 
 
 def test_throughput_shows_while_a_job_trains_and_goes_when_it_ends(tmp_path: Path, database_url: str | None) -> None:

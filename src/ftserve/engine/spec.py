@@ -11,6 +11,8 @@ Method = Literal["supervised", "dpo"]
 TrainingType = Literal["lora", "full"]
 
 
+Device = Literal["auto", "cpu", "cuda"]
+
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -62,4 +64,4 @@ class JobSpec(Frozen):
     resume_at_most: int | None = Field(None, ge=0)
     """The last step the service has recorded. A saved state past it is not resumed from: the engine may
     have run ahead of its reports when its parent died, and resuming there would leave steps unreported."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"

@@ -6,31 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from ftserve.domain.jobs import MethodType
 # Defined with the engine's commands, which it extends; trainers name it from here.
 from ftserve.engine.events import StopReason as StopReason
-
-
-@dataclass(frozen=True)
-class TrainingRequest:
-    """One job, with its files on local disk and every hyperparameter resolved."""
-
-    job_id: str
-    model: str
-    method: MethodType
-    hyperparameters: dict[str, Any]
-    method_config: dict[str, Any]
-    seed: int
-    options: dict[str, Any]
-    training_file: Path
-    training_examples: int
-    validation_file: Path | None
-    output_dir: Path
-    """The trainer's own directory; `state/` under it is scratch that the worker removes once the job succeeded."""
-    resume_step: int = 0
-    resume_path: Path | None = None
-    reported_step: int = 0
-    """The last step whose metrics the service recorded; training resumes from no later than this."""
+from ftserve.engine.spec import JobSpec
 
 
 @dataclass(frozen=True)
@@ -64,6 +42,6 @@ class Reporter(Protocol):
 
 
 class Trainer(Protocol):
-    def train(self, request: TrainingRequest, reporter: Reporter) -> TrainingOutcome:
+    def train(self, spec: JobSpec, reporter: Reporter) -> TrainingOutcome:
         """Train, reporting as it goes. Raises `TrainingFailed` (or anything) when training fails."""
         ...

@@ -79,6 +79,8 @@ class JobRequest:
     """ftserve's common training options the caller set (`training_type`, `lora_rank`, `warmup_ratio`, ...)."""
     provider_options: dict[str, Any] = field(default_factory=dict)
     """This provider's own options block, as sent in `ftserve.provider_options.<kind>`."""
+    output_dir: Path | None = None
+    """Where a job trained on this server writes (the engine's own directory); hosted providers ignore it."""
 
 
 @dataclass(frozen=True)

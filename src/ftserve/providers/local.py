@@ -21,11 +21,10 @@ from ftserve.catalogue import BaseModel
 from ftserve.domain.errors import TrainingFailed
 from ftserve.domain.hyperparameters import resolve as resolve_auto
 from ftserve.engine import events
-from ftserve.engine.spec import JobSpec, LoraOptions, ModelSource
+from ftserve.engine.spec import Device, JobSpec, LoraOptions, ModelSource
 from ftserve.providers.base import (
     Reporter,
     TrainingOutcome,
-    TrainingRequest,
 )
 from ftserve.providers.contract import (
     BaseModelInfo,
@@ -57,47 +56,16 @@ def source_of(base: BaseModel) -> ModelSource:
 
 
 class LocalTrainer:
-    def __init__(self, catalogue: dict[str, BaseModel], cache_dir: Path, device: str = "auto",
-                 python: str = sys.executable):
-        self.catalogue = catalogue
-        self.cache_dir = cache_dir
-        self.device = device
+    """Runs a job's `JobSpec` in its own engine process."""
+
+    def __init__(self, python: str = sys.executable):
         self.python = python
 
-    def spec_for(self, request: TrainingRequest) -> JobSpec:
-        if request.method not in ("supervised", "dpo"):
-            raise TrainingFailed(
-                f"The local engine trains supervised and dpo jobs; {request.method} jobs need a hosted provider."
-            )
-        base = self.catalogue.get(request.model)
-        if base is None:
-            raise TrainingFailed(
-                f"The local engine starts from catalogue models only; {request.model} is not one of "
-                f"{', '.join(sorted(self.catalogue))}."
-            )
-        hp = request.hyperparameters
-        options = FtserveJobOptions.model_validate(request.options)  # its defaults are the documented ones
-        return JobSpec(
-            job_id=request.job_id, method=request.method, model=source_of(base),
-            training_file=request.training_file, validation_file=request.validation_file,
-            output_dir=request.output_dir, cache_dir=self.cache_dir,
-            n_epochs=int(hp["n_epochs"]), batch_size=int(hp["batch_size"]),
-            learning_rate=base.learning_rate * float(hp.get("learning_rate_multiplier", 1.0)),
-            beta=float(hp.get("beta", 0.1)), seed=request.seed,
-            training_type=options.training_type,
-            lora=LoraOptions(rank=options.lora_rank, alpha=options.lora_alpha, dropout=options.lora_dropout),
-            max_seq_length=options.max_seq_length, warmup_ratio=options.warmup_ratio,
-            eval_interval=options.eval_interval, checkpoint_interval=options.checkpoint_interval,
-            resume_at_most=request.reported_step,
-            device=self.device,  # type: ignore[arg-type]  # Settings.device has the same literal
-        )
-
-    def train(self, request: TrainingRequest, reporter: Reporter) -> TrainingOutcome:
-        spec = self.spec_for(request)
-        request.output_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = request.output_dir / "spec.json"
+    def train(self, spec: JobSpec, reporter: Reporter) -> TrainingOutcome:
+        spec.output_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = spec.output_dir / "spec.json"
         spec_path.write_text(spec.model_dump_json(indent=2))
-        log_path = request.output_dir / "engine.log"
+        log_path = spec.output_dir / "engine.log"
         with log_path.open("ab") as log_file:
             child = subprocess.Popen(
                 [self.python, "-m", "ftserve.engine", str(spec_path)],
@@ -107,18 +75,19 @@ class LocalTrainer:
 
 
 class LocalProvider:
-    """The local engine as a provider: what it trains and the `JobSpec` it would run, without running it.
+    """The local engine as a provider: what it trains, and the `JobSpec` a job runs as.
 
-    Running is the worker's job (claim, lease, `LocalTrainer`), so this implements the planning half
-    of the contract only.
+    Running is the worker's job (claim, lease, a `Trainer`), so this implements the planning half of the
+    contract: `spec` is what the worker hands its trainer, and `resolve` shows the same spec as the dry run.
     """
 
     kind: ClassVar[ProviderKind] = "local"
     name = "local"
 
-    def __init__(self, catalogue: dict[str, BaseModel]):
+    def __init__(self, catalogue: dict[str, BaseModel], models_dir: Path, device: Device = "auto"):
         self.catalogue = {key: base for key, base in catalogue.items() if base.provider is None}
-        self.planner = LocalTrainer(self.catalogue, Path("<models_dir>"))
+        self.models_dir = models_dir
+        self.device = device
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
@@ -129,21 +98,44 @@ class LocalProvider:
     def list_base_models(self) -> list[BaseModelInfo]:
         return [BaseModelInfo(base.id, ("supervised", "dpo")) for base in self.catalogue.values()]
 
-    def resolve(self, request: JobRequest, staged: Staged | None = None) -> Resolved:
-        hyperparameters = resolve_auto(request.hyperparameters, request.training_examples or 1)
-        training = TrainingRequest(
-            job_id=request.job_id, model=request.model, method=request.method, hyperparameters=hyperparameters,
-            method_config=request.method_config, seed=request.seed or 0, options=request.options,
-            training_file=Path(staged.training if staged else "<training_file>"),
-            training_examples=request.training_examples,
-            validation_file=Path(staged.validation) if staged and staged.validation
-            else Path("<validation_file>") if request.validation_file else None,
-            output_dir=Path("<artifacts>") / request.job_id,
+    def hyperparameters(self, request: JobRequest) -> dict[str, Any]:
+        """The hyperparameters a local job trains with: each `"auto"` resolved from the training file's size.
+        The one place that happens; the worker records the result on the job when training starts."""
+        return resolve_auto(request.hyperparameters, request.training_examples or 1)
+
+    def spec(self, request: JobRequest, resume_at_most: int | None = None) -> JobSpec:
+        """The engine's spec for `request`. Raises `ProviderUnsupported` naming what the local engine cannot train."""
+        if request.method not in ("supervised", "dpo"):
+            raise ProviderUnsupported(
+                f"The local engine trains supervised and dpo jobs; {request.method} jobs need a hosted provider.",
+                param="method",
+            )
+        base = self.catalogue.get(request.model)
+        if base is None:
+            raise ProviderUnsupported(
+                f"The local engine starts from catalogue models only; {request.model} is not one of "
+                f"{', '.join(sorted(self.catalogue))}.", param="model",
+            )
+        if request.output_dir is None:
+            raise ValueError("a local job request needs its output_dir")
+        hp = self.hyperparameters(request)
+        options = FtserveJobOptions.model_validate(request.options)  # its defaults are the documented ones
+        return JobSpec(
+            job_id=request.job_id, method=request.method, model=source_of(base),
+            training_file=request.training_file, validation_file=request.validation_file,
+            output_dir=request.output_dir, cache_dir=self.models_dir,
+            n_epochs=int(hp["n_epochs"]), batch_size=int(hp["batch_size"]),
+            learning_rate=base.learning_rate * float(hp.get("learning_rate_multiplier", 1.0)),
+            beta=float(hp.get("beta", 0.1)), seed=request.seed or 0,
+            training_type=options.training_type,
+            lora=LoraOptions(rank=options.lora_rank, alpha=options.lora_alpha, dropout=options.lora_dropout),
+            max_seq_length=options.max_seq_length, warmup_ratio=options.warmup_ratio,
+            eval_interval=options.eval_interval, checkpoint_interval=options.checkpoint_interval,
+            resume_at_most=resume_at_most, device=self.device,
         )
-        try:
-            spec = self.planner.spec_for(training)
-        except TrainingFailed as error:
-            raise ProviderUnsupported(error.message, param="model" if request.method != "reinforcement" else "method") from None
+
+    def resolve(self, request: JobRequest, staged: Staged | None = None) -> Resolved:
+        spec = self.spec(request)
         converted = []
         multiplier = request.hyperparameters.get("learning_rate_multiplier", "auto")
         if multiplier != "auto":
@@ -156,9 +148,9 @@ class LocalProvider:
         return Resolved(self.name, spec.model_dump(mode="json"), converted, [])
 
     def estimate(self, request: JobRequest) -> Estimate:
-        epochs = resolve_auto(request.hyperparameters, request.training_examples or 1)["n_epochs"]
+        epochs = int(self.hyperparameters(request)["n_epochs"])
         return Estimate(
-            tokens_of(request.training_file) * int(epochs), int(epochs),
+            tokens_of(request.training_file) * epochs, epochs,
             basis="text of the training file at 4 characters per token, times the epochs; training here costs no fees",
         )
 

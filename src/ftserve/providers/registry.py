@@ -95,7 +95,7 @@ def connections(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def providers_for(settings: Settings, catalogue: dict[str, BaseModel]) -> Providers:
-    local = LocalProvider(catalogue)
+    local = LocalProvider(catalogue, settings.resolved_models_dir, settings.device)
     hosted = {name: build(name, config) for name, config in connections(settings).items()}
     for entry in catalogue.values():
         if entry.provider is not None and entry.provider not in hosted:

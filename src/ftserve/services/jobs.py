@@ -133,7 +133,7 @@ class JobService:
             output_model=fine_tuned_name(base, project, request.suffix),
             provider=route.name,
         )
-        if check and route.name is not None:
+        if check:  # what the route cannot honour is refused now, never accepted and ignored
             self.providers.check(job, set(request.model_dump(exclude_unset=True)))
         return job
 

@@ -49,8 +49,6 @@ class Result:
 @dataclass(frozen=True)
 class Started:
     restarted: bool
-    resume: Checkpoint | None
-    """The newest checkpoint recorded, which a restart continues from."""
     reported_step: int
     """The last step whose metrics were recorded."""
 
@@ -110,8 +108,7 @@ class Lifecycle:
             event_rows.append(conn, job.id, at, RESTARTED if restarted else STARTED, data={"worker": worker_id})
             if message:
                 event_rows.append(conn, job.id, at, message)
-            return Started(restarted, event_rows.latest_checkpoint(conn, job.id),
-                           event_rows.last_metrics_step(conn, job.id))
+            return Started(restarted, event_rows.last_metrics_step(conn, job.id))
 
     def paused(self, job: Job, worker_id: str | None, step: int | None = None) -> bool:
         """pausing -> paused: the trainer stopped and kept its state (or the provider paused the job)."""

@@ -64,6 +64,7 @@ def job_request(job: Job, route: Route, files: FileService, blobs: BlobStore) ->
         training_file=blobs.path(training.storage_key), training_examples=training.examples or 0,
         validation_file=blobs.path(validation.storage_key) if validation else None,
         validation_examples=validation.examples or 0 if validation else 0,
+        output_dir=blobs.path(f"artifacts/{job.id}"),
     )
 
 

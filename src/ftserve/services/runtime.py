@@ -30,9 +30,7 @@ from ftserve.store.database import create_engine, migrate
 # What trains a worker's local jobs, by FTSERVE_TRAINER. The fakes live in `testing` and are wired in
 # here, at the root, so that nothing below it depends on them.
 TRAINERS: dict[TrainerName, Callable[[Settings], Trainer]] = {
-    "local": lambda settings: LocalTrainer(
-        load_catalogue(settings.catalogue_file), settings.resolved_models_dir, settings.device
-    ),
+    "local": lambda settings: LocalTrainer(),
     "fake": lambda settings: testing.FakeTrainer(step_seconds=settings.fake_step_seconds),
 }
 

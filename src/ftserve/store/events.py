@@ -76,13 +76,6 @@ def checkpoint_steps(conn: sa.Connection, job_id: str) -> set[int]:
     return set(conn.execute(sa.select(checkpoints.c.step_number).where(checkpoints.c.job_id == job_id)).scalars())
 
 
-def latest_checkpoint(conn: sa.Connection, job_id: str) -> Checkpoint | None:
-    row = conn.execute(
-        sa.select(checkpoints).where(checkpoints.c.job_id == job_id).order_by(checkpoints.c.seq.desc()).limit(1)
-    ).first()
-    return _checkpoint(row) if row else None
-
-
 def metrics_of(conn: sa.Connection, job_id: str) -> list[dict[str, Any]]:
     """The data of every metrics event of a job, oldest first."""
     return list(

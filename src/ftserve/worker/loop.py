@@ -23,16 +23,18 @@ import sqlalchemy as sa
 from ftserve import logs
 from ftserve.domain.errors import FtserveError, InvalidFileFormat
 from ftserve.domain.files import FORMATS
-from ftserve.domain.hyperparameters import resolve
 from ftserve.domain.jobs import Job, JobError, JobStatus
 from ftserve.files.jsonl import JsonlValidator
 from ftserve.files.storage import BlobStore, iter_blob
 from ftserve.metrics import Metrics
-from ftserve.providers.base import Trainer, TrainingOutcome, TrainingRequest
-from ftserve.providers.registry import Providers
+from ftserve.catalogue import load_catalogue
+from ftserve.providers.base import Trainer, TrainingOutcome
+from ftserve.providers.local import LocalProvider
+from ftserve.providers.registry import Providers, Route
 from ftserve.services import wandb_runs
 from ftserve.services.files import FileService
 from ftserve.services.lifecycle import Lifecycle, Result
+from ftserve.services.providers import job_request
 from ftserve.services.webhooks import WebhookService
 from ftserve.store import jobs as job_rows
 from ftserve.worker.reconcile import Backoff, Reconciler
@@ -70,6 +72,8 @@ class Worker:
         self.webhooks = webhooks
         self.metrics = metrics or Metrics()
         self.lifecycle = Lifecycle(engine, config.max_attempts)
+        # What local jobs train as; a worker built without providers (tests) plans from the built-in catalogue.
+        self.local = providers.local if providers is not None else LocalProvider(load_catalogue(), Path("models"))
         self.hosted = (
             Reconciler(engine, self.lifecycle, blobs, files, providers, self.id, config.lease_seconds, config.backoff)
             if providers is not None else None
@@ -183,26 +187,16 @@ class Worker:
                 None,
             ))
             return
-        training = self.files.get(job.project, job.training_file)
-        hyperparameters = resolve(job.hyperparameters, training.examples or 1)
+        request = job_request(job, Route(self.local, None, job.model), self.files, self.blobs)
+        hyperparameters = self.local.hyperparameters(request)
         started = time.time()
         started_run = self.lifecycle.start(job, self.id, values={"hyperparameters": hyperparameters})
         if started_run is None:
             return
-        resume, reported = started_run.resume, started_run.reported_step
-        validation = self.files.get(job.project, job.validation_file) if job.validation_file else None
-        request = TrainingRequest(
-            job_id=job.id, model=job.model, method=job.method, hyperparameters=hyperparameters,
-            method_config=job.method_config, seed=job.seed, options=job.extensions,
-            training_file=self.blobs.path(training.storage_key), training_examples=training.examples or 0,
-            validation_file=self.blobs.path(validation.storage_key) if validation else None,
-            output_dir=self.blobs.path(f"artifacts/{job.id}"),
-            resume_step=resume.step_number if resume else 0,
-            resume_path=self.blobs.path(resume.path) if resume and resume.path else None,
-            reported_step=reported,
-        )
+        reported = started_run.reported_step
+        spec = self.local.spec(request, resume_at_most=reported)
         wandb, problem = wandb_runs.open_run(job.integrations, job.id, {**hyperparameters, "model": job.model,
-                                             "method": job.method, "seed": job.seed}, request.output_dir / "wandb")
+                                             "method": job.method, "seed": job.seed}, spec.output_dir / "wandb")
         reporter = JobReporter(self.lifecycle, self.blobs, job, self.id, started, self.metrics, self.stopping, reported,
                                wandb)
         if problem:
@@ -214,13 +208,13 @@ class Worker:
         beat.start()
         outcome = None
         try:
-            outcome = self.trainer.train(request, reporter)
+            outcome = self.trainer.train(spec, reporter)
         finally:
             done.set()
             beat.join()
             reporter.close(failed=outcome is None)
         log.info("training ended at step %d (%s)", outcome.step, outcome.stopped or "finished")
-        self._finish(job, outcome, request.output_dir)
+        self._finish(job, outcome, spec.output_dir)
 
     def _heartbeat(self, job: Job, reporter: JobReporter, done: threading.Event) -> None:
         # Renew often enough that two missed beats still leave the lease alive; the status it reads
