@@ -11,7 +11,7 @@ import pytest
 import respx
 from openai.types.fine_tuning import FineTuningJob
 
-from ftserve.catalogue import BaseModel, load_catalogue
+from ftserve.catalogue import CatalogueEntry, load_catalogue
 from ftserve.domain.errors import InvalidRequest
 from ftserve.providers import registry
 from ftserve.providers.contract import (
@@ -157,7 +157,7 @@ def test_a_bad_provider_configuration_fails_at_start_naming_the_setting(name: st
 
 def test_the_model_id_picks_where_a_job_runs(providers: dict[str, Provider]) -> None:
     catalogue = load_catalogue()
-    catalogue["llama-8b"] = BaseModel(id="llama-8b", provider="together", provider_model=MODELS["together"])
+    catalogue["llama-8b"] = CatalogueEntry(id="llama-8b", provider="together", provider_model=MODELS["together"])
     hosted = {name: p for name, p in providers.items() if name != "local"}
     routes = registry.Providers(LocalProvider(catalogue, Path("models")), hosted, catalogue)  # type: ignore[arg-type]  # a dict of Provider where the registry wants HostedProvider
     assert routes.route("SmolLM2-135M-Instruct").name is None

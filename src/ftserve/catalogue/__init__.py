@@ -17,7 +17,9 @@ from pydantic import BaseModel as Record
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 
-class BaseModel(Record):
+class CatalogueEntry(Record):
+    """One base model a job can start from: where its weights come from (or the provider that trains it)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str = Field(min_length=1)
@@ -36,7 +38,7 @@ class BaseModel(Record):
     """The model's id at that provider; unset: the same as `id`."""
 
     @model_validator(mode="after")
-    def _one_source(self) -> BaseModel:
+    def _one_source(self) -> CatalogueEntry:
         named = [key for key in ("package", "path", "hub", "provider") if getattr(self, key) is not None]
         if len(named) != 1:
             raise ValueError(f"set exactly one of package, path, hub or provider (got {', '.join(named) or 'none'})")
@@ -49,7 +51,7 @@ class CatalogueError(Exception):
     """The user's catalogue file cannot be read."""
 
 
-def load_catalogue(extra: Path | None = None) -> dict[str, BaseModel]:
+def load_catalogue(extra: Path | None = None) -> dict[str, CatalogueEntry]:
     """The built-in models, then the entries of `extra` (which may replace a built-in by id)."""
     text = resources.files(__package__).joinpath("base_models.json").read_text(encoding="utf-8")
     models = _entries(text, "the built-in catalogue")
@@ -61,7 +63,7 @@ def load_catalogue(extra: Path | None = None) -> dict[str, BaseModel]:
     return models
 
 
-def _entries(text: str, origin: str) -> dict[str, BaseModel]:
+def _entries(text: str, origin: str) -> dict[str, CatalogueEntry]:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as error:
@@ -71,7 +73,7 @@ def _entries(text: str, origin: str) -> dict[str, BaseModel]:
     models = {}
     for index, entry in enumerate(raw):
         try:
-            model = BaseModel.model_validate(entry)
+            model = CatalogueEntry.model_validate(entry)
         except ValidationError as error:
             first = error.errors()[0]
             where = "".join(f".{part}" for part in first["loc"])

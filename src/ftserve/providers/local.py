@@ -17,7 +17,7 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any, ClassVar, assert_never
 
-from ftserve.catalogue import BaseModel
+from ftserve.catalogue import CatalogueEntry
 from ftserve.domain.errors import TrainingFailed
 from ftserve.domain.hyperparameters import resolve as resolve_auto
 from ftserve.engine import events
@@ -48,7 +48,7 @@ CANCEL_GRACE_SECONDS = 30.0
 LOG_TAIL_LINES = 20
 
 
-def source_of(base: BaseModel) -> ModelSource:
+def source_of(base: CatalogueEntry) -> ModelSource:
     """Where the engine finds a catalogue model's weights: the catalogue is data, the engine's spec is its own."""
     return ModelSource(
         id=base.id, path=base.path, hub=base.hub, revision=base.revision, package=base.package, gguf_file=base.gguf_file,
@@ -84,7 +84,7 @@ class LocalProvider:
     kind: ClassVar[ProviderKind] = "local"
     name = "local"
 
-    def __init__(self, catalogue: dict[str, BaseModel], models_dir: Path, device: Device = "auto"):
+    def __init__(self, catalogue: dict[str, CatalogueEntry], models_dir: Path, device: Device = "auto"):
         self.catalogue = {key: base for key, base in catalogue.items() if base.provider is None}
         self.models_dir = models_dir
         self.device = device

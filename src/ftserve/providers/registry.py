@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ftserve.catalogue import BaseModel
+from ftserve.catalogue import CatalogueEntry
 from ftserve.config import Settings
 from ftserve.domain.errors import InvalidRequest
 from ftserve.providers.contract import HostedProvider, Provider, ProviderKind
@@ -51,7 +51,7 @@ class Route:
 class Providers:
     """The local provider plus every configured hosted one, by name."""
 
-    def __init__(self, local: LocalProvider, hosted: dict[str, HostedProvider], catalogue: dict[str, BaseModel]):
+    def __init__(self, local: LocalProvider, hosted: dict[str, HostedProvider], catalogue: dict[str, CatalogueEntry]):
         self.local = local
         self.hosted = hosted
         self.catalogue = catalogue
@@ -94,7 +94,7 @@ def connections(settings: Settings) -> dict[str, dict[str, Any]]:
     return merged
 
 
-def providers_for(settings: Settings, catalogue: dict[str, BaseModel]) -> Providers:
+def providers_for(settings: Settings, catalogue: dict[str, CatalogueEntry]) -> Providers:
     local = LocalProvider(catalogue, settings.resolved_models_dir, settings.device)
     hosted = {name: build(name, config) for name, config in connections(settings).items()}
     for entry in catalogue.values():

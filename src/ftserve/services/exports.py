@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-from ftserve.catalogue import BaseModel
+from ftserve.catalogue import CatalogueEntry
 from ftserve.domain.errors import InvalidRequest
 from ftserve.files.storage import BlobStore
 from ftserve.inference import engine_gateway as engine
@@ -26,7 +26,7 @@ def export_key(model: str) -> str:
 
 
 class ExportService:
-    def __init__(self, resolve: Callable[[str, str], Target], pool: ModelPool, blobs: BlobStore, catalogue: dict[str, BaseModel]):
+    def __init__(self, resolve: Callable[[str, str], Target], pool: ModelPool, blobs: BlobStore, catalogue: dict[str, CatalogueEntry]):
         self.resolve = resolve
         self.pool = pool
         self.blobs = blobs

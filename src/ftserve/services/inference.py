@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import torch
 
-from ftserve.catalogue import BaseModel
+from ftserve.catalogue import CatalogueEntry
 from ftserve.domain.errors import FtserveError, InvalidRequest
 from ftserve.files.storage import BlobStore
 from ftserve.inference.engine_gateway import DataError, Scores, read_examples, score
@@ -246,7 +246,7 @@ def _plain_message(message: dict[str, Any], index: int) -> dict[str, Any]:
     return message
 
 
-def resolver(catalogue: dict[str, BaseModel], find: Callable[[str, str], Path | None]) -> Callable[[str, str], Target]:
+def resolver(catalogue: dict[str, CatalogueEntry], find: Callable[[str, str], Path | None]) -> Callable[[str, str], Target]:
     """Name -> what to run: a catalogue base model, or a fine-tuned model the project can see.
 
     `find(project, name)` gives a visible fine-tuned model's artifact directory (404 when not visible).

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from ftserve.catalogue import BaseModel
+from ftserve.catalogue import CatalogueEntry
 from ftserve.domain.errors import Conflict, InvalidRequest, NotFound, RateLimited
 from ftserve.domain.ids import new_id
 from ftserve.domain.jobs import Checkpoint, Job, JobEvent, JobStatus, MethodType
@@ -42,7 +42,7 @@ class CreateContext:
 
 class JobService:
     def __init__(
-        self, engine: sa.Engine, files: FileService, catalogue: dict[str, BaseModel], dedup_seconds: float,
+        self, engine: sa.Engine, files: FileService, catalogue: dict[str, CatalogueEntry], dedup_seconds: float,
         providers: ProviderService, lifecycle: Lifecycle, max_active: int = 0,
     ):
         self.engine = engine

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from ftserve.catalogue import BaseModel
+from ftserve.catalogue import CatalogueEntry
 from ftserve.domain.errors import InvalidRequest, NotFound
 from ftserve.domain.ids import new_id
 from ftserve.files.storage import BlobStore
@@ -27,7 +27,7 @@ class ModelInfo:
 
 
 class ModelService:
-    def __init__(self, engine: sa.Engine, blobs: BlobStore, catalogue: dict[str, BaseModel]):
+    def __init__(self, engine: sa.Engine, blobs: BlobStore, catalogue: dict[str, CatalogueEntry]):
         self.engine = engine
         self.blobs = blobs
         self.catalogue = catalogue
