@@ -51,8 +51,9 @@ LOG_TAIL_LINES = 20
 
 class LocalTrainer:
     def __init__(self, catalogue: dict[str, BaseModel], cache_dir: Path, device: str = "auto",
-                 python: str = sys.executable):
+                 python: str = sys.executable, engine_module: str = "ftserve.engine"):
         self.catalogue = catalogue
+        self.engine_module = engine_module  # the crash tests run ftserve.testing_engine, which fakes the training
         self.cache_dir = cache_dir
         self.device = device
         self.python = python
@@ -93,7 +94,7 @@ class LocalTrainer:
         log_path = request.output_dir / "engine.log"
         with log_path.open("ab") as log_file:
             child = subprocess.Popen(
-                [self.python, "-m", "ftserve.engine", str(spec_path)],
+                [self.python, "-m", self.engine_module, str(spec_path)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1,
             )
             return _Session(child, reporter, log_path).run()

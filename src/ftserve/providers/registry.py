@@ -30,6 +30,7 @@ TRAINERS: dict[TrainerName, Callable[[Settings], Trainer]] = {
         load_catalogue(settings.catalogue_file), settings.resolved_models_dir, settings.device
     ),
     "fake": lambda settings: FakeTrainer(step_seconds=settings.fake_step_seconds),
+    "fake-engine": lambda s: LocalTrainer(load_catalogue(s.catalogue_file), s.resolved_models_dir, engine_module="ftserve.testing_engine"),
 }
 
 # Where each hosted kind's adapter lives: `module:Class`, imported when a provider of that kind is configured.
