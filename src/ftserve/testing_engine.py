@@ -64,8 +64,9 @@ def run(spec: JobSpec, sink: Sink, step_seconds: float, stall_at: int | None) ->
                 _keep_state(spec.output_dir, step, sink)
             sink.event("stopped", reason=stop, step=step, trained_tokens=step * 100)
             return 0
-        while stall_at is not None and step + 1 >= stall_at:  # hang, as a stuck engine does; only a kill ends it
-            time.sleep(1)
+        if stall_at is not None and step + 1 >= stall_at:  # stuck before this step; a stop request or a kill ends it
+            time.sleep(0.1)
+            continue
         time.sleep(step_seconds)
         step += 1
         loss = round(2.0 * math.exp(-2.5 * step / total), 6)
