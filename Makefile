@@ -45,7 +45,7 @@ lint: $(TEST_STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-# The checks first, then the whole suite on SQLite, then everything that touches the database again on PostgreSQL.
+# The checks first, then the whole suite on SQLite, then the tests whose subject is the database again on PostgreSQL.
 # Each pass ends with its slowest tests, to see where CI's time goes.
 test: lint test-sqlite test-postgres
 
@@ -53,7 +53,7 @@ test-sqlite: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q --durations=15
 
 test-postgres: $(TEST_STAMP)
-	FTSERVE_TEST_DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q --durations=15 -m "not engine"
+	FTSERVE_TEST_DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q --durations=15 -m database
 
 # From nothing to a fine-tuned model you can chat with: starts a server, trains, compares the answers.
 quickstart: $(STAMP)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-TrainerName = Literal["local", "fake"]
+TrainerName = Literal["local", "fake", "fake-engine"]
 
 DEFAULT_PROJECT = "default"
 

@@ -63,6 +63,7 @@ def test_other_purposes_are_stored_as_is_with_expiry(client: OpenAI) -> None:
     assert error.value.param == "expires_after"
 
 
+@pytest.mark.database
 def test_list_pages_with_after_in_both_orders(client: OpenAI) -> None:
     ids = [upload(client, b"x", name=f"f{i}.txt", purpose="batch") for i in range(5)]
     newest_first = [f.id for f in client.files.list(purpose="batch", limit=2) if f.id in ids]

@@ -125,6 +125,7 @@ def test_cancel_pause_resume_a_running_job(client: OpenAI) -> None:
     assert any(m.startswith("Fine-tuning job paused at step") for m in messages)
 
 
+@pytest.mark.database
 def test_list_pages_and_filters_by_metadata(client: OpenAI) -> None:
     training = upload(client, chat_jsonl(3))
     tag = f"run-{training[-6:]}"
@@ -167,6 +168,7 @@ def test_request_errors_are_openai_shaped_400s(client: OpenAI) -> None:
         client.fine_tuning.jobs.retrieve("ftjob-nope")
 
 
+@pytest.mark.database
 def test_retried_create_does_not_make_a_second_job(client: OpenAI) -> None:
     training = upload(client, chat_jsonl(3))
     body = {"model": MODEL, "training_file": training, "metadata": {"dedup": training}}

@@ -29,6 +29,8 @@ from openai import OpenAI
 
 from tests.helpers import chat_jsonl, upload, wait_for
 
+pytestmark = pytest.mark.database
+
 MODEL = "SmolLM2-135M-Instruct"
 SECRET = f"alpha-secret-{secrets.token_hex(4)}"
 MESSAGES = [{"role": "user", "content": "Say hi"}]

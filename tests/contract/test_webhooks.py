@@ -144,6 +144,7 @@ def test_a_cancelled_job_is_announced(client: OpenAI, receiver: Receiver) -> Non
     assert [r.event["type"] for r in receiver.got if r.path == "/cancels"] == ["fine_tuning.job.cancelled"]
 
 
+@pytest.mark.database
 def test_a_failed_delivery_is_retried_with_the_same_id_until_it_is_taken(client: OpenAI, receiver: Receiver) -> None:
     endpoint = client.webhooks.create(name="flaky", url=receiver.url("flaky"), event_types=["fine_tuning.job.succeeded"])
     receiver.failures["/flaky"] = 2
@@ -229,6 +230,7 @@ def test_a_bad_endpoint_is_refused_naming_the_field(client: OpenAI, body: dict[s
     assert refused.value.body["param"] == param, refused.value.body  # type: ignore[index]
 
 
+@pytest.mark.database
 def test_the_schema_the_migrations_build_is_the_one_the_code_uses(tmp_path: Path, database_url: str | None) -> None:
     """Alembic finds nothing to add: every table and column the code declares, the migrations made."""
     from alembic.autogenerate import compare_metadata
@@ -244,6 +246,7 @@ def test_the_schema_the_migrations_build_is_the_one_the_code_uses(tmp_path: Path
     assert [d for d in differences if d[0] in ("add_table", "add_column", "remove_column")] == []
 
 
+@pytest.mark.database
 def test_a_try_is_held_by_one_worker_and_a_late_result_cannot_undo_a_later_one(
     tmp_path: Path, database_url: str | None,
 ) -> None:

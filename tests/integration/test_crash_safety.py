@@ -1,5 +1,7 @@
-"""Crash safety with the real engine: SIGKILL the worker, and in separate runs the API server, at random
-points of real training jobs, restart it, and check that nothing was lost or recorded twice.
+"""Crash safety: SIGKILL the worker, and in separate runs the API server, at random points of training
+jobs, restart it, and check that nothing was lost or recorded twice. Most kills land on the fake engine
+(ftserve.testing_engine), which speaks the engine's protocol and writes its files but trains nothing;
+two land on the real engine.
 
 After every kill the job must still end `succeeded`: resumed from its last saved state (at most one
 checkpoint interval of steps redone), with each step's metrics, each checkpoint and the job itself
@@ -9,34 +11,28 @@ A SIGTERM instead stops the job cleanly: its state is saved, its lease released,
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import httpx
-import openai
 import pytest
 from openai import OpenAI
 from safetensors import safe_open
 
-from tests.conftest import MODEL_CACHE, Databases
+from tests.cluster import TERMINAL, Cluster, attempts, events_of, last_step, patiently, resumed_at, wait_until
+from tests.conftest import Databases
 from tests.tasks import chat_examples, jsonl
 
 pytestmark = pytest.mark.acceptance
 
-KILLS_PER_RUN = 10  # two runs, worker and server: 20 kill points
 CHECKPOINT_INTERVAL = 2
 HYPERPARAMETERS = {"n_epochs": 2, "batch_size": 2}  # 12 training examples: 12 steps, checkpoints at 6 and 12
 SEED = 20261121
 TOTAL_STEPS = 12
-TERMINAL = ("succeeded", "failed", "cancelled")
+FAKE_STEP_SECONDS = 0.3
 
 
 @dataclass
@@ -49,120 +45,17 @@ class Kill:
     """The last step recorded before the kill."""
 
 
-@dataclass
-class Cluster:
-    """Processes over one data dir and database: an API server that is never killed (`observer`, which the
-    test reads through), and the target, killed and restarted: a worker, or a second API server with its
-    embedded worker."""
+@dataclass(frozen=True)
+class Pace:
+    """Where kills land for an engine: up to `after_step` seconds after a step is reported, or up to
+    `after_start` seconds after the target started (long enough to reach the job's finish)."""
 
-    root: Path
-    server_is_target: bool
-    database_url: str | None
-    env: dict[str, str] = field(default_factory=dict)
-    observer: subprocess.Popen[bytes] | None = None
-    target: subprocess.Popen[bytes] | None = None
-    ports: tuple[int, int] = (0, 0)
-    starts: int = 0
-
-    def __post_init__(self) -> None:
-        self.ports = (_free_port(), _free_port())
-        self.env = {
-            **os.environ, "FTSERVE_DATA_DIR": str(self.root / "data"), "FTSERVE_TRAINER": "local",
-            "FTSERVE_MODELS_DIR": str(MODEL_CACHE), "FTSERVE_LEASE_SECONDS": "2", "FTSERVE_WORKER_POLL_SECONDS": "0.2",
-            "FTSERVE_MAX_ATTEMPTS": "50",
-        }
-        if self.database_url:
-            self.env["FTSERVE_DATABASE_URL"] = self.database_url
-
-    def url(self, port: int) -> str:
-        return f"http://127.0.0.1:{port}/v1"
-
-    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        self.starts += 1
-        with (self.root / f"process-{self.starts}.log").open("ab") as log:
-            return subprocess.Popen([sys.executable, "-m", "ftserve.cli.main", *args], env=self.env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-
-    def _serve(self, port: int, worker: bool) -> subprocess.Popen[bytes]:
-        process = self._spawn("serve", "--host", "127.0.0.1", "--port", str(port), *([] if worker else ["--no-worker"]))
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    return process
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.time() < deadline, "the server did not start"
-            time.sleep(0.1)
-
-    def start_observer(self) -> None:
-        self.observer = self._serve(self.ports[0], worker=False)
-
-    def start_target(self) -> None:
-        self.target = self._serve(self.ports[1], worker=True) if self.server_is_target else self._spawn("worker")
-
-    def start_worker(self) -> None:
-        self.target = self._spawn("worker")
-
-    def kill_target(self) -> None:
-        assert self.target is not None
-        if self.server_is_target:
-            self.target.kill()  # the server alone: its orphaned engine child must stop by itself
-        else:
-            os.killpg(self.target.pid, signal.SIGKILL)  # the worker and its engine, as an OOM kill of a container
-        self.target.wait()
-
-    def stop_all(self) -> None:
-        for process in (self.target, self.observer):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+    after_step: float
+    after_start: float
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def patiently(call: Callable[[], Any], seconds: float = 90) -> Any:
-    """Call the API, waiting out a server that is restarting."""
-    deadline = time.time() + seconds
-    while True:
-        try:
-            return call()
-        except (openai.APIConnectionError, openai.InternalServerError):
-            if time.time() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def events_of(client: OpenAI, job_id: str) -> list[Any]:
-    return list(reversed(patiently(lambda: client.fine_tuning.jobs.list_events(job_id, limit=10000)).data))
-
-
-def last_step(events: list[Any]) -> int:
-    return max((e.data["step"] for e in events if e.type == "metrics" and "step" in (e.data or {})), default=0)
-
-
-def attempts(events: list[Any]) -> list[list[Any]]:
-    """The events of each time the job was started, in order."""
-    runs: list[list[Any]] = []
-    for event in events:
-        if event.message in ("Fine-tuning job started", "Fine-tuning job restarted"):
-            runs.append([])
-        if runs:
-            runs[-1].append(event)
-    return runs
-
-
-def resumed_at(run: list[Any]) -> int | None:
-    found = [int(e.message.removeprefix("Resuming from step ")) for e in run if e.message.startswith("Resuming from step ")]
-    return found[0] if found else None
+REAL = Pace(after_step=3.0, after_start=40.0)
+FAKE = Pace(after_step=2 * FAKE_STEP_SECONDS, after_start=8.0)
 
 
 def new_job(client: OpenAI, training: str, validation: str) -> str:
@@ -223,13 +116,14 @@ def check_job(client: OpenAI, cluster: Cluster, job_id: str) -> dict[str, int]:
     return {"attempts": len(runs), "redone": max(redone, default=0)}
 
 
-def kill_at_random(cluster: Cluster, client: OpenAI, rng: random.Random, kills: int) -> tuple[list[Kill], list[str]]:
+def kill_at_random(cluster: Cluster, client: OpenAI, rng: random.Random, kills: int,
+                   pace: Pace) -> tuple[list[Kill], list[str]]:
     """Start the target and kill it at a random point of the job, again and again until `kills` kills landed
     on a live job, starting a new job whenever one finished; then let the last one finish.
 
-    A point is either a step the job has not reported yet, plus up to 3 s after it reports it, or a time
-    up to 40 s after the start, so kills land in start-up, steps, state saves, checkpoint saves, and the
-    final evaluation, export and finishing transaction.
+    A point is either a step the job has not reported yet, plus a moment after it reports it, or a time
+    after the start, so kills land in start-up, steps, state saves, checkpoint saves, and the final
+    evaluation, export and finishing transaction.
     """
     def upload(name: str, data: bytes) -> str:
         return patiently(lambda: client.files.create(file=(name, data), purpose="fine-tune")).id
@@ -246,17 +140,13 @@ def kill_at_random(cluster: Cluster, client: OpenAI, rng: random.Random, kills: 
         # Half the kills wait for a step the job has not reported yet; the others (and all once every step is
         # reported) come at a random time after the start, landing in start-up, replayed steps or the finish.
         if reached < TOTAL_STEPS and rng.random() < 0.5:
-            target, delay = rng.randint(reached + 1, TOTAL_STEPS), rng.uniform(0.0, 3.0)
+            target, delay = rng.randint(reached + 1, TOTAL_STEPS), rng.uniform(0.0, pace.after_step)
         else:
-            target, delay = reached, rng.uniform(0.0, 40.0)
+            target, delay = reached, rng.uniform(0.0, pace.after_start)
         started = time.monotonic()
         cluster.start_target()
-        deadline = time.time() + 600  # a guard against a hang; a loaded 2-core machine has taken 280 s
-        while (job := patiently(lambda: client.fine_tuning.jobs.retrieve(jobs[-1]))).status not in TERMINAL:
-            if last_step(events_of(client, job.id)) >= target:
-                break
-            assert time.time() < deadline, f"{job.id} made no progress"
-            time.sleep(0.1)
+        wait_until(client, jobs[-1], lambda job, events: job.status in TERMINAL or last_step(events) >= target,
+                   f"step {target}")
         time.sleep(delay)
         cluster.kill_target()
         job = patiently(lambda: client.fine_tuning.jobs.retrieve(jobs[-1]))
@@ -264,10 +154,7 @@ def kill_at_random(cluster: Cluster, client: OpenAI, rng: random.Random, kills: 
             landed.append(Kill(job.id, round(time.monotonic() - started, 1), job.status, last_step(events_of(client, job.id))))
     cluster.start_target()
     for job_id in jobs:
-        deadline = time.time() + 600
-        while patiently(lambda: client.fine_tuning.jobs.retrieve(job_id)).status not in TERMINAL:
-            assert time.time() < deadline, f"{job_id} never finished"
-            time.sleep(0.5)
+        wait_until(client, job_id, lambda job, _: job.status in TERMINAL, "its end")
     return landed, jobs
 
 
@@ -278,22 +165,32 @@ def no_orphaned_engines(root: Path) -> bool:
             command = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"ftserve.engine" in command and str(root).encode() in command:
+        if (b"ftserve.engine" in command or b"ftserve.testing_engine" in command) and str(root).encode() in command:
             return False
     return True
 
 
-@pytest.mark.parametrize("server_is_target", [False, True], ids=["kill-worker", "kill-server"])
+# Worker kills run in the PostgreSQL pass and server kills in the SQLite pass, as each is deployed. Most kill
+# points land on the fake engine (the real protocol and files, a sleep per step); two on the real one.
+RUNS = [
+    pytest.param(False, "fake-engine", 10, id="kill-worker", marks=pytest.mark.database),
+    pytest.param(True, "fake-engine", 10, id="kill-server"),
+    pytest.param(True, "local", 2, id="kill-server-real-engine"),
+]
+
+
+@pytest.mark.parametrize("server_is_target, trainer, kills", RUNS)
 def test_jobs_survive_random_kills(tmp_path: Path, databases: Databases, default_model_dir: Path,
-                                   server_is_target: bool) -> None:
-    # Ten kills in each pass of `make test`: the server on SQLite, workers on PostgreSQL, as each is deployed.
+                                   server_is_target: bool, trainer: str, kills: int) -> None:
     if server_is_target == (databases.server is not None):
         pytest.skip("runs in the " + ("SQLite" if server_is_target else "PostgreSQL") + " pass")
-    cluster = Cluster(tmp_path, server_is_target, databases.new())
-    client = OpenAI(base_url=cluster.url(cluster.ports[0]), api_key="unused", max_retries=0)
+    cluster = Cluster(tmp_path, server_is_target, databases.new(), trainer,
+                      {"FTSERVE_MAX_ATTEMPTS": "50", "FTSERVE_FAKE_ENGINE_STEP_SECONDS": str(FAKE_STEP_SECONDS)})
+    client = cluster.client
     cluster.start_observer()
     try:
-        kills, jobs = kill_at_random(cluster, client, random.Random(SEED + server_is_target), KILLS_PER_RUN)
+        pace = REAL if trainer == "local" else FAKE
+        kills_landed, jobs = kill_at_random(cluster, client, random.Random(SEED + server_is_target), kills, pace)
         listed = patiently(lambda: client.fine_tuning.jobs.list(limit=100)).data
         assert sorted(j.id for j in listed) == sorted(jobs)  # no job recorded twice, none lost
         figures = {job_id: check_job(client, cluster, job_id) for job_id in jobs}
@@ -301,19 +198,22 @@ def test_jobs_survive_random_kills(tmp_path: Path, databases: Databases, default
         while not no_orphaned_engines(tmp_path):
             assert time.time() < deadline, "an engine outlived its killed parent"
             time.sleep(0.5)
-        print(f"\n{'server' if server_is_target else 'worker'} kills: {len(kills)} landed on "
-              f"{len({k.job_id for k in kills})} of {len(jobs)} jobs; statuses {[k.status for k in kills]}; "
-              f"steps at kill {[k.step for k in kills]}; seconds after start {[k.seconds for k in kills]}; "
+        print(f"\n{'server' if server_is_target else 'worker'} kills on {trainer}: {len(kills_landed)} landed on "
+              f"{len({k.job_id for k in kills_landed})} of {len(jobs)} jobs; statuses {[k.status for k in kills_landed]}; "
+              f"steps at kill {[k.step for k in kills_landed]}; seconds after start {[k.seconds for k in kills_landed]}; "
               f"per job {list(figures.values())}")
     finally:
         cluster.stop_all()
 
 
 def test_sigterm_saves_state_and_hands_the_job_on(tmp_path: Path, databases: Databases, default_model_dir: Path) -> None:
+    # On the fake engine: the subject is the worker's hand-on. The real engine saves state on `shutdown` as it
+    # does on `pause` (one branch of engine/loop.py), which tests/integration/test_engine_training.py covers.
     if databases.server is not None:
         pytest.skip("runs in the SQLite pass")
-    cluster = Cluster(tmp_path, True, databases.new())
-    client = OpenAI(base_url=cluster.url(cluster.ports[0]), api_key="unused", max_retries=0)
+    cluster = Cluster(tmp_path, True, databases.new(), "fake-engine",
+                      {"FTSERVE_FAKE_ENGINE_STEP_SECONDS": str(FAKE_STEP_SECONDS)})
+    client = cluster.client
     cluster.start_observer()
     cluster.start_target()
     try:
@@ -322,10 +222,7 @@ def test_sigterm_saves_state_and_hands_the_job_on(tmp_path: Path, databases: Dat
             model="SmolLM2-135M-Instruct", training_file=training, hyperparameters=HYPERPARAMETERS,
             extra_body={"ftserve": {"checkpoint_interval": 4}},
         ).id
-        deadline = time.time() + 300
-        while last_step(events_of(client, job_id)) < 5:  # past the state saved at step 4
-            assert time.time() < deadline
-            time.sleep(0.1)
+        wait_until(client, job_id, lambda _, events: last_step(events) >= 5, "step 5")  # past the state saved at step 4
         assert cluster.target is not None
         cluster.target.send_signal(signal.SIGTERM)
         assert cluster.target.wait(timeout=90) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
@@ -339,10 +236,7 @@ def test_sigterm_saves_state_and_hands_the_job_on(tmp_path: Path, databases: Dat
         assert stopped_at == last_step(events) >= 5
 
         cluster.start_worker()
-        deadline = time.time() + 300
-        while (job := client.fine_tuning.jobs.retrieve(job_id)).status not in ("succeeded", "failed", "cancelled"):
-            assert time.time() < deadline
-            time.sleep(0.5)
+        job = wait_until(client, job_id, lambda job, _: job.status in TERMINAL, "its end")
         assert job.status == "succeeded", job.error
         events = events_of(client, job_id)
         messages = [e.message for e in events]

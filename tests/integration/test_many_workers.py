@@ -19,6 +19,8 @@ from ftserve.store.tables import jobs as job_table
 from tests.conftest import Databases, settings_for, start_server
 from tests.helpers import chat_jsonl, upload
 
+pytestmark = pytest.mark.database
+
 JOBS = 200
 WORKERS = 4
 

@@ -33,6 +33,8 @@ from ftserve.worker.reconcile import Backoff
 from tests.conftest import settings_for
 from tests.helpers import chat_jsonl
 
+pytestmark = pytest.mark.database
+
 
 class Scripted:
     """A hosted provider whose answers the test writes: `get` returns the next scripted job (or raises it)."""

@@ -21,6 +21,8 @@ from ftserve.worker.loop import Worker, WorkerConfig
 from tests.conftest import settings_for
 from tests.helpers import chat_jsonl
 
+pytestmark = pytest.mark.database
+
 
 @pytest.fixture
 def runtime(tmp_path, database_url) -> Runtime:  # type: ignore[no-untyped-def]

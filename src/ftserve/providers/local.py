@@ -58,7 +58,8 @@ def source_of(base: CatalogueEntry) -> ModelSource:
 class LocalTrainer:
     """Runs a job's `JobSpec` in its own engine process."""
 
-    def __init__(self, python: str = sys.executable):
+    def __init__(self, python: str = sys.executable, engine_module: str = "ftserve.engine"):
+        self.engine_module = engine_module  # the crash tests run ftserve.testing_engine, which fakes the training
         self.python = python
 
     def train(self, spec: JobSpec, reporter: Reporter) -> TrainingOutcome:
@@ -68,7 +69,7 @@ class LocalTrainer:
         log_path = spec.output_dir / "engine.log"
         with log_path.open("ab") as log_file:
             child = subprocess.Popen(
-                [self.python, "-m", "ftserve.engine", str(spec_path)],
+                [self.python, "-m", self.engine_module, str(spec_path)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1,
             )
             return _Session(child, reporter, log_path).run()

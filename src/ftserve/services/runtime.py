@@ -32,6 +32,8 @@ from ftserve.store.database import create_engine, migrate
 TRAINERS: dict[TrainerName, Callable[[Settings], Trainer]] = {
     "local": lambda settings: LocalTrainer(),
     "fake": lambda settings: testing.FakeTrainer(step_seconds=settings.fake_step_seconds),
+    # The local trainer's process and protocol, around an engine that fakes the training (crash tests).
+    "fake-engine": lambda settings: LocalTrainer(engine_module="ftserve.testing_engine"),
 }
 
 
