@@ -11,7 +11,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -24,6 +24,8 @@ from ftserve.config import Settings
 from ftserve.engine.spec import ModelSource
 from ftserve.providers.local import source_of
 from ftserve.services.runtime import Runtime, build
+from tests.helpers import upload, wait_for
+from tests.tasks import chat_examples, jsonl
 from ftserve.worker import in_thread
 
 
@@ -149,6 +151,40 @@ def alpha(keyed: LiveServer) -> OpenAI:
 def beta(keyed: LiveServer) -> OpenAI:
     """The official SDK as project beta of the `keyed` server."""
     return OpenAI(base_url=keyed.base_url, api_key="sk-beta", max_retries=0)
+
+
+@dataclass(frozen=True)
+class Learned:
+    """One real LoRA job on the default model that learned the task of tests/tasks.py, on a server whose worker
+    runs the real engine. Every test that needs "a model that learned" shares it, and none of them changes it."""
+
+    server: LiveServer
+    client: OpenAI
+    job: Any
+    """The succeeded job, as the SDK returns it."""
+
+
+# The shared job's shape: 96 examples in batches of 8 for 3 epochs is 36 steps, validated every 4 and at epoch ends.
+LEARNED_EXAMPLES, LEARNED_BATCH, LEARNED_EPOCHS, LEARNED_EVAL_INTERVAL = 96, 8, 3, 4
+LEARNED_VALIDATION = {"count": 12, "offset": 1000}
+
+
+@pytest.fixture(scope="session")
+def learned(tmp_path_factory: pytest.TempPathFactory, databases: Databases, default_model_dir: Path) -> Iterator[Learned]:
+    settings = settings_for(tmp_path_factory.mktemp("learned"), databases.new(), trainer="local", lease_seconds=10.0)
+    with serving(settings) as live:
+        client = OpenAI(base_url=live.base_url, api_key="unused", max_retries=0)
+        training = upload(client, jsonl(chat_examples(LEARNED_EXAMPLES)))
+        validation = upload(client, jsonl(chat_examples(**LEARNED_VALIDATION)), name="valid.jsonl")
+        created = client.fine_tuning.jobs.create(
+            model="SmolLM2-135M-Instruct", training_file=training, validation_file=validation, suffix="items", seed=5,
+            method={"type": "supervised", "supervised": {"hyperparameters": {
+                "n_epochs": LEARNED_EPOCHS, "batch_size": LEARNED_BATCH, "learning_rate_multiplier": 5}}},
+            extra_body={"ftserve": {"eval_interval": LEARNED_EVAL_INTERVAL}},
+        )
+        done = wait_for(client, created.id, timeout=1800)
+        assert done.status == "succeeded", done.error
+        yield Learned(live, client, done)
 
 
 @pytest.fixture(scope="session")

@@ -31,8 +31,9 @@ class Settings(BaseSettings):
     )
     trainer: TrainerName | None = Field(
         "local",
-        description="Which trainer runs jobs: `local` (the training engine, in a child process per job) "
-        "or `fake` (instant, deterministic, trains nothing; for trying the API).",
+        description="Which trainer runs jobs: `local` (the training engine, in a child process per job), "
+        "`fake` (instant, deterministic, trains nothing; for trying the API), or `fake-engine` (the local "
+        "trainer's child process and protocol around an engine that trains nothing; for crash tests).",
     )
     catalogue_file: Path | None = Field(
         None, description="A JSON file of extra base models (local directories or hub ids) beside the built-in ones."

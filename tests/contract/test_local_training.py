@@ -15,7 +15,17 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Databases, LiveServer, settings_for, start_server
+from tests.conftest import (
+    LEARNED_BATCH,
+    LEARNED_EPOCHS,
+    LEARNED_EVAL_INTERVAL,
+    LEARNED_EXAMPLES,
+    Databases,
+    Learned,
+    LiveServer,
+    settings_for,
+    start_server,
+)
 from tests.helpers import upload, wait_for
 from tests.tasks import chat_examples, jsonl, preference_examples
 
@@ -43,29 +53,22 @@ def losses(client: OpenAI, job_id: str) -> list[tuple[int, float]]:
     return sorted((e.data["step"], e.data["train_loss"]) for e in events if e.type == "metrics" and "step" in e.data)  # type: ignore[index, operator]
 
 
-def test_a_supervised_job_fine_tunes_the_default_model(client: OpenAI) -> None:
-    training = upload(client, jsonl(chat_examples(24)))
-    validation = upload(client, jsonl(chat_examples(8, offset=1000)), name="valid.jsonl")
-    job = client.fine_tuning.jobs.create(
-        model="SmolLM2-135M-Instruct", training_file=training, validation_file=validation, suffix="items", seed=3,
-        method={"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 5,
-        }}},
-        extra_body={"ftserve": {"eval_interval": 3}},
-    )
-    job = wait_for(client, job.id, timeout=TRAINING_TIMEOUT)
-    assert job.status == "succeeded", job.error
-
+def test_a_supervised_job_fine_tunes_the_default_model(learned: Learned) -> None:
+    client, job = learned.client, learned.job  # the session's shared job: 36 steps, validated every 4
+    total = LEARNED_EXAMPLES // LEARNED_BATCH * LEARNED_EPOCHS
+    per_epoch = total // LEARNED_EPOCHS
     steps = losses(client, job.id)
-    assert [s for s, _ in steps] == list(range(1, 19))
+    assert [s for s, _ in steps] == list(range(1, total + 1))
     assert steps[-1][1] < steps[0][1] / 3
 
     events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
     validated = sorted(e.data["step"] for e in events if e.type == "metrics" and "valid_loss" in e.data)  # type: ignore[index, operator]
-    assert validated == [3, 6, 9, 12, 15, 18]  # every eval_interval steps, and at epoch ends
+    # Every eval_interval steps, and at epoch ends.
+    assert validated == sorted({*range(LEARNED_EVAL_INTERVAL, total + 1, LEARNED_EVAL_INTERVAL),
+                                *range(per_epoch, total + 1, per_epoch)})
 
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert sorted(c.step_number for c in checkpoints) == [6, 12, 18]
+    assert sorted(c.step_number for c in checkpoints) == list(range(per_epoch, total + 1, per_epoch))
     for checkpoint in checkpoints:
         assert checkpoint.fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-{checkpoint.step_number}"
         assert checkpoint.metrics.full_valid_loss is not None
@@ -79,7 +82,7 @@ def test_a_supervised_job_fine_tunes_the_default_model(client: OpenAI) -> None:
     result = results["step_metrics.csv"]
     assert result.purpose == "fine-tune-results"
     rows = list(csv.DictReader(io.StringIO(base64.b64decode(client.files.content(result.id).read()).decode())))
-    assert [int(r["step"]) for r in rows] == list(range(1, 19))
+    assert [int(r["step"]) for r in rows] == list(range(1, total + 1))
     assert float(rows[-1]["train_loss"]) == pytest.approx(steps[-1][1], abs=1e-4)
 
 

@@ -1,6 +1,7 @@
 """After a real job succeeds, its model is usable at once: served on /v1/chat/completions in the format it
 learned, scored against its base, exported in three formats that load back and match the served
-model, and gone when deleted. One LoRA job on the default model is shared by every test here."""
+model, and gone when deleted. The session's one LoRA job on the default model (`learned` in conftest) is
+shared by every test here; the deletion test deletes a small model of its own."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ftserve.engine.export import VLLM_MODULES
-from tests.conftest import Databases, LiveServer, settings_for, start_server
+from tests.conftest import Learned, LiveServer
 from tests.helpers import upload, wait_for
 from tests.tasks import chat_examples, follows_format, jsonl
 
@@ -32,32 +33,18 @@ PROBES = ["List: kiwi, lemon, mango, nectarine", "List: red, green, blue"]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, databases: Databases, default_model_dir: Path) -> Iterator[LiveServer]:
-    settings = settings_for(tmp_path_factory.mktemp("serving"), databases.new(), trainer="local", lease_seconds=10.0)
-    live, uvicorn_server, thread = start_server(settings)
-    yield live
-    uvicorn_server.should_exit = True
-    thread.join(timeout=60)
-    live.runtime.engine.dispose()
+def server(learned: Learned) -> LiveServer:
+    return learned.server
 
 
 @pytest.fixture(scope="module")
-def client(server: LiveServer) -> OpenAI:
-    return OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+def client(learned: Learned) -> OpenAI:
+    return learned.client
 
 
 @pytest.fixture(scope="module")
-def job(client: OpenAI) -> Any:
-    training = upload(client, jsonl(chat_examples(64)))
-    validation = upload(client, jsonl(chat_examples(12, offset=1000)), name="valid.jsonl")
-    created = client.fine_tuning.jobs.create(
-        model=BASE, training_file=training, validation_file=validation, suffix="items", seed=5,
-        method={"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 5}}},
-    )
-    done = wait_for(client, created.id, timeout=1200)
-    assert done.status == "succeeded", done.error
-    return done
+def job(learned: Learned) -> Any:
+    return learned.job
 
 
 def ask(client: OpenAI, model: str, prompt: str, **extra: Any) -> str:
@@ -217,8 +204,14 @@ def test_llama_cpp_chats_with_the_gguf_export_in_the_trained_format(server: Live
     assert all(re.match(r"Items: \d+ \| first=.+ \| last=.+", reply) for reply in replies), replies
 
 
-def test_deleting_the_model_stops_serving_it_and_removes_its_files(client: OpenAI, job: Any, server: LiveServer,
+def test_deleting_the_model_stops_serving_it_and_removes_its_files(client: OpenAI, server: LiveServer,
                                                                   tmp_path: Path) -> None:
+    # A one-step job of its own: the shared model stays for the other tests.
+    created = client.fine_tuning.jobs.create(model=BASE, training_file=upload(client, jsonl(chat_examples(8))),
+                                             hyperparameters={"n_epochs": 1, "batch_size": 8})
+    job = wait_for(client, created.id, timeout=600)
+    assert job.status == "succeeded", job.error
+    assert ask(client, job.fine_tuned_model, PROBES[0])
     blobs = server.runtime.blobs
     cli_export(server, job.fine_tuned_model, tmp_path, "--format", "adapter")
     model_dir = server.runtime.models.artifact("default", job.fine_tuned_model)

@@ -83,8 +83,9 @@ class Endpoint:
     previous_secret_until: int | None = None
 
     def secrets_in_use(self, now: float) -> list[str]:
-        keep = self.previous_secret and self.previous_secret_until and now < self.previous_secret_until
-        return [self.secret, self.previous_secret] if keep else [self.secret]  # type: ignore[list-item]
+        if self.previous_secret and self.previous_secret_until and now < self.previous_secret_until:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
 
 
 @dataclass(frozen=True)

@@ -131,8 +131,7 @@ class ModelPool:
             model = AutoModelForCausalLM.from_pretrained(
                 self.base_dir(source), dtype=self.dtype, attn_implementation=self.hardware.attention
             )
-            # transformers types its decorated .to() as if unbound
-            self._bases[source.id] = model.to(self.hardware.device).eval()  # type: ignore[arg-type]
+            self._bases[source.id] = model.to(self.hardware.device).eval()  # type: ignore[arg-type]  # transformers types its decorated .to() as if unbound
         return self._bases[source.id]
 
     def _with_adapter(self, target: Target) -> PreTrainedModel:
