@@ -127,6 +127,10 @@ def _config() -> schemathesis.Config:
              "parameters": {"path.fine_tuning_job_id": bind("victim_jobs")}},
             {"include-name": "DELETE /v1/webhook_endpoints/{webhook_endpoint_id}",
              "parameters": {"path.webhook_endpoint_id": bind("victim_webhooks")}},
+            # Schemathesis 4.32 sometimes fails to build this body's negative cases (`UnsupportedSchema`: "a `not`
+            # whose complement is not spelled out"), only when the whole suite is collected. Its bad bodies are
+            # covered by tests/contract/test_jobs.py and tests/integration/test_hostile_input.py.
+            {"include-name": "POST /v1/fine_tuning/jobs", "generation": {"mode": "positive"}},
         ],
     })
 
