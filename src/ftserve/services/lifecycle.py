@@ -46,13 +46,6 @@ class Result:
     """Said after the model's name in the event, e.g. the provider's name for it."""
 
 
-@dataclass(frozen=True)
-class Started:
-    restarted: bool
-    reported_step: int
-    """The last step whose metrics were recorded."""
-
-
 class Lifecycle:
     def __init__(self, engine: sa.Engine, max_attempts: int = 3):
         self.engine = engine
@@ -95,9 +88,10 @@ class Lifecycle:
         return moved
 
     def start(self, job: Job, worker_id: str, *, values: dict[str, Any] | None = None,
-              message: str | None = None) -> Started | None:
+              message: str | None = None) -> int | None:
         """queued -> running. The attempt's starting point is the newest state saved so far, so a later death
-        can tell whether this attempt got further. None when the job left the queue first."""
+        can tell whether this attempt got further. Returns the last step whose metrics were recorded (where a
+        restart may resume at the latest), or None when the job left the queue first."""
         at = now()
         update = {"attempt_saved_step": job.saved_step, "started_at": job.started_at or at, **(values or {})}
         with self.engine.begin() as conn:
@@ -108,7 +102,7 @@ class Lifecycle:
             event_rows.append(conn, job.id, at, RESTARTED if restarted else STARTED, data={"worker": worker_id})
             if message:
                 event_rows.append(conn, job.id, at, message)
-            return Started(restarted, event_rows.last_metrics_step(conn, job.id))
+            return event_rows.last_metrics_step(conn, job.id)
 
     def paused(self, job: Job, worker_id: str | None, step: int | None = None) -> bool:
         """pausing -> paused: the trainer stopped and kept its state (or the provider paused the job)."""

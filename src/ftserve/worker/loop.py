@@ -190,10 +190,9 @@ class Worker:
         request = job_request(job, Route(self.local, None, job.model), self.files, self.blobs)
         hyperparameters = self.local.hyperparameters(request)
         started = time.time()
-        started_run = self.lifecycle.start(job, self.id, values={"hyperparameters": hyperparameters})
-        if started_run is None:
+        reported = self.lifecycle.start(job, self.id, values={"hyperparameters": hyperparameters})
+        if reported is None:
             return
-        reported = started_run.reported_step
         spec = self.local.spec(request, resume_at_most=reported)
         wandb, problem = wandb_runs.open_run(job.integrations, job.id, {**hyperparameters, "model": job.model,
                                              "method": job.method, "seed": job.seed}, spec.output_dir / "wandb")
