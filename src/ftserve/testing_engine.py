@@ -28,12 +28,12 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from ftserve.engine import events
+from ftserve.engine.artifacts import MANIFEST
 from ftserve.engine.sink import JsonLinesSink, Sink
 from ftserve.engine.spec import JobSpec
 
 STATE_FILE = "state.json"
 KEEP = 2
-MANIFEST = "ftserve_model.json"  # the real engine's name (engine.models.MANIFEST, which imports torch)
 STATE_SAVES_PER_RUN = 10  # as the real loop: without a checkpoint_interval, about this many saves a run
 
 

@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from ftserve.engine import models
-from ftserve.engine.gguf_export import GgufExportError, GgufType, write_gguf
+from ftserve.engine.artifacts import ExportFormat, GgufType
+from ftserve.engine.gguf_export import GgufExportError, write_gguf
 
-ExportFormat = Literal["adapter", "merged", "gguf"]
 MergedDtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -24,7 +24,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 from gguf.quants import quant_shape_to_byte_shape, quantize
 
-GgufType = Literal["f32", "f16", "bf16", "q8_0"]
+from ftserve.engine.artifacts import GgufType
 
 
 class GgufExportError(Exception):

@@ -17,10 +17,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from ftserve.engine.artifacts import MANIFEST
 from ftserve.engine.hardware import Hardware
 from ftserve.engine.spec import JobSpec, LoraOptions, ModelSource
 
-MANIFEST = "ftserve_model.json"
 
 # Used when a base model has no chat template of its own.
 CHATML_TEMPLATE = (

@@ -42,6 +42,16 @@ class Piece:
     finish_reason: FinishReason | None = None
 
 
+def seeded(model: PreTrainedModel, seed: int | None) -> torch.Generator:
+    """A generator on the model's device: from `seed` when one is given, from the system's entropy otherwise."""
+    generator = torch.Generator(device=next(model.parameters()).device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
 def end_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> set[int]:
     """Every token id that ends a turn: the tokenizer's EOS and the generation config's."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()

@@ -20,18 +20,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
-
+from ftserve.engine.artifacts import MANIFEST
 from ftserve.engine.spec import ModelSource
-from ftserve.inference.engine_gateway import MANIFEST, Encoder, Hardware, detect, load_tokenizer, local_dir
+from ftserve.inference import engine_gateway as engine
+
+if TYPE_CHECKING:  # loaded with the first model, not with the server (see engine_gateway)
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from ftserve.inference.engine_gateway import Encoder, Hardware
 
 ArtifactKind = Literal["adapter", "full"]
 
@@ -72,16 +71,18 @@ class ModelPool:
     @property
     def hardware(self) -> Hardware:
         if self._hardware is None:
-            self._hardware = detect(self.device)
+            self._hardware = engine.detect(self.device)
         return self._hardware
 
     @property
     def dtype(self) -> torch.dtype:
+        import torch
+
         # bf16 on GPUs; fp32 on CPUs, where decoding one token at a time gains little from bf16.
         return torch.bfloat16 if self.hardware.device.type == "cuda" and self.hardware.bf16 else torch.float32
 
     def base_dir(self, source: ModelSource) -> Path:
-        return local_dir(source, self.cache_dir)
+        return engine.local_dir(source, self.cache_dir)
 
     def text(self, target: Target) -> Text:
         """The tokenizer and context length of a target, loaded once per directory."""
@@ -89,10 +90,12 @@ class ModelPool:
         assert directory is not None
         with self._text_lock:
             if directory not in self._texts:
-                tokenizer = load_tokenizer(directory)
+                from transformers import AutoConfig
+
+                tokenizer = engine.load_tokenizer(directory)
                 config = AutoConfig.from_pretrained(directory)
                 length = int(getattr(config, "max_position_embeddings", 0) or 2048)
-                self._texts[directory] = Text(tokenizer, Encoder(tokenizer, length), length)
+                self._texts[directory] = Text(tokenizer, engine.Encoder(tokenizer, length), length)
             return self._texts[directory]
 
     @contextmanager
@@ -127,6 +130,8 @@ class ModelPool:
     # Loading, under the lock.
 
     def _base(self, source: ModelSource) -> PreTrainedModel:
+        from transformers import AutoModelForCausalLM
+
         if source.id not in self._bases:
             model = AutoModelForCausalLM.from_pretrained(
                 self.base_dir(source), dtype=self.dtype, attn_implementation=self.hardware.attention
@@ -152,6 +157,8 @@ class ModelPool:
         return model
 
     def _full_model(self, target: Target) -> PreTrainedModel:
+        from transformers import AutoModelForCausalLM
+
         if target.name not in self._full:
             assert target.artifact is not None, "a fully fine-tuned target is its own directory"
             model = AutoModelForCausalLM.from_pretrained(
@@ -183,6 +190,8 @@ class ModelPool:
         else:  # its last adapter: give the base back its plain modules
             self._bases[base] = model.unload().eval()
         if self.hardware.device.type == "cuda":
+            import torch
+
             torch.cuda.empty_cache()
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ftserve.catalogue import CatalogueEntry
 from ftserve.domain.errors import InvalidRequest
+from ftserve.engine.artifacts import ExportFormat, GgufType
 from ftserve.files.storage import BlobStore
 from ftserve.inference import engine_gateway as engine
-from ftserve.inference.engine_gateway import ExportFormat, GgufType
 from ftserve.inference.pool import ModelPool, Target
 
 Quantization = GgufType

@@ -13,19 +13,19 @@ import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
-
-import torch
+from typing import TYPE_CHECKING, Any, cast
 
 from ftserve.catalogue import CatalogueEntry
 from ftserve.domain.errors import FtserveError, InvalidRequest
 from ftserve.files.storage import BlobStore
-from ftserve.inference.engine_gateway import DataError, Scores, read_examples, score
-from ftserve.inference.generate import Sampling, end_tokens, generate
+from ftserve.inference import engine_gateway as engine
 from ftserve.inference.pool import ModelPool, Target, Text, artifact_kind, manifest
 from ftserve.providers.local import source_of
 from ftserve.schemas.inference import ChatCompletionRequest, CompletionRequest, FinishReason, Sampled
 from ftserve.services.files import FINE_TUNE, FileService
+
+if TYPE_CHECKING:
+    from ftserve.inference.engine_gateway import Sampling, Scores
 
 
 class ModelNotServable(FtserveError):
@@ -84,12 +84,12 @@ class InferenceService:
             raise InvalidRequest(
                 f"File {file_id} is not a chat, prompt/completion or preference file uploaded for fine-tuning.", param="file"
             )
-        examples = read_examples(self.blobs.path(record.storage_key))[:max_examples]
+        examples = engine.read_examples(self.blobs.path(record.storage_key))[:max_examples]
         text = self.pool.text(target)
         with self.pool.session(target) as loaded:
             try:
-                return score(loaded, text.tokenizer, text.encoder, examples)
-            except DataError as error:
+                return engine.score(loaded, text.tokenizer, text.encoder, examples)
+            except engine.DataError as error:
                 raise InvalidRequest(f"File {file_id}: {error}", param="file") from error
 
     def prepare_chat(self, project: str, body: ChatCompletionRequest) -> Prepared:
@@ -151,7 +151,7 @@ class InferenceService:
                 raise InvalidRequest(f"logit_bias: {key!r} is not a token id of this model (0..{vocab - 1}).", param="logit_bias")
             bias[int(key)] = value
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        sampling = Sampling(
+        sampling = engine.Sampling(
             max_tokens=limit or min(self.default_max_tokens, room),
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
@@ -164,18 +164,14 @@ class InferenceService:
         """Generate every choice in turn (choice i of prompt p has index p·n + i)."""
         tokenizer = prepared.text.tokenizer
         with self.pool.session(prepared.target) as model:
-            generator = torch.Generator(device=next(model.parameters()).device)
-            if prepared.seed is not None:
-                generator.manual_seed(prepared.seed)
-            else:
-                generator.seed()
-            stops = end_tokens(tokenizer, model)
+            generator = engine.seeded(model, prepared.seed)
+            stops = engine.end_tokens(tokenizer, model)
             for p, prompt in enumerate(prepared.prompts):
                 for i in range(prepared.n):
                     index = p * prepared.n + i
                     if prepared.echo:
                         yield Output(index, prepared.echo[p], 0)
-                    pieces = generate(model, tokenizer, prompt, prepared.sampling, stops, generator, cancelled)
+                    pieces = engine.generate(model, tokenizer, prompt, prepared.sampling, stops, generator, cancelled)
                     yield from (_with_tool_calls(index, pieces) if prepared.tools else
                                 (Output(index, x.text, x.tokens, x.finish_reason) for x in pieces))
                     if cancelled():

@@ -1,0 +1,48 @@
+"""A server starts without torch: importing torch and transformers takes seconds, and a server that has not yet
+trained, exported or generated anything has no use for them. The crash harness restarts servers and workers
+dozens of times, and an operator restarts them after every upgrade."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import MODEL_CACHE, _free_port
+
+
+def test_a_server_answers_without_loading_torch_until_a_model_is_needed(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "FTSERVE_DATA_DIR": str(tmp_path), "FTSERVE_MODELS_DIR": str(MODEL_CACHE)}
+    env.pop("FTSERVE_DATABASE_URL", None)
+    server = subprocess.Popen([sys.executable, "-m", "ftserve.cli.main", "serve", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.time() < deadline, "the server did not start"
+            time.sleep(0.1)
+        assert httpx.get(f"{base}/v1/models").json()["data"]
+        assert httpx.get(f"{base}/v1/fine_tuning/jobs").status_code == 200
+
+        def torch_loaded() -> bool:
+            return "libtorch" in Path(f"/proc/{server.pid}/maps").read_text()
+
+        assert not torch_loaded()  # the worker runs too: it trains in a child process
+        answer = httpx.post(f"{base}/v1/chat/completions", timeout=300, json={
+            "model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        assert answer.status_code == 200, answer.text
+        assert torch_loaded()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
