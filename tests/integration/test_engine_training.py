@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from ftserve.engine import dpo, sft
-from ftserve.engine.events import Checkpoint, Finished, Message, Metrics, Started, StateSaved, Stopped
+from ftserve.engine.evaluate import BASELINE_FILE
+from ftserve.engine.events import Checkpoint, Command, Finished, Message, Metrics, Started, StateSaved, Stopped
 from ftserve.engine.sink import MemorySink
 from ftserve.engine.spec import JobSpec, ModelSource
 from tests.conftest import MODEL_CACHE
@@ -110,6 +111,32 @@ def test_an_unreadable_state_is_skipped_for_the_one_before_it(tmp_path: Path, de
     assert list(losses(resumed)) == list(range(3, 9))
     for step, loss in losses(resumed).items():  # the same run as one never interrupted
         assert loss == pytest.approx(losses(whole)[step], abs=1e-4)
+
+
+class StopOnThirdAsk(MemorySink):
+    """Asks to cancel from the third time the engine looks: inside its scoring of the base model."""
+
+    asked = 0
+
+    def requested_stop(self) -> Command | None:
+        self.asked += 1
+        return "cancel" if self.asked >= 3 else None
+
+
+def test_a_stop_while_the_base_model_is_scored_ends_the_run_at_once(tmp_path: Path, default_model: ModelSource,
+                                                                     default_model_dir: Path) -> None:
+    # An engine whose server was killed kept scoring the base model for minutes on a loaded machine before it
+    # looked for the stop, training beside its own replacement.
+    valid = tmp_path / "valid.jsonl"
+    valid.write_bytes(jsonl(chat_examples(4, 100)))
+    job = spec(tmp_path, default_model, "stopped", examples=jsonl(chat_examples(8))).model_copy(
+        update={"validation_file": valid})
+    sink = StopOnThirdAsk()
+    sft.run(job, sink)
+    assert [(s.reason, s.step) for s in sink.of(Stopped)] == [("cancel", 0)]
+    assert not sink.of(Metrics)
+    assert not [m.text for m in sink.of(Message) if m.text.startswith("Base model on")]
+    assert not (job.output_dir / BASELINE_FILE).exists()  # nothing half-scored is kept for the next attempt
 
 
 def test_dpo_learns_the_preference_against_the_frozen_base(tmp_path: Path, default_model: ModelSource,

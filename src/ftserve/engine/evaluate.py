@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from ftserve.engine.batching import collate
 from ftserve.engine.data import DataError, Encoder, Pair, Sequence, read_jsonl
@@ -47,10 +47,17 @@ class Scores:
     """Preference data only: share of pairs where the model gives the preferred answer the higher likelihood."""
 
 
+class Interrupted(Exception):
+    """Scoring stopped part-way because the job was asked to stop (or its parent is gone)."""
+
+
 def score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoder: Encoder,
           examples: list[dict[str, Any]], *, batch_size: int = 8, max_generated: int = MAX_GENERATED,
-          autocast: Callable[[], Any] | None = None) -> Scores:
-    """Score `examples` (chat, prompt/completion or preference rows) with `model` as it is now."""
+          autocast: Callable[[], Any] | None = None, stopped: Callable[[], bool] = lambda: False) -> Scores:
+    """Score `examples` (chat, prompt/completion or preference rows) with `model` as it is now.
+
+    `stopped` is asked between batches and between generated tokens; once it says yes, this raises
+    `Interrupted`, so that a job cancelled, paused or orphaned while it is scored stops at once."""
     if not examples:
         raise DataError("no examples to evaluate")
     device = next(model.parameters()).device
@@ -58,11 +65,12 @@ def score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoder: E
     model.eval()
     try:
         with torch.no_grad(), (autocast() if autocast else nullcontext()):
-            sequences, preference = _teacher_forced(model, encoder, examples, tokenizer.pad_token_id, device, batch_size)
+            sequences, preference = _teacher_forced(model, encoder, examples, tokenizer.pad_token_id, device, batch_size,
+                                                    stopped)
             prompts, references = zip(*(encoder.held_out(e) for e in examples[:max_generated]))
             answers = greedy(model, tokenizer, list(prompts),
                              [len(tokenizer(r, add_special_tokens=False)["input_ids"]) + ANSWER_SLACK_TOKENS for r in references],
-                             batch_size)
+                             batch_size, stopped)
     finally:
         model.train(was_training)
     matches = sum(a.strip() == r.strip() for a, r in zip(answers, references))
@@ -71,7 +79,7 @@ def score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoder: E
 
 
 def _teacher_forced(model: PreTrainedModel, encoder: Encoder, examples: list[dict[str, Any]], pad_id: int,
-                    device: torch.device, batch_size: int) -> tuple[Stats, float | None]:
+                    device: torch.device, batch_size: int, stopped: Callable[[], bool]) -> tuple[Stats, float | None]:
     """Loss and token accuracy on the reference answers; for preference rows, on the preferred side."""
     encoded = [encoder.preference(e) if "input" in e else encoder.sft(e) for e in examples]
     pairs = [e for e in encoded if isinstance(e, Pair)]
@@ -79,11 +87,13 @@ def _teacher_forced(model: PreTrainedModel, encoder: Encoder, examples: list[dic
     ordered = sorted((s for s in sequences if s.trained), key=len)
     total = EMPTY
     for start in range(0, len(ordered), batch_size):
+        _check(stopped)
         total += token_loss(model, collate(ordered[start : start + batch_size], pad_id, device))[1]
     if not pairs:
         return total, None
     ranked = 0
     for start in range(0, len(pairs), batch_size):
+        _check(stopped)
         chunk = pairs[start : start + batch_size]
         logps = sequence_logps(model, collate([p.chosen for p in chunk] + [p.rejected for p in chunk], pad_id, device))[0]
         ranked += int((logps[: len(chunk)] > logps[len(chunk) :]).sum())
@@ -91,7 +101,7 @@ def _teacher_forced(model: PreTrainedModel, encoder: Encoder, examples: list[dic
 
 
 def greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
-           max_new_tokens: list[int], batch_size: int) -> list[str]:
+           max_new_tokens: list[int], batch_size: int, stopped: Callable[[], bool] = lambda: False) -> list[str]:
     """Greedy answers to tokenised prompts, batched by length with left padding."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers = [""] * len(prompts)
@@ -107,12 +117,29 @@ def greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: 
         out = model.generate(  # type: ignore[operator]  # generate comes from GenerationMixin, which the stubs miss
             input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False, use_cache=True,
             max_new_tokens=max(max_new_tokens[i] for i in chunk), pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id, stopping_criteria=StoppingCriteriaList([_Asked(stopped)]),
         )
+        _check(stopped)
         for row, i in enumerate(chunk):
             generated = out[row, width:].tolist()[: max_new_tokens[i]]
             answers[i] = str(tokenizer.decode(generated, skip_special_tokens=True))
     return answers
+
+
+class _Asked(StoppingCriteria):
+    """Ends a generation early once `stopped` says so (`greedy` then raises `Interrupted`)."""
+
+    def __init__(self, stopped: Callable[[], bool]):
+        self.stopped = stopped
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.stopped(), dtype=torch.bool,  # type: ignore[return-value]  # a BoolTensor is a bool Tensor
+                          device=input_ids.device)
+
+
+def _check(stopped: Callable[[], bool]) -> None:
+    if stopped():
+        raise Interrupted
 
 
 def read_examples(path: Path) -> list[dict[str, Any]]:
@@ -164,17 +191,24 @@ class HeldOut:
         self.sink = sink
         self.base: Scores | None = None
 
-    def _score(self, model: PreTrainedModel) -> Scores:
+    def _score(self, model: PreTrainedModel, stopped: Callable[[], bool] = lambda: False) -> Scores:
         return score(model, self.tokenizer, self.encoder, self.examples, batch_size=self.spec.batch_size,
-                     autocast=self.hardware.autocast)
+                     autocast=self.hardware.autocast, stopped=stopped)
 
     def measure_base(self, model: PreTrainedModel) -> None:
         """Score the model before its first step (or read the scores an earlier attempt kept, which
-        reported them already)."""
+        reported them already). A stop asked for meanwhile ends the scoring, keeping nothing: training
+        then stops before its first step, and the next attempt scores the base again."""
         fresh = not (self.spec.output_dir / BASELINE_FILE).exists()
-        self.base = baseline(self.spec.output_dir, lambda: self._score(model))
+        try:
+            self.base = baseline(self.spec.output_dir, lambda: self._score(model, self._stop_asked))
+        except Interrupted:
+            return
         if fresh:
             self.sink.emit(Message(text=f"Base model on {self.base.examples} held-out examples: {describe(self.base)}"))
+
+    def _stop_asked(self) -> bool:
+        return self.sink.requested_stop() is not None
 
     def compare(self, model: PreTrainedModel) -> dict[str, Any] | None:
         """Score the trained model and write the comparison; None (with a warning) if scoring fails,
