@@ -238,14 +238,20 @@ def test_an_endless_line_fails_as_soon_as_it_passes_the_limit(chunk_size: int) -
     assert fed - chunk_size < limit + 2 <= fed
 
 
-def test_a_million_tiny_lines_take_seconds() -> None:
+def test_a_million_tiny_lines_cost_no_more_than_parsing_each_line_alone() -> None:
     data = b'{"prompt":"","completion":"x"}\n' * 10**6
     started = time.process_time()
     summary = validate(data[i : i + 1024 * 1024] for i in range(0, len(data), 1024 * 1024))
-    elapsed = time.process_time() - started
+    ours = time.process_time() - started
     assert summary == DatasetSummary("completion", 10**6)
-    # About 3 s of CPU on a slow shared core; `json.loads` with options and per-line path strings took 12 s.
-    assert elapsed < 8, f"{elapsed:.1f}s"
+    # The peer, timed in the same run so that a slow or busy machine slows both: `json.loads` on each line and
+    # nothing else. The validator took 0.76 of its CPU time here; the earlier per-line parse with options and
+    # path strings took about four times the validator's.
+    started = time.process_time()
+    for line in data.splitlines():
+        json.loads(line)
+    peer = time.process_time() - started
+    assert ours < 2 * peer, f"validator {ours:.1f} s of CPU, json.loads per line {peer:.1f} s"
 
 
 def test_memory_stays_flat_however_many_lines_the_file_has() -> None:
