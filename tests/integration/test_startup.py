@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import MODEL_CACHE, _free_port
 
@@ -46,3 +47,14 @@ def test_a_server_answers_without_loading_torch_until_a_model_is_needed(tmp_path
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_every_name_the_engine_gateway_lists_loads() -> None:
+    # The gateway resolves its names on first use, so a misspelt or moved one would fail only when a server first
+    # exports, evaluates or generates; this loads each of them now.
+    from ftserve.inference import engine_gateway
+
+    listed = {name for names in engine_gateway._HOMES.values() for name in names}
+    assert {name for name in listed if getattr(engine_gateway, name, None) is None} == set()
+    with pytest.raises(AttributeError):
+        engine_gateway.no_such_name  # noqa: B018  # the lookup itself is the check
