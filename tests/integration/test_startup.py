@@ -4,6 +4,7 @@ dozens of times, and an operator restarts them after every upgrade."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -54,7 +55,12 @@ def test_every_name_the_engine_gateway_lists_loads() -> None:
     # exports, evaluates or generates; this loads each of them now.
     from ftserve.inference import engine_gateway
 
-    listed = {name for names in engine_gateway._HOMES.values() for name in names}
-    assert {name for name in listed if getattr(engine_gateway, name, None) is None} == set()
+    listed = {(module, name) for module, names in engine_gateway._HOMES.items() for name in names}
+    assert {name for _, name in listed if getattr(engine_gateway, name, None) is None} == set()
+    # The type checker reads the same names from the TYPE_CHECKING imports: the two lists must agree.
+    tree = ast.parse(Path(engine_gateway.__file__).read_text())
+    typed = {(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+             and node.module and node.module.startswith("ftserve.") for alias in node.names}
+    assert typed == listed
     with pytest.raises(AttributeError):
         engine_gateway.no_such_name  # noqa: B018  # the lookup itself is the check
