@@ -29,21 +29,28 @@ class FakeTrainer:
         rng = random.Random(spec.seed)
         noise = [rng.uniform(-0.05, 0.05) for _ in range(total + 1)]
         tokens_per_step = max(1, spec.training_file.stat().st_size // 4 // steps_per_epoch)
+
+        def metrics_at(step: int) -> dict[str, float]:
+            loss = 2.0 * math.exp(-2.5 * step / total) + noise[step]
+            metrics = {"train_loss": round(loss, 4), "train_mean_token_accuracy": round(min(1.0, 1.0 - loss / 2.5), 4)}
+            if spec.validation_file is not None:
+                metrics["valid_loss"] = round(loss * 1.1, 4)
+                metrics["valid_mean_token_accuracy"] = round(min(1.0, 1.0 - loss * 1.1 / 2.5), 4)
+            return metrics
+
         step = _resume_step(spec)
         if step:
             reporter.message(f"Resuming from step {step}")
         reporter.started(step, total)
+        if step:  # a worker killed after the directory was written may not have recorded it; recorded ones are skipped
+            reporter.checkpoint(step, {"step": step, **metrics_at(step)}, spec.output_dir / f"checkpoint-{step}")
         while step < total:
             stop = reporter.should_stop()
             if stop:
                 return TrainingOutcome(stopped=stop, trained_tokens=step * tokens_per_step, step=step)
             time.sleep(self.step_seconds)
             step += 1
-            loss = 2.0 * math.exp(-2.5 * step / total) + noise[step]
-            metrics = {"train_loss": round(loss, 4), "train_mean_token_accuracy": round(min(1.0, 1.0 - loss / 2.5), 4)}
-            if spec.validation_file is not None:
-                metrics["valid_loss"] = round(loss * 1.1, 4)
-                metrics["valid_mean_token_accuracy"] = round(min(1.0, 1.0 - loss * 1.1 / 2.5), 4)
+            metrics = metrics_at(step)
             reporter.metrics(step, total, metrics)
             if step % steps_per_epoch == 0:
                 path = spec.output_dir / f"checkpoint-{step}"
@@ -56,11 +63,11 @@ class FakeTrainer:
 
 
 def _resume_step(spec: JobSpec) -> int:
-    """The newest checkpoint this job wrote, no newer than the last step the service recorded."""
+    """The newest checkpoint this job wrote. It reports each step before it writes the step's checkpoint, so
+    every step up to that one is recorded."""
     steps = [int(path.name.removeprefix("checkpoint-")) for path in spec.output_dir.glob("checkpoint-*")
              if path.name.removeprefix("checkpoint-").isdigit()]
-    ceiling = spec.resume_at_most if spec.resume_at_most is not None else float("inf")
-    return max((step for step in steps if step <= ceiling), default=0)
+    return max(steps, default=0)
 
 
 def _write_weights(path: Path, spec: JobSpec, step: int) -> None:

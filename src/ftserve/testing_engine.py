@@ -48,21 +48,27 @@ def run(spec: JobSpec, sink: Sink, step_seconds: float, stall_at: int | None) ->
         sink.emit(events.Failed(message=f"The fake engine reads the base model's config.json: {error}"))
         return 1
 
-    step = 0
+    step, reported = 0, list[str]()
     for saved in saved_states(spec.output_dir):
-        if spec.resume_at_most is not None and step_of(saved) > spec.resume_at_most:
-            continue
-        step = json.loads((saved / STATE_FILE).read_text())["step"]
+        kept = json.loads((saved / STATE_FILE).read_text())
+        step, reported = kept["step"], kept["reported"]
         sink.emit(events.Message(text=f"Resuming from step {step}"))
         break
     sink.emit(events.Started(step=step, total_steps=total, hardware="fake engine"))
+    for line in reported:  # as the real loop: what an earlier attempt reported, for the worker to record what it lacks
+        sink.emit(events.decode(line))
+
+    def report(event: events.Metrics | events.Checkpoint) -> None:
+        sink.emit(event)
+        reported.append(events.encode(event.model_copy(update={"tokens_per_second": None})
+                                      if isinstance(event, events.Metrics) else event))
 
     last_dir: Path | None = None
     while step < total:
         stop = sink.requested_stop()
         if stop is not None:
             if stop in ("pause", "shutdown"):
-                _keep_state(spec.output_dir, step, sink)
+                _keep_state(spec.output_dir, step, reported, sink)
             sink.emit(events.Stopped(reason=stop, step=step, trained_tokens=step * 100))
             return 0
         if stall_at is not None and step + 1 >= stall_at:  # stuck before this step; a stop request or a kill ends it
@@ -74,13 +80,13 @@ def run(spec: JobSpec, sink: Sink, step_seconds: float, stall_at: int | None) ->
         metrics: dict[str, float] = {"train_loss": loss, "train_mean_token_accuracy": round(1 - loss / 2.5, 6)}
         if spec.validation_file is not None:
             metrics |= {"valid_loss": round(loss * 1.1, 6), "valid_mean_token_accuracy": round(1 - loss * 1.1 / 2.5, 6)}
-        sink.emit(events.Metrics(step=step, total_steps=total, metrics=metrics, tokens_per_second=100.0))
+        report(events.Metrics(step=step, total_steps=total, metrics=metrics, tokens_per_second=100.0))
         epoch_end = step % per_epoch == 0
         if epoch_end and step // per_epoch > spec.n_epochs - spec.keep_epoch_checkpoints:
             last_dir = _save_adapter(spec, spec.output_dir / f"checkpoint-{step}", adapter_shapes, step)
-            sink.emit(events.Checkpoint(step=step, metrics={"step": step, **metrics}, path=last_dir))
+            report(events.Checkpoint(step=step, metrics={"step": step, **metrics}, path=last_dir))
         if step < total and (epoch_end or step % save_every == 0):
-            _keep_state(spec.output_dir, step, sink)
+            _keep_state(spec.output_dir, step, reported, sink)
 
     model_dir = last_dir or _save_adapter(spec, spec.output_dir / "model", adapter_shapes, step)
     evaluation = None
@@ -91,12 +97,12 @@ def run(spec: JobSpec, sink: Sink, step_seconds: float, stall_at: int | None) ->
     return 0
 
 
-def _keep_state(output_dir: Path, step: int, sink: Sink) -> None:
-    save_state(output_dir, step)
+def _keep_state(output_dir: Path, step: int, reported: list[str], sink: Sink) -> None:
+    save_state(output_dir, step, reported)
     sink.emit(events.StateSaved(step=step))
 
 
-def save_state(output_dir: Path, step: int) -> Path:
+def save_state(output_dir: Path, step: int, reported: list[str]) -> Path:
     """The real engine's discipline (engine/state.py): written aside, synced, renamed, two newest kept."""
     root = output_dir / "state"
     root.mkdir(parents=True, exist_ok=True)
@@ -105,7 +111,7 @@ def save_state(output_dir: Path, step: int) -> Path:
     staging = root / f".step-{step}.tmp"
     staging.mkdir()
     with (staging / STATE_FILE).open("w") as file:
-        json.dump({"step": step}, file)
+        json.dump({"step": step, "reported": reported}, file)
         file.flush()
         os.fsync(file.fileno())
     target = root / f"step-{step}"

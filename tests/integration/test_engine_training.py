@@ -85,7 +85,11 @@ def test_pause_then_resume_continues_exactly_where_it_stopped(tmp_path: Path, de
     sft.run(job, resumed)
     assert "Resuming from step 3" in [m.text for m in resumed.of(Message)]
     assert resumed.of(Started)[0].step == 3
-    assert list(losses(resumed)) == list(range(4, 9))
+    # Right after it starts, the engine reports again steps 1-3 as the state holds them, for a worker that died
+    # before writing them; then it trains on from step 4.
+    after_start = resumed.events[resumed.events.index(resumed.of(Started)[0]) + 1:]
+    assert after_start[:3] == [m.model_copy(update={"tokens_per_second": None}) for m in paused.of(Metrics)]
+    assert [m.step for m in resumed.of(Metrics)] == list(range(1, 9))
     for step, loss in losses(resumed).items():
         assert loss == pytest.approx(losses(whole)[step], abs=1e-4)
     assert resumed.of(Finished)[0].trained_tokens == whole.of(Finished)[0].trained_tokens
@@ -108,7 +112,7 @@ def test_an_unreadable_state_is_skipped_for_the_one_before_it(tmp_path: Path, de
     texts = [m.text for m in resumed.of(Message)]
     assert any(t.startswith("The state saved at step-4 could not be read") for t in texts)
     assert "Resuming from step 2" in texts
-    assert list(losses(resumed)) == list(range(3, 9))
+    assert [m.step for m in resumed.of(Metrics)] == list(range(1, 9))  # 1 and 2 as state step-2 holds them
     for step, loss in losses(resumed).items():  # the same run as one never interrupted
         assert loss == pytest.approx(losses(whole)[step], abs=1e-4)
 

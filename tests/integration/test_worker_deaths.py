@@ -8,11 +8,13 @@ worker's process group, as an out-of-memory kill of its container.
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.cluster import TERMINAL, Cluster, attempts, events_of, last_step, patiently, resumed_at, wait_until
+from tests.cluster import PATIENCE_SECONDS, TERMINAL, Cluster, attempts, events_of, last_step, patiently, resumed_at, wait_until
 from tests.conftest import Databases
 from tests.tasks import chat_examples, jsonl
 
@@ -93,5 +95,41 @@ def test_a_job_whose_worker_dies_three_times_without_progress_fails_worker_lost(
         assert job.status == "failed" and job.error.code == "worker_lost", (job.status, job.error)
         assert deaths == 3
         assert saved_steps(cluster, job_id) == []
+    finally:
+        cluster.stop_all()
+
+
+def test_reports_a_stalled_then_killed_worker_never_wrote_are_recorded_when_the_job_resumes(
+        tmp_path: Path, databases: Databases, default_model_dir: Path) -> None:
+    # The worker stops (a long pause, a swapped-out page) while its engine trains on: the engine's reports wait in
+    # the pipe, and it saves state past them, a checkpoint included. Then the worker is killed with its unread
+    # reports. The next attempt resumes from that state: the steps and the checkpoint in between are still recorded.
+    cluster = Cluster(tmp_path, False, databases.new(), "fake-engine", {"FTSERVE_FAKE_ENGINE_STEP_SECONDS": "0.3"})
+    client = cluster.client
+    cluster.start_observer()
+    try:
+        job_id = start_job(cluster)  # checkpoints at 6 and 12
+        cluster.start_worker()
+        wait_until(client, job_id, lambda job, events: job.status in TERMINAL or last_step(events) >= 2, "step 2")
+        assert cluster.target is not None
+        cluster.target.send_signal(signal.SIGSTOP)  # the worker alone; its engine goes on
+        recorded = last_step(events_of(client, job_id))
+        deadline = time.time() + PATIENCE_SECONDS
+        while max(saved_steps(cluster, job_id), default=0) < 8:
+            assert time.time() < deadline, "the engine saved no state past its checkpoint at step 6"
+            time.sleep(0.1)
+        assert last_step(events_of(client, job_id)) == recorded < 6  # nothing recorded while the worker stood still
+        cluster.kill_target()
+        cluster.start_worker()
+        job = wait_until(client, job_id, lambda job, _: job.status in TERMINAL, "its end")
+        assert job.status == "succeeded", job.error
+
+        events = events_of(client, job_id)
+        assert (resumed_at(attempts(events)[-1]) or 0) >= 8  # the new attempt did not redo the steps it lacked
+        steps = [e.data["step"] for e in events if e.type == "metrics" and "step" in (e.data or {})]
+        assert steps == list(range(1, 13))
+        assert [e.message for e in events].count("Checkpoint created at step 6") == 1
+        checkpoints = client.fine_tuning.jobs.checkpoints.list(job_id).data
+        assert sorted(c.step_number for c in checkpoints) == [6, 12]
     finally:
         cluster.stop_all()

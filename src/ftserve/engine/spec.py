@@ -61,7 +61,4 @@ class JobSpec(Frozen):
     eval_interval: int | None = Field(None, ge=1)
     checkpoint_interval: int | None = Field(None, ge=1)
     keep_epoch_checkpoints: int = Field(3, ge=0)
-    resume_at_most: int | None = Field(None, ge=0)
-    """The last step the service has recorded. A saved state past it is not resumed from: the engine may
-    have run ahead of its reports when its parent died, and resuming there would leave steps unreported."""
     device: Device = "auto"

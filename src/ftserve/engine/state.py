@@ -25,10 +25,12 @@ class Saved:
     step: int
     trained_tokens: int
     extra: dict[str, Any]
+    reported: list[str]
+    """The metrics and checkpoint events reported up to this step, as protocol lines, replayed on resume."""
 
 
 def save(output_dir: Path, step: int, trained_tokens: int, weights: dict[str, torch.Tensor],
-         optimizer: torch.optim.Optimizer, scheduler: Any, extra: dict[str, Any]) -> Path:
+         optimizer: torch.optim.Optimizer, scheduler: Any, extra: dict[str, Any], reported: list[str]) -> Path:
     root = output_dir / "state"
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".step-*.tmp"):  # left by an engine killed mid-save
@@ -40,7 +42,7 @@ def save(output_dir: Path, step: int, trained_tokens: int, weights: dict[str, to
             "step": step, "trained_tokens": trained_tokens,
             "weights": {name: tensor.detach().cpu() for name, tensor in weights.items()},
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": torch.get_rng_state(), "extra": extra,
+            "rng": torch.get_rng_state(), "extra": extra, "reported": reported,
         },
         staging / FILE,
     )
@@ -80,4 +82,4 @@ def load(path: Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Op
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"])
-    return Saved(saved["step"], saved["trained_tokens"], saved["extra"])
+    return Saved(saved["step"], saved["trained_tokens"], saved["extra"], saved.get("reported", []))

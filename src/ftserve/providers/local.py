@@ -104,7 +104,7 @@ class LocalProvider:
         The one place that happens; the worker records the result on the job when training starts."""
         return resolve_auto(request.hyperparameters, request.training_examples or 1)
 
-    def spec(self, request: JobRequest, resume_at_most: int | None = None) -> JobSpec:
+    def spec(self, request: JobRequest) -> JobSpec:
         """The engine's spec for `request`. Raises `ProviderUnsupported` naming what the local engine cannot train."""
         if request.method not in ("supervised", "dpo"):
             raise ProviderUnsupported(
@@ -132,7 +132,7 @@ class LocalProvider:
             lora=LoraOptions(rank=options.lora_rank, alpha=options.lora_alpha, dropout=options.lora_dropout),
             max_seq_length=options.max_seq_length, warmup_ratio=options.warmup_ratio,
             eval_interval=options.eval_interval, checkpoint_interval=options.checkpoint_interval,
-            resume_at_most=resume_at_most, device=self.device,
+            device=self.device,
         )
 
     def resolve(self, request: JobRequest, staged: Staged | None = None) -> Resolved:

@@ -193,7 +193,7 @@ class Worker:
         reported = self.lifecycle.start(job, self.id, values={"hyperparameters": hyperparameters})
         if reported is None:
             return
-        spec = self.local.spec(request, resume_at_most=reported)
+        spec = self.local.spec(request)
         wandb, problem = wandb_runs.open_run(job.integrations, job.id, {**hyperparameters, "model": job.model,
                                              "method": job.method, "seed": job.seed}, spec.output_dir / "wandb")
         reporter = JobReporter(self.lifecycle, self.blobs, job, self.id, started, self.metrics, self.stopping, reported,
