@@ -3,6 +3,7 @@ names a server), and live ftserve servers on free ports that the official SDK ta
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -170,8 +171,11 @@ LEARNED_VALIDATION = {"count": 12, "offset": 1000}
 
 
 @pytest.fixture(scope="session")
-def learned(tmp_path_factory: pytest.TempPathFactory, databases: Databases, default_model_dir: Path) -> Iterator[Learned]:
-    settings = settings_for(tmp_path_factory.mktemp("learned"), databases.new(), trainer="local", lease_seconds=10.0)
+def learned(tmp_path_factory: pytest.TempPathFactory, databases: Databases, default_model_dir: Path,
+            tiny_catalogue: Path) -> Iterator[Learned]:
+    # The tiny model is in its catalogue too, for tests on this server whose subject is not what training teaches.
+    settings = settings_for(tmp_path_factory.mktemp("learned"), databases.new(), trainer="local", lease_seconds=10.0,
+                            catalogue_file=tiny_catalogue)
     with serving(settings) as live:
         client = OpenAI(base_url=live.base_url, api_key="unused", max_retries=0)
         training = upload(client, jsonl(chat_examples(LEARNED_EXAMPLES)))
@@ -199,3 +203,47 @@ def default_model_dir(default_model: ModelSource) -> Path:
     from ftserve.engine.models import local_dir
 
     return local_dir(default_model, MODEL_CACHE)
+
+
+# A stand-in for the default model in tests whose subject is the engine's mechanics (saved state, resume, stop,
+# kills), not what training teaches: the same architecture and tokenizer, 2 small layers, random weights.
+# It trains a step in milliseconds where the default model takes seconds. Tests of learning keep the real one.
+TINY_MODEL_ID = "SmolLM2-tiny"
+TINY_SHAPE = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "head_dim": 16}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(default_model_dir: Path) -> Path:
+    target = MODEL_CACHE / TINY_MODEL_ID
+    if (target / "config.json").exists():
+        return target
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(default_model_dir)
+    for key, value in TINY_SHAPE.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    staging = target.with_name(f".{TINY_MODEL_ID}-{uuid.uuid4().hex[:6]}")
+    AutoModelForCausalLM.from_config(config).save_pretrained(staging)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        if (default_model_dir / name).exists():
+            shutil.copy(default_model_dir / name, staging / name)
+    staging.rename(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir: Path) -> ModelSource:
+    return ModelSource(id=TINY_MODEL_ID, path=tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_catalogue(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A catalogue file (FTSERVE_CATALOGUE_FILE) that adds the tiny model beside the built-in ones."""
+    path = tmp_path_factory.mktemp("catalogue") / "models.json"
+    path.write_text(json.dumps([{"id": TINY_MODEL_ID, "path": str(tiny_model_dir), "learning_rate": 0.002}]))
+    return path

@@ -88,18 +88,26 @@ def test_a_supervised_job_fine_tunes_the_default_model(learned: Learned) -> None
 
 def test_a_dpo_job_fine_tunes_on_preferences(client: OpenAI) -> None:
     training = upload(client, jsonl(preference_examples(12)), name="prefs.jsonl")
+    validation = upload(client, jsonl(preference_examples(8, offset=500)), name="prefs-valid.jsonl")
     job = client.fine_tuning.jobs.create(
-        model="SmolLM2-135M-Instruct", training_file=training,
+        model="SmolLM2-135M-Instruct", training_file=training, validation_file=validation,
         method={"type": "dpo", "dpo": {"hyperparameters": {
             "n_epochs": 3, "batch_size": 4, "beta": 0.1, "learning_rate_multiplier": 2.5,
         }}},
+        extra_body={"ftserve": {"eval_interval": 3}},
     )
     job = wait_for(client, job.id, timeout=TRAINING_TIMEOUT)
     assert job.status == "succeeded", job.error
     steps = losses(client, job.id)
     assert len(steps) == 9
     assert steps[0][1] == pytest.approx(0.693, abs=0.01)  # the policy starts as the reference
-    assert steps[-1][1] < 0.4
+    assert steps[-1][1] < 0.3
+    # On held-out preferences too: the last epoch's full validation prefers every preferred answer.
+    events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+    last = max((e.data for e in events if e.type == "metrics" and "full_valid_loss" in (e.data or {})),
+               key=lambda data: data["step"])  # type: ignore[index]  # event data is a dict
+    assert last["step"] == 9 and last["full_valid_loss"] < 0.3  # type: ignore[index]  # as above
+    assert last["full_valid_mean_token_accuracy"] == 1.0  # type: ignore[index]  # as above
     assert len(client.fine_tuning.jobs.checkpoints.list(job.id).data) == 3
     assert job.fine_tuned_model and client.models.retrieve(job.fine_tuned_model)
 

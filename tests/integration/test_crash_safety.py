@@ -1,7 +1,8 @@
 """Crash safety: SIGKILL the worker, and in separate runs the API server, at random points of training
 jobs, restart it, and check that nothing was lost or recorded twice. Most kills land on the fake engine
 (ftserve.testing_engine), which speaks the engine's protocol and writes its files but trains nothing;
-two land on the real engine.
+two land on the real engine, training the tiny stand-in for the default model (tests/conftest.py), whose
+steps take milliseconds, so kills land in its steps and saves rather than mostly in its start-up.
 
 After every kill the job must still end `succeeded`: resumed from its last saved state (at most one
 checkpoint interval of steps redone), with each step's metrics, each checkpoint and the job itself
@@ -23,7 +24,7 @@ from openai import OpenAI
 from safetensors import safe_open
 
 from tests.cluster import TERMINAL, Cluster, attempts, events_of, last_step, patiently, resumed_at, wait_until
-from tests.conftest import Databases
+from tests.conftest import TINY_MODEL_ID, Databases
 from tests.tasks import chat_examples, jsonl
 
 pytestmark = pytest.mark.acceptance
@@ -54,13 +55,13 @@ class Pace:
     after_start: float
 
 
-REAL = Pace(after_step=3.0, after_start=40.0)
-FAKE = Pace(after_step=2 * FAKE_STEP_SECONDS, after_start=8.0)
+REAL = Pace(after_step=0.5, after_start=15.0)
+FAKE = Pace(after_step=2 * FAKE_STEP_SECONDS, after_start=6.0)
 
 
-def new_job(client: OpenAI, training: str, validation: str) -> str:
+def new_job(client: OpenAI, training: str, validation: str, model: str) -> str:
     return patiently(lambda: client.fine_tuning.jobs.create(
-        model="SmolLM2-135M-Instruct", training_file=training, validation_file=validation,
+        model=model, training_file=training, validation_file=validation,
         hyperparameters=HYPERPARAMETERS, seed=7,
         extra_body={"ftserve": {"checkpoint_interval": CHECKPOINT_INTERVAL}},
     )).id
@@ -119,7 +120,7 @@ def check_job(client: OpenAI, cluster: Cluster, job_id: str) -> dict[str, int]:
 
 
 def kill_at_random(cluster: Cluster, client: OpenAI, rng: random.Random, kills: int,
-                   pace: Pace) -> tuple[list[Kill], list[str]]:
+                   pace: Pace, model: str) -> tuple[list[Kill], list[str]]:
     """Start the target and kill it at a random point of the job, again and again until `kills` kills landed
     on a live job, starting a new job whenever one finished; then let the last one finish.
 
@@ -132,16 +133,16 @@ def kill_at_random(cluster: Cluster, client: OpenAI, rng: random.Random, kills: 
 
     training, validation = upload("train.jsonl", jsonl(chat_examples(12))), upload("valid.jsonl", jsonl(chat_examples(4, 100)))
     landed: list[Kill] = []
-    jobs = [new_job(client, training, validation)]
+    jobs = [new_job(client, training, validation, model)]
     while len(landed) < kills:
         job = patiently(lambda: client.fine_tuning.jobs.retrieve(jobs[-1]))
         if job.status in TERMINAL:
             assert job.status == "succeeded", job.error
-            jobs.append(new_job(client, training, validation))
+            jobs.append(new_job(client, training, validation, model))
         reached = last_step(events_of(client, jobs[-1]))
-        # Half the kills wait for a step the job has not reported yet; the others (and all once every step is
+        # Every other kill waits for a step the job has not reported yet; the others (and all once every step is
         # reported) come at a random time after the start, landing in start-up, replayed steps or the finish.
-        if reached < TOTAL_STEPS and rng.random() < 0.5:
+        if reached < TOTAL_STEPS and len(landed) % 2 == 0:
             target, delay = rng.randint(reached + 1, TOTAL_STEPS), rng.uniform(0.0, pace.after_step)
         else:
             target, delay = reached, rng.uniform(0.0, pace.after_start)
@@ -182,17 +183,18 @@ RUNS = [
 
 
 @pytest.mark.parametrize("server_is_target, trainer, kills", RUNS)
-def test_jobs_survive_random_kills(tmp_path: Path, databases: Databases, default_model_dir: Path,
+def test_jobs_survive_random_kills(tmp_path: Path, databases: Databases, default_model_dir: Path, tiny_catalogue: Path,
                                    server_is_target: bool, trainer: str, kills: int) -> None:
     if server_is_target == (databases.server is not None):
         pytest.skip("runs in the " + ("SQLite" if server_is_target else "PostgreSQL") + " pass")
     cluster = Cluster(tmp_path, server_is_target, databases.new(), trainer,
-                      {"FTSERVE_MAX_ATTEMPTS": "50", "FTSERVE_FAKE_ENGINE_STEP_SECONDS": str(FAKE_STEP_SECONDS)})
+                      {"FTSERVE_MAX_ATTEMPTS": "50", "FTSERVE_FAKE_ENGINE_STEP_SECONDS": str(FAKE_STEP_SECONDS),
+                       "FTSERVE_CATALOGUE_FILE": str(tiny_catalogue)})
     client = cluster.client
     cluster.start_observer()
     try:
-        pace = REAL if trainer == "local" else FAKE
-        kills_landed, jobs = kill_at_random(cluster, client, random.Random(SEED + server_is_target), kills, pace)
+        pace, model = (REAL, TINY_MODEL_ID) if trainer == "local" else (FAKE, "SmolLM2-135M-Instruct")
+        kills_landed, jobs = kill_at_random(cluster, client, random.Random(SEED + server_is_target), kills, pace, model)
         listed = patiently(lambda: client.fine_tuning.jobs.list(limit=100)).data
         assert sorted(j.id for j in listed) == sorted(jobs)  # no job recorded twice, none lost
         figures = {job_id: check_job(client, cluster, job_id) for job_id in jobs}

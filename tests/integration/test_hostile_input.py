@@ -21,7 +21,7 @@ import pytest
 from openai import OpenAI
 
 from ftserve.config import Settings
-from tests.conftest import Databases, LiveServer, settings_for, start_server
+from tests.conftest import TINY_MODEL_ID, Databases, LiveServer, settings_for, start_server
 from tests.helpers import upload, wait_for
 from tests.hostile import ACCEPTED, CHAT, COMPLETION, LONG, REFUSED, TINY_LINE, lines
 from tests.tasks import chat_examples, jsonl
@@ -415,8 +415,11 @@ def test_the_server_kept_serving(http: httpx.Client, client: OpenAI) -> None:
 
 
 @pytest.fixture(scope="module")
-def engine_client(tmp_path_factory: pytest.TempPathFactory, databases: Databases, default_model_dir: Path) -> Iterator[OpenAI]:
-    settings = settings_for(tmp_path_factory.mktemp("hostile-local"), databases.new(), trainer="local", lease_seconds=10.0)
+def engine_client(tmp_path_factory: pytest.TempPathFactory, databases: Databases, tiny_catalogue: Path) -> Iterator[OpenAI]:
+    # The real engine on the tiny stand-in for the default model (same tokenizer and context): the subject is
+    # how the engine reads odd files, not what it learns from them.
+    settings = settings_for(tmp_path_factory.mktemp("hostile-local"), databases.new(), trainer="local", lease_seconds=10.0,
+                            catalogue_file=tiny_catalogue)
     live, server, thread = start_server(settings)
     with recording(live.url) as http:
         yield OpenAI(base_url=live.base_url, api_key="unused", max_retries=0, http_client=http)
@@ -427,7 +430,7 @@ def engine_client(tmp_path_factory: pytest.TempPathFactory, databases: Databases
 
 def test_examples_longer_than_the_context_fail_the_job_naming_the_line(engine_client: OpenAI) -> None:
     training = upload(engine_client, b"\n" + lines(LONG, LONG))
-    job = engine_client.fine_tuning.jobs.create(model=MODEL, training_file=training)
+    job = engine_client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=training)
     job = wait_for(engine_client, job.id, timeout=300)
     assert job.status == "failed" and job.error is not None
     assert job.error.message.startswith(
@@ -443,7 +446,7 @@ def test_odd_but_valid_files_train_on_the_local_engine(engine_client: OpenAI) ->
             + b'{"messages":\r[{"role": "user", "content": "Rocket?"},\r{"role": "assistant", "content": "\\ud83d\\ude80"}]}')
     training = upload(engine_client, data)
     job = engine_client.fine_tuning.jobs.create(
-        model=MODEL, training_file=training, hyperparameters={"n_epochs": 1, "batch_size": 1}
+        model=TINY_MODEL_ID, training_file=training, hyperparameters={"n_epochs": 1, "batch_size": 1}
     )
     job = wait_for(engine_client, job.id, timeout=600)
     assert job.status == "succeeded", job.error
