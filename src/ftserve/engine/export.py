@@ -47,7 +47,9 @@ def export_adapter(model_dir: Path, out: Path, *, include_embeddings: bool = Fal
     config = json.loads((model_dir / ADAPTER_CONFIG).read_text())
     allowed = VLLM_MODULES | (EMBEDDING_MODULES if include_embeddings else frozenset())
     targets = config.get("target_modules") or []
-    targets = [targets] if isinstance(targets, str) else list(targets)
+    # PEFT names every module in full (`model.layers.0.mlp.up_proj`) when a model has few of them, and by the
+    # short name otherwise; vLLM matches the short name.
+    targets = [targets] if isinstance(targets, str) else sorted({name.rsplit(".", 1)[-1] for name in targets})
     unsupported = sorted(set(targets) - VLLM_MODULES - EMBEDDING_MODULES)
     if unsupported:
         raise ExportError(f"vLLM cannot apply LoRA to {', '.join(unsupported)}; it takes {', '.join(sorted(VLLM_MODULES))}")
