@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     inference_max_tokens: int = Field(
         1024, ge=1, description="Tokens a completion may generate when the request sets no max_tokens."
     )
+    inference_max_choices: int = Field(
+        16, ge=1, description="Answers one chat or completions request may ask for: its prompts times `n`. More is "
+        "refused with 400 naming `prompt` (or `n`), before anything is tokenized."
+    )
+    inference_max_prompt_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Prompt text one chat or completions request may send, in bytes (its "
+        "messages and tools, or its prompts), checked before anything is tokenized; more is refused with 400."
+    )
     max_file_bytes: int = Field(
         512 * 1024**2, ge=1, description="The largest file `POST /v1/files` accepts (512 MB, as at OpenAI); "
         "a larger one is refused with 413 and nothing is stored. Larger files go through `/v1/uploads`.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import httpx
 import openai
@@ -99,6 +100,24 @@ def test_bad_requests_get_errors_that_name_the_parameter(client: OpenAI, argumen
     assert caught.value.body["param"] == param  # type: ignore[index]
 
 
+BIG = "word " * 220_000  # 1.1 MB of prompt text, over the default limit of 1 MiB
+UNKNOWN = "no-such-model"  # the limits are checked before the model is looked up, let alone its tokenizer
+
+
+@pytest.mark.parametrize(("call", "param", "code"), [
+    (lambda c: c.completions.create(model=UNKNOWN, prompt=["Hi"] * 17, max_tokens=1), "prompt", "too_many_choices"),
+    (lambda c: c.completions.create(model=UNKNOWN, prompt=["Hi", "Yo"], n=9, max_tokens=1), "n", "too_many_choices"),
+    (lambda c: c.completions.create(model=UNKNOWN, prompt=[BIG], max_tokens=1), "prompt", "prompt_too_large"),
+    (lambda c: c.chat.completions.create(model=UNKNOWN, messages=[{"role": "user", "content": BIG}], max_tokens=1),
+     "messages", "prompt_too_large"),
+], ids=["17 prompts", "2 prompts x n=9", "a 1.1 MB prompt", "a 1.1 MB message"])
+def test_requests_over_the_limits_are_refused_before_anything_is_tokenized(client: OpenAI, call: Any, param: str,
+                                                                           code: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        call(client)
+    assert (caught.value.body["param"], caught.value.code) == (param, code)  # type: ignore[index]  # the error body
+
+
 def test_a_prompt_longer_than_the_context_is_refused(client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model=MODEL, prompt=[42] * 9000, max_tokens=1)
@@ -143,6 +162,20 @@ def test_a_client_that_hangs_up_stops_its_generation(client: OpenAI, live: LiveS
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
     # The pool is free again well before 2000 tokens could have been written.
+    started = time.monotonic()
+    quick = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=1, temperature=0)
+    assert quick.choices[0].finish_reason == "length"
+    assert time.monotonic() - started < 15
+
+
+def test_a_client_that_hangs_up_on_a_whole_answer_stops_its_generation(client: OpenAI) -> None:
+    # Not streamed: the answer would come whole at the end, so nothing is written before the client goes.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{client.base_url}chat/completions", timeout=httpx.Timeout(60, read=1.0), json={
+            "model": MODEL, "messages": [{"role": "user", "content": "Count to one thousand."}],
+            "max_tokens": 2000, "temperature": 0, "logit_bias": {"0": -100, "2": -100},  # no end-of-text: it runs on
+        })
+    # The pool is free again well before 2000 tokens could have been generated.
     started = time.monotonic()
     quick = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=1, temperature=0)
     assert quick.choices[0].finish_reason == "length"

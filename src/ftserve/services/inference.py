@@ -54,6 +54,18 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one request may ask of a served model (settings `inference_*`)."""
+
+    default_max_tokens: int
+    """Tokens an answer may have when the request sets no max_tokens."""
+    max_choices: int
+    """Prompts times `n`."""
+    max_prompt_bytes: int
+    """The prompt text's bytes, checked before it is tokenized."""
+
+
+@dataclass(frozen=True)
 class Output:
     """Part of one choice's answer; the last part of a choice has its finish reason."""
 
@@ -69,12 +81,12 @@ TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
 class InferenceService:
     def __init__(self, resolve: Callable[[str, str], Target], pool: ModelPool, files: FileService, blobs: BlobStore,
-                 default_max_tokens: int):
+                 limits: Limits):
         self.resolve = resolve
         self.pool = pool
         self.files = files
         self.blobs = blobs
-        self.default_max_tokens = default_max_tokens
+        self.limits = limits
 
     def evaluate(self, project: str, model: str, file_id: str, max_examples: int | None) -> Scores:
         """Score a served model on an uploaded fine-tuning file, as a job's before/after evaluation does."""
@@ -94,6 +106,8 @@ class InferenceService:
 
     def prepare_chat(self, project: str, body: ChatCompletionRequest) -> Prepared:
         _refuse_unsupported(body)
+        self._check_size(1, body.n or 1, len(body.model_dump_json(include={"messages", "tools", "functions"})),
+                         "messages")
         target = self.resolve(project, body.model)
         text = self.pool.text(target)
         tools = _tools(body)
@@ -106,6 +120,14 @@ class InferenceService:
         for name, value, default in (("best_of", body.best_of, 1), ("logprobs", body.logprobs, None), ("suffix", body.suffix, None)):
             if value is not None and value != default:
                 raise InvalidRequest(f"'{name}' is not supported by ftserve's local models.", param=name)
+        if isinstance(body.prompt, str):
+            count, size = 1, len(body.prompt.encode())
+        elif body.prompt and all(isinstance(p, int) for p in body.prompt):
+            count, size = 1, 0  # token ids: their count is checked against the context below, and the body limit bounds it
+        else:
+            count = len(body.prompt)
+            size = sum(len(p.encode()) for p in body.prompt if isinstance(p, str))
+        self._check_size(count, body.n or 1, size, "prompt")
         target = self.resolve(project, body.model)
         text = self.pool.text(target)
         prompts: list[list[int]]
@@ -126,6 +148,18 @@ class InferenceService:
         # One sequence of ids decodes to one string (only a batch gives a list).
         echo = [cast(str, text.tokenizer.decode(p, skip_special_tokens=True)) for p in prompts] if body.echo else []
         return self._prepared(body, target, text, prompts, body.max_tokens, tools=False, echo=echo)
+
+    def _check_size(self, prompts: int, n: int, size: int, param: str) -> None:
+        """Refuse a request too large to answer, before its text is tokenized."""
+        if size > self.limits.max_prompt_bytes:
+            raise InvalidRequest(f"The prompt is {size} bytes; this server takes at most {self.limits.max_prompt_bytes} "
+                                 "bytes of prompt text per request.", param=param, code="prompt_too_large")
+        if prompts * n > self.limits.max_choices:
+            raise InvalidRequest(
+                f"This request asks for {prompts * n} answers ({prompts} prompt(s) x n={n}); this server gives at "
+                f"most {self.limits.max_choices} per request.",
+                param="prompt" if prompts > self.limits.max_choices else "n", code="too_many_choices",
+            )
 
     def _prepared(self, body: Sampled, target: Target, text: Text, prompts: list[list[int]], limit: int | None,
                   *, tools: bool, echo: list[str]) -> Prepared:
@@ -152,7 +186,7 @@ class InferenceService:
             bias[int(key)] = value
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         sampling = engine.Sampling(
-            max_tokens=limit or min(self.default_max_tokens, room),
+            max_tokens=limit or min(self.limits.default_max_tokens, room),
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
             stop=stop, presence_penalty=body.presence_penalty or 0.0,

@@ -19,7 +19,7 @@ from ftserve.providers.local import LocalTrainer
 from ftserve.providers.registry import providers_for
 from ftserve.services.exports import ExportService
 from ftserve.services.files import FileService
-from ftserve.services.inference import InferenceService, resolver
+from ftserve.services.inference import InferenceService, Limits, resolver
 from ftserve.services.jobs import JobService
 from ftserve.services.lifecycle import Lifecycle
 from ftserve.services.models import ModelService
@@ -79,7 +79,8 @@ def build(settings: Settings) -> Runtime:
         jobs=JobService(engine, files, catalogue, settings.create_dedup_seconds, providers,
                         Lifecycle(engine, settings.max_attempts), settings.max_active_jobs),
         models=models,
-        inference=InferenceService(resolve, pool, files, blobs, settings.inference_max_tokens),
+        inference=InferenceService(resolve, pool, files, blobs, Limits(
+            settings.inference_max_tokens, settings.inference_max_choices, settings.inference_max_prompt_bytes)),
         exports=exports,
         providers=providers,
         webhooks=WebhookService(engine, Retry(settings.webhook_retry_seconds, give_up=settings.webhook_give_up_seconds)),

@@ -1,5 +1,6 @@
 """`/chat/completions` and `/completions`. Generation runs in a thread: a stream's tokens cross to
-the event loop through a queue, and a client that goes away stops its generation at the next token."""
+the event loop through a queue, and a client that goes away, streaming or not, stops its generation
+at the next token."""
 
 
 import asyncio
@@ -8,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
@@ -27,22 +28,20 @@ def router(inference: InferenceService, project: Callable[..., str]) -> APIRoute
     Project = Annotated[str, Depends(project)]
 
     @api.post("/chat/completions", response_model=wire.ChatCompletion, responses=_STREAMED)
-    async def create_chat_completion(body: wire.ChatCompletionRequest, owner: Project) -> object:
+    async def create_chat_completion(body: wire.ChatCompletionRequest, owner: Project, request: Request) -> object:
         prepared = await run_in_threadpool(inference.prepare_chat, owner, body)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return _sse(_chat_chunks(_relay(inference, prepared), prepared, usage))
-        outputs = await run_in_threadpool(lambda: list(inference.run(prepared)))
-        return _chat_completion(prepared, outputs)
+        return _chat_completion(prepared, await _whole(inference, prepared, request))
 
     @api.post("/completions", response_model=wire.Completion, responses=_STREAMED)
-    async def create_completion(body: wire.CompletionRequest, owner: Project) -> object:
+    async def create_completion(body: wire.CompletionRequest, owner: Project, request: Request) -> object:
         prepared = await run_in_threadpool(inference.prepare_completion, owner, body)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return _sse(_completion_chunks(_relay(inference, prepared), prepared, usage))
-        outputs = await run_in_threadpool(lambda: list(inference.run(prepared)))
-        return _completion(prepared, outputs)
+        return _completion(prepared, await _whole(inference, prepared, request))
 
     return api
 
@@ -97,6 +96,26 @@ def _text_finish(output: Output) -> Literal["stop", "length"] | None:
     if reason == "tool_calls":
         raise AssertionError("a completion ended in tool calls")
     return reason
+
+
+# How often a non-streamed answer looks for its client having hung up.
+HANG_UP_POLL_SECONDS = 0.25
+
+
+async def _whole(inference: InferenceService, prepared: Prepared, request: Request) -> list[Output]:
+    """A non-streamed answer, generated in a thread while the client is watched: one that hangs up stops the
+    generation at its next token, as a stream's does, so the model is free for the next request."""
+    gone = threading.Event()
+    work = asyncio.ensure_future(run_in_threadpool(lambda: list(inference.run(prepared, cancelled=gone.is_set))))
+    try:
+        while not work.done():
+            if await request.is_disconnected():
+                gone.set()
+                break
+            await asyncio.wait({work}, timeout=HANG_UP_POLL_SECONDS)
+        return await work
+    finally:
+        gone.set()
 
 
 async def _relay(inference: InferenceService, prepared: Prepared) -> AsyncIterator[Output]:
