@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         16, ge=1, description="Answers one chat or completions request may ask for: its prompts times `n`. More is "
         "refused with 400 naming `prompt` (or `n`), before anything is tokenized."
     )
+    inference_max_per_project: int = Field(
+        8, ge=1, description="Chat, completions and evaluation requests one project may have waiting for or running on "
+        "a model; one more is refused with 429 and Retry-After. Projects take turns, the one served least recently first."
+    )
+    inference_max_queue: int = Field(
+        64, ge=1, description="Requests waiting for a model, all projects together; one more is refused with 429."
+    )
     inference_max_prompt_bytes: int = Field(
         1024 * 1024, ge=1024, description="Prompt text one chat or completions request may send, in bytes (its "
         "messages and tools, or its prompts), checked before anything is tokenized; more is refused with 400."

@@ -180,3 +180,31 @@ def test_a_client_that_hangs_up_on_a_whole_answer_stops_its_generation(client: O
     quick = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=1, temperature=0)
     assert quick.choices[0].finish_reason == "length"
     assert time.monotonic() - started < 15
+
+
+def test_another_projects_short_request_is_not_kept_behind_a_flood(alpha: OpenAI, beta: OpenAI,
+                                                                    keyed: LiveServer) -> None:
+    flood = {"model": MODEL, "messages": [{"role": "user", "content": "Count to one thousand."}], "max_tokens": 16,
+             "temperature": 0, "logit_bias": {"0": -100, "2": -100}}  # no end-of-text: each runs its 16 tokens
+    finished: list[str] = []
+
+    def alpha_request() -> None:
+        alpha.chat.completions.create(**flood)  # type: ignore[call-overload]  # the dict holds valid arguments
+        finished.append("alpha")
+
+    threads = [threading.Thread(target=alpha_request) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    gate = keyed.runtime.inference.gate
+    deadline = time.monotonic() + 60
+    while gate.waiting().get("alpha", 0) < 6:  # all six in: one generating, five waiting
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    answer = beta.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=1, temperature=0)
+    finished.append("beta")
+    for thread in threads:
+        thread.join(120)
+    assert answer.choices[0].finish_reason == "length"
+    # beta's turn came right after the request alpha was running when beta asked, not after alpha's other five.
+    assert finished.index("beta") <= 1, finished
+    assert gate.waiting() == {}

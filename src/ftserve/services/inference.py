@@ -19,6 +19,7 @@ from ftserve.catalogue import CatalogueEntry
 from ftserve.domain.errors import FtserveError, InvalidRequest
 from ftserve.files.storage import BlobStore
 from ftserve.inference import engine_gateway as engine
+from ftserve.inference.gate import Cancelled, FairGate
 from ftserve.inference.pool import ModelPool, Target, Text, artifact_kind, manifest
 from ftserve.providers.local import source_of
 from ftserve.schemas.inference import ChatCompletionRequest, CompletionRequest, FinishReason, Sampled
@@ -38,6 +39,7 @@ class ModelNotServable(FtserveError):
 
 @dataclass(frozen=True)
 class Prepared:
+    project: str
     model: str
     target: Target
     text: Text
@@ -63,6 +65,10 @@ class Limits:
     """Prompts times `n`."""
     max_prompt_bytes: int
     """The prompt text's bytes, checked before it is tokenized."""
+    per_project: int
+    """Requests one project may have waiting for or running on a model."""
+    queue: int
+    """Requests waiting for a model, all projects together."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class InferenceService:
         self.files = files
         self.blobs = blobs
         self.limits = limits
+        self.gate = FairGate(limits.per_project, limits.queue)
 
     def evaluate(self, project: str, model: str, file_id: str, max_examples: int | None) -> Scores:
         """Score a served model on an uploaded fine-tuning file, as a job's before/after evaluation does."""
@@ -98,7 +105,7 @@ class InferenceService:
             )
         examples = engine.read_examples(self.blobs.path(record.storage_key))[:max_examples]
         text = self.pool.text(target)
-        with self.pool.session(target) as loaded:
+        with self.gate.turn(project), self.pool.session(target) as loaded:
             try:
                 return engine.score(loaded, text.tokenizer, text.encoder, examples)
             except engine.DataError as error:
@@ -114,7 +121,7 @@ class InferenceService:
         messages = [_plain_message(m.model_dump(exclude_none=True), i) for i, m in enumerate(body.messages)]
         prompt = text.encoder.prompt(messages, tools)
         limit = body.max_completion_tokens or body.max_tokens
-        return self._prepared(body, target, text, [prompt], limit, tools=bool(tools), echo=[])
+        return self._prepared(project, body, target, text, [prompt], limit, tools=bool(tools), echo=[])
 
     def prepare_completion(self, project: str, body: CompletionRequest) -> Prepared:
         for name, value, default in (("best_of", body.best_of, 1), ("logprobs", body.logprobs, None), ("suffix", body.suffix, None)):
@@ -147,7 +154,7 @@ class InferenceService:
             raise InvalidRequest(f"'prompt' holds a token id outside the model's vocabulary (0..{vocab - 1}).", param="prompt")
         # One sequence of ids decodes to one string (only a batch gives a list).
         echo = [cast(str, text.tokenizer.decode(p, skip_special_tokens=True)) for p in prompts] if body.echo else []
-        return self._prepared(body, target, text, prompts, body.max_tokens, tools=False, echo=echo)
+        return self._prepared(project, body, target, text, prompts, body.max_tokens, tools=False, echo=echo)
 
     def _check_size(self, prompts: int, n: int, size: int, param: str) -> None:
         """Refuse a request too large to answer, before its text is tokenized."""
@@ -161,8 +168,8 @@ class InferenceService:
                 param="prompt" if prompts > self.limits.max_choices else "n", code="too_many_choices",
             )
 
-    def _prepared(self, body: Sampled, target: Target, text: Text, prompts: list[list[int]], limit: int | None,
-                  *, tools: bool, echo: list[str]) -> Prepared:
+    def _prepared(self, project: str, body: Sampled, target: Target, text: Text, prompts: list[list[int]],
+                  limit: int | None, *, tools: bool, echo: list[str]) -> Prepared:
         longest = max(map(len, prompts))
         room = text.context_length - longest
         param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
@@ -192,11 +199,20 @@ class InferenceService:
             stop=stop, presence_penalty=body.presence_penalty or 0.0,
             frequency_penalty=body.frequency_penalty or 0.0, logit_bias=bias,
         )
-        return Prepared(body.model, target, text, prompts, sampling, body.n or 1, body.seed, tools, echo)
+        self.gate.check(project)  # a 429 now, before a stream starts
+        return Prepared(project, body.model, target, text, prompts, sampling, body.n or 1, body.seed, tools, echo)
 
     def run(self, prepared: Prepared, cancelled: Callable[[], bool] = lambda: False) -> Iterator[Output]:
-        """Generate every choice in turn (choice i of prompt p has index p·n + i)."""
+        """Generate every choice in turn (choice i of prompt p has index p·n + i), when the gate gives the request
+        its turn on the model."""
         tokenizer = prepared.text.tokenizer
+        try:
+            with self.gate.turn(prepared.project, cancelled):
+                yield from self._generate(prepared, tokenizer, cancelled)
+        except Cancelled:  # the client went away while the request waited
+            return
+
+    def _generate(self, prepared: Prepared, tokenizer: Any, cancelled: Callable[[], bool]) -> Iterator[Output]:
         with self.pool.session(prepared.target) as model:
             generator = engine.seeded(model, prepared.seed)
             stops = engine.end_tokens(tokenizer, model)

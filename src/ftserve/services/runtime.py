@@ -80,7 +80,8 @@ def build(settings: Settings) -> Runtime:
                         Lifecycle(engine, settings.max_attempts), settings.max_active_jobs),
         models=models,
         inference=InferenceService(resolve, pool, files, blobs, Limits(
-            settings.inference_max_tokens, settings.inference_max_choices, settings.inference_max_prompt_bytes)),
+            settings.inference_max_tokens, settings.inference_max_choices, settings.inference_max_prompt_bytes,
+            settings.inference_max_per_project, settings.inference_max_queue)),
         exports=exports,
         providers=providers,
         webhooks=WebhookService(engine, Retry(settings.webhook_retry_seconds, give_up=settings.webhook_give_up_seconds)),
