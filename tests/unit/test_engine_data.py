@@ -144,3 +144,14 @@ def test_collate_pads_right_and_masks_padding() -> None:
     assert batch.tokens == 4
     even = collate([Sequence([1, 2], [1, 2])], pad_id=0, device=torch.device("cpu"))
     assert even.attention_mask is None
+
+
+def test_an_evaluation_reads_only_as_far_into_the_file_as_the_examples_it_scores(tmp_path: Path) -> None:
+    from ftserve.engine.evaluate import read_examples
+
+    path = tmp_path / "held_out.jsonl"
+    good = '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n'
+    path.write_text(good * 2 + "this line is never reached\n")  # a file cut off mid-write, as far as anyone knows
+    assert len(read_examples(path, 2)) == 2
+    with pytest.raises(ValueError):  # reading on would have met the broken line
+        read_examples(path)

@@ -9,6 +9,7 @@ endpoint for any served model and file.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -142,8 +143,9 @@ def _check(stopped: Callable[[], bool]) -> None:
         raise Interrupted
 
 
-def read_examples(path: Path) -> list[dict[str, Any]]:
-    return [example for _, example in read_jsonl(path)]
+def read_examples(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The file's first `limit` examples (all without one), reading no further into the file than they go."""
+    return [example for _, example in itertools.islice(read_jsonl(path), limit)]
 
 
 def baseline(output_dir: Path, compute: Callable[[], Scores]) -> Scores:
