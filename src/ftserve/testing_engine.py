@@ -29,7 +29,7 @@ from safetensors.numpy import save_file
 
 from ftserve.engine import events
 from ftserve.engine.artifacts import MANIFEST
-from ftserve.engine.sink import JsonLinesSink, Sink
+from ftserve.engine.sink import Journal, JsonLinesSink, Sink
 from ftserve.engine.spec import JobSpec
 
 STATE_FILE = "state.json"
@@ -48,27 +48,20 @@ def run(spec: JobSpec, sink: Sink, step_seconds: float, stall_at: int | None) ->
         sink.emit(events.Failed(message=f"The fake engine reads the base model's config.json: {error}"))
         return 1
 
-    step, reported = 0, list[str]()
-    for saved in saved_states(spec.output_dir):
+    step, journal = 0, Journal(sink)
+    for saved in saved_states(spec.output_dir)[:1]:  # the newest
         kept = json.loads((saved / STATE_FILE).read_text())
-        step, reported = kept["step"], kept["reported"]
+        step, journal = kept["step"], Journal(sink, kept["reported"])
         sink.emit(events.Message(text=f"Resuming from step {step}"))
-        break
     sink.emit(events.Started(step=step, total_steps=total, hardware="fake engine"))
-    for line in reported:  # as the real loop: what an earlier attempt reported, for the worker to record what it lacks
-        sink.emit(events.decode(line))
-
-    def report(event: events.Metrics | events.Checkpoint) -> None:
-        sink.emit(event)
-        reported.append(events.encode(event.model_copy(update={"tokens_per_second": None})
-                                      if isinstance(event, events.Metrics) else event))
+    journal.replay()  # as the real loop
 
     last_dir: Path | None = None
     while step < total:
         stop = sink.requested_stop()
         if stop is not None:
             if stop in ("pause", "shutdown"):
-                _keep_state(spec.output_dir, step, reported, sink)
+                _keep_state(spec.output_dir, step, journal.lines, sink)
             sink.emit(events.Stopped(reason=stop, step=step, trained_tokens=step * 100))
             return 0
         if stall_at is not None and step + 1 >= stall_at:  # stuck before this step; a stop request or a kill ends it
@@ -80,13 +73,13 @@ def run(spec: JobSpec, sink: Sink, step_seconds: float, stall_at: int | None) ->
         metrics: dict[str, float] = {"train_loss": loss, "train_mean_token_accuracy": round(1 - loss / 2.5, 6)}
         if spec.validation_file is not None:
             metrics |= {"valid_loss": round(loss * 1.1, 6), "valid_mean_token_accuracy": round(1 - loss * 1.1 / 2.5, 6)}
-        report(events.Metrics(step=step, total_steps=total, metrics=metrics, tokens_per_second=100.0))
+        journal.report(events.Metrics(step=step, total_steps=total, metrics=metrics, tokens_per_second=100.0))
         epoch_end = step % per_epoch == 0
         if epoch_end and step // per_epoch > spec.n_epochs - spec.keep_epoch_checkpoints:
             last_dir = _save_adapter(spec, spec.output_dir / f"checkpoint-{step}", adapter_shapes, step)
-            report(events.Checkpoint(step=step, metrics={"step": step, **metrics}, path=last_dir))
+            journal.report(events.Checkpoint(step=step, metrics={"step": step, **metrics}, path=last_dir))
         if step < total and (epoch_end or step % save_every == 0):
-            _keep_state(spec.output_dir, step, reported, sink)
+            _keep_state(spec.output_dir, step, journal.lines, sink)
 
     model_dir = last_dir or _save_adapter(spec, spec.output_dir / "model", adapter_shapes, step)
     evaluation = None

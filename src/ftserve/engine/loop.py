@@ -14,11 +14,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ftserve.engine import models, state
 from ftserve.engine.batching import epoch_batches, steps_per_epoch
 from ftserve.engine.evaluate import HeldOut
-from ftserve.engine.events import Checkpoint, Finished, Message, Metrics, Started, StateSaved, Stopped, decode, encode
+from ftserve.engine.events import Checkpoint, Finished, Message, Metrics, Started, StateSaved, Stopped
 from ftserve.engine.hardware import Hardware
 from ftserve.engine.losses import Stats
 from ftserve.engine.setup import Prepared
-from ftserve.engine.sink import Sink
+from ftserve.engine.sink import Journal, Sink
 from ftserve.engine.spec import JobSpec
 
 MAX_GRAD_NORM = 1.0
@@ -65,10 +65,7 @@ def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
 
     torch.manual_seed(spec.seed)
     step, tokens = 0, 0
-    # Every metrics and checkpoint event so far, kept with each saved state. A worker killed between the engine's
-    # report and its own write loses the report, while the state saved after it survives; a resumed run reports
-    # them again, and the worker records those it lacks.
-    reported: list[str] = []
+    journal = Journal(sink)
     for resume in state.saved_states(spec.output_dir):
         try:
             saved = state.load(resume, weights, optimizer, scheduler)
@@ -76,22 +73,16 @@ def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
             sink.emit(Message(level="warn", text=f"The state saved at {resume.name} could not be read ({error}); "
                               "trying the one before it"))
             continue
-        step, tokens, reported = saved.step, saved.trained_tokens, saved.reported
+        step, tokens, journal = saved.step, saved.trained_tokens, Journal(sink, saved.reported)
         task.restore(saved.extra)
         sink.emit(Message(text=f"Resuming from step {step}"))
         break
     sink.emit(Started(step=step, total_steps=total, hardware=hardware.describe()))
-    for line in reported:
-        sink.emit(decode(line))
+    journal.replay()
 
     def keep_state() -> None:
-        state.save(spec.output_dir, step, tokens, weights, optimizer, scheduler, task.state(), reported)
+        state.save(spec.output_dir, step, tokens, weights, optimizer, scheduler, task.state(), journal.lines)
         sink.emit(StateSaved(step=step))
-
-    def report(event: Metrics | Checkpoint) -> None:
-        sink.emit(event)
-        # Replayed without a throughput: that was the earlier attempt's.
-        reported.append(encode(event.model_copy(update={"tokens_per_second": None}) if isinstance(event, Metrics) else event))
 
     last_dir: Path | None = None
     started, started_tokens = time.monotonic(), tokens
@@ -124,12 +115,12 @@ def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
                 full = _evaluate(task, model, hardware, list(range(task.validation_size)))
                 metrics |= {"full_valid_loss": full.loss, "full_valid_mean_token_accuracy": full.accuracy}
             elapsed = time.monotonic() - started
-            report(Metrics(step=step, total_steps=total, metrics=_rounded(metrics),
-                           tokens_per_second=round((tokens - started_tokens) / max(elapsed, 1e-9), 1)))
+            journal.report(Metrics(step=step, total_steps=total, metrics=_rounded(metrics),
+                                   tokens_per_second=round((tokens - started_tokens) / max(elapsed, 1e-9), 1)))
 
             if epoch_end and epoch >= spec.n_epochs - spec.keep_epoch_checkpoints:
                 last_dir = models.save_model(model, tokenizer, spec.output_dir / f"checkpoint-{step}", spec, step)
-                report(Checkpoint(step=step, metrics=_rounded({"step": step, **metrics}), path=last_dir))
+                journal.report(Checkpoint(step=step, metrics=_rounded({"step": step, **metrics}), path=last_dir))
             if step < total and (epoch_end or step % save_every == 0):
                 keep_state()
 

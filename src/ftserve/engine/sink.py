@@ -6,7 +6,7 @@ import sys
 import threading
 from typing import IO, Protocol, TypeVar
 
-from ftserve.engine.events import Command, Event, Metrics, encode, read_command
+from ftserve.engine.events import Checkpoint, Command, Event, Metrics, decode, encode, read_command
 
 E = TypeVar("E", bound=Event)
 
@@ -69,3 +69,27 @@ class MemorySink:
 
     def of(self, kind: type[E]) -> list[E]:
         return [e for e in self.events if isinstance(e, kind)]
+
+
+class Journal:
+    """The metrics and checkpoint events a run has reported, kept with each state it saves.
+
+    A worker killed between the engine's report and its own write loses the report, while the state saved
+    after it survives. A run resumed from that state reports them again first (`replay`), and the worker
+    records those the job lacks.
+    """
+
+    def __init__(self, sink: Sink, lines: list[str] | None = None):
+        self.sink = sink
+        self.lines: list[str] = list(lines or [])
+        """What `state` files keep: one protocol line per event."""
+
+    def replay(self) -> None:
+        for line in self.lines:
+            self.sink.emit(decode(line))
+
+    def report(self, event: Metrics | Checkpoint) -> None:
+        self.sink.emit(event)
+        # Kept without a throughput: that is this attempt's, not the one a replay would come from.
+        kept = event.model_copy(update={"tokens_per_second": None}) if isinstance(event, Metrics) else event
+        self.lines.append(encode(kept))

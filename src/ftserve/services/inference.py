@@ -205,14 +205,14 @@ class InferenceService:
     def run(self, prepared: Prepared, cancelled: Callable[[], bool] = lambda: False) -> Iterator[Output]:
         """Generate every choice in turn (choice i of prompt p has index p·n + i), when the gate gives the request
         its turn on the model."""
-        tokenizer = prepared.text.tokenizer
         try:
             with self.gate.turn(prepared.project, cancelled):
-                yield from self._generate(prepared, tokenizer, cancelled)
+                yield from self._generate(prepared, cancelled)
         except Cancelled:  # the client went away while the request waited
             return
 
-    def _generate(self, prepared: Prepared, tokenizer: Any, cancelled: Callable[[], bool]) -> Iterator[Output]:
+    def _generate(self, prepared: Prepared, cancelled: Callable[[], bool]) -> Iterator[Output]:
+        tokenizer = prepared.text.tokenizer
         with self.pool.session(prepared.target) as model:
             generator = engine.seeded(model, prepared.seed)
             stops = engine.end_tokens(tokenizer, model)
