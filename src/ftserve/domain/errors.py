@@ -97,3 +97,11 @@ class TrainingFailed(FtserveError):
     """Training failed."""
 
     code = "training_failed"
+
+
+class EngineUnavailable(FtserveError):
+    """The generation engine is not running; it is being restarted. Try again shortly."""
+
+    status_code = 503
+    type = "server_error"
+    code = "engine_unavailable"

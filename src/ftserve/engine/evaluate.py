@@ -54,11 +54,14 @@ class Interrupted(Exception):
 
 def score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoder: Encoder,
           examples: list[dict[str, Any]], *, batch_size: int = 8, max_generated: int = MAX_GENERATED,
-          autocast: Callable[[], Any] | None = None, stopped: Callable[[], bool] = lambda: False) -> Scores:
+          autocast: Callable[[], Any] | None = None, stopped: Callable[[], bool] = lambda: False,
+          answers: Callable[[list[list[int]], list[int]], list[str]] | None = None) -> Scores:
     """Score `examples` (chat, prompt/completion or preference rows) with `model` as it is now.
 
     `stopped` is asked between batches and between generated tokens; once it says yes, this raises
-    `Interrupted`, so that a job cancelled, paused or orphaned while it is scored stops at once."""
+    `Interrupted`, so that a job cancelled, paused or orphaned while it is scored stops at once.
+    `answers(prompts, max_new_tokens)`, when given, makes the greedy answers instead of `model` (a
+    server's generation engine, which batches them)."""
     if not examples:
         raise DataError("no examples to evaluate")
     device = next(model.parameters()).device
@@ -69,14 +72,14 @@ def score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, encoder: E
             sequences, preference = _teacher_forced(model, encoder, examples, tokenizer.pad_token_id, device, batch_size,
                                                     stopped)
             prompts, references = zip(*(encoder.held_out(e) for e in examples[:max_generated]))
-            answers = greedy(model, tokenizer, list(prompts),
-                             [len(tokenizer(r, add_special_tokens=False)["input_ids"]) + ANSWER_SLACK_TOKENS for r in references],
-                             batch_size, stopped)
+            limits = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) + ANSWER_SLACK_TOKENS for r in references]
+            given = (answers(list(prompts), limits) if answers is not None
+                     else greedy(model, tokenizer, list(prompts), limits, batch_size, stopped))
     finally:
         model.train(was_training)
-    matches = sum(a.strip() == r.strip() for a, r in zip(answers, references))
+    matches = sum(a.strip() == r.strip() for a, r in zip(given, references))
     return Scores(len(examples), round(sequences.loss, 6), round(sequences.accuracy, 6),
-                  round(matches / len(answers), 6), len(answers), preference)
+                  round(matches / len(given), 6), len(given), preference)
 
 
 def _teacher_forced(model: PreTrainedModel, encoder: Encoder, examples: list[dict[str, Any]], pad_id: int,

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ftserve.engine.export import ExportError, export_adapter, export_gguf, export_merged
     from ftserve.engine.hardware import Hardware, detect
     from ftserve.engine.models import load_tokenizer, local_dir, source_gguf
-    from ftserve.inference.generate import Sampling, end_tokens, generate, seeded
+    from ftserve.inference.generate import end_tokens, generate, seeded
 
 _HOMES = {
     # Serving a model: where its weights are, its tokenizer and prompt format, the hardware it runs on.
@@ -31,7 +31,7 @@ _HOMES = {
     "ftserve.engine.hardware": ("Hardware", "detect"),
     "ftserve.engine.models": ("load_tokenizer", "local_dir", "source_gguf"),
     # Decoding.
-    "ftserve.inference.generate": ("Sampling", "end_tokens", "generate", "seeded"),
+    "ftserve.inference.generate": ("end_tokens", "generate", "seeded"),
     # Exports.
     "ftserve.engine.export": ("ExportError", "export_adapter", "export_gguf", "export_merged"),
     # Evaluation.

@@ -1,8 +1,9 @@
-"""Whose request runs on the model next: one at a time, the project served least recently first, each
-project's requests in the order they came; and how many may wait.
+"""Whose request goes to the engine next: the project served least recently first, each project's requests
+in the order they came, as many at once as the engine takes; and how many may wait.
 
-The transformers loop generates one request at a time, so without this a project that sends many
-requests holds the model for all of them while another project's one short request waits behind them.
+The transformers loop generates one request at a time and vLLM a bounded batch. Without this, a project
+that sends many requests fills the engine while another project's one short request waits behind them
+all. With a per-project cap below the engine's batch, another project's request goes in at once.
 """
 
 from __future__ import annotations
@@ -22,20 +23,21 @@ class Cancelled(Exception):
 
 
 class FairGate:
-    """`turn(project)` holds the model for one request. A project may have `per_project` requests waiting or
-    running; all projects together, `queue` waiting. One more is refused with 429 and a Retry-After that
-    estimates when a turn frees."""
+    """`turn(project)` holds one of the engine's `slots` for one request. A project may have `per_project` requests
+    waiting or running; all projects together, `queue` waiting. One more is refused with 429 and a Retry-After
+    that estimates when a turn frees."""
 
-    def __init__(self, per_project: int, queue: int):
+    def __init__(self, per_project: int, queue: int, slots: int = 1):
         self.per_project = per_project
         self.queue = queue
+        self.slots = slots
         self._cond = threading.Condition()
         self._waiting: dict[str, deque[int]] = {}
         self._in: dict[str, int] = {}  # waiting or running, by project
         self._last_served: dict[str, int] = {}
         self._tickets = itertools.count()
         self._served = itertools.count(1)
-        self._holder: int | None = None
+        self._running = 0
         self._turn_seconds = 1.0  # a moving average of how long a turn takes
 
     @contextmanager
@@ -83,11 +85,11 @@ class FairGate:
 
     def _wait(self, project: str, ticket: int, cancelled: Callable[[], bool]) -> None:
         with self._cond:
-            while not (self._holder is None and self._next() == ticket):
+            while not (self._running < self.slots and self._next() == ticket):
                 if cancelled():
                     raise Cancelled
                 self._cond.wait(timeout=0.25)
-            self._holder = ticket
+            self._running += 1
             self._waiting[project].popleft()
             if not self._waiting[project]:
                 del self._waiting[project]
@@ -103,8 +105,8 @@ class FairGate:
     def _leave(self, project: str, ticket: int, *, held: bool, seconds: float = 0.0) -> None:
         with self._cond:
             if held:
-                self._holder = None
-                self._turn_seconds = 0.8 * self._turn_seconds + 0.2 * seconds
+                self._running -= 1
+                self._turn_seconds = 0.8 * self._turn_seconds + 0.2 * seconds / self.slots
             else:
                 queue = self._waiting.get(project)
                 if queue is not None and ticket in queue:

@@ -7,30 +7,13 @@ into a stop string, or while it ends inside a multi-byte character that the next
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Literal, cast
+from dataclasses import dataclass
+from typing import cast
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-FinishReason = Literal["stop", "length"]
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[int, float] = field(default_factory=dict)
-
-    @property
-    def greedy(self) -> bool:
-        # Below this, logits / temperature can overflow to inf (and softmax to NaN); sampling that
-        # cold picks the most likely token anyway.
-        return self.temperature < 1e-6
+from ftserve.inference.interface import FinishReason, Sampling
 
 
 @dataclass(frozen=True)
@@ -40,6 +23,8 @@ class Piece:
     tokens: int
     """Tokens generated so far, the one that ended generation included."""
     finish_reason: FinishReason | None = None
+    token_ids: tuple[int, ...] = ()
+    """The tokens generated since the previous piece."""
 
 
 def seeded(model: PreTrainedModel, seed: int | None) -> torch.Generator:
@@ -72,6 +57,13 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt:
     counts = torch.zeros(model.config.vocab_size, device=device) if _penalised(sampling) else None
     bias = _bias(sampling, model.config.vocab_size, device)
     generated: list[int] = []
+    given = 0  # generated[:given] went out with earlier pieces
+
+    def piece(text_: str, reason: FinishReason | None = None) -> Piece:
+        nonlocal given
+        ids, given = tuple(generated[given:]), len(generated)
+        return Piece(text_, len(generated), reason, ids)
+
     cache = None
     step_input = torch.tensor([prompt], device=device)
     with torch.inference_mode():
@@ -82,17 +74,17 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt:
             token = _choose(logits, sampling, counts, bias, generator)
             generated.append(token)
             if token in stop_ids:
-                yield Piece(text.flush(), len(generated), "stop")
+                yield piece(text.flush(), "stop")
                 return
-            piece, stopped = text.add(token)
+            new, stopped = text.add(token)
             if stopped:
-                yield Piece(piece, len(generated), "stop")
+                yield piece(new, "stop")
                 return
             if len(generated) >= sampling.max_tokens:
-                yield Piece(piece + text.flush(), len(generated), "length")
+                yield piece(new + text.flush(), "length")
                 return
-            if piece:
-                yield Piece(piece, len(generated))
+            if new:
+                yield piece(new)
             if cancelled():
                 return
             if counts is not None:

@@ -25,25 +25,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from ftserve.engine.artifacts import MANIFEST
 from ftserve.engine.spec import ModelSource
 from ftserve.inference import engine_gateway as engine
+from ftserve.inference.interface import ArtifactKind, Target
 
 if TYPE_CHECKING:  # loaded with the first model, not with the server (see engine_gateway)
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from ftserve.inference.engine_gateway import Encoder, Hardware
-
-ArtifactKind = Literal["adapter", "full"]
-
-
-@dataclass(frozen=True)
-class Target:
-    """What a request runs: a base model, or a fine-tuned artifact on top of (or instead of) it."""
-
-    name: str
-    base: ModelSource
-    artifact: Path | None = None
-    kind: ArtifactKind | None = None
-
 
 @dataclass(frozen=True)
 class Text:

@@ -1,8 +1,8 @@
 """Wire types of `/chat/completions` and `/completions`, as OpenAI's spec 2.3.0 defines them (text only).
 
 Requests refuse arguments nobody defined. Arguments OpenAI defines but a local model cannot honour
-(log-probabilities, structured output, audio) are refused by name when they ask for something,
-and accepted when they ask for the default.
+(audio, other modalities; log-probabilities and structured output on the transformers engine) are
+refused by name when they ask for something, and accepted when they ask for the default.
 """
 
 from __future__ import annotations
@@ -88,10 +88,11 @@ class ChatCompletionRequest(Sampled):
     service_tier: str | SkipJsonSchema[None] = None
     safety_identifier: str | SkipJsonSchema[None] = None
     prompt_cache_key: str | SkipJsonSchema[None] = None
-    # Refused when they ask for more than plain text.
+    # Answered by the vLLM engine; refused by name by the transformers loop.
     logprobs: bool | SkipJsonSchema[None] = None
-    top_logprobs: int | SkipJsonSchema[None] = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | SkipJsonSchema[None] = None
     response_format: dict[str, Any] | SkipJsonSchema[None] = None
+    # Refused when they ask for more than plain text.
     modalities: list[str] | SkipJsonSchema[None] = None
     audio: dict[str, Any] | SkipJsonSchema[None] = None
     reasoning_effort: str | SkipJsonSchema[None] = None
@@ -101,7 +102,7 @@ class CompletionRequest(Sampled):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | SkipJsonSchema[None] = None
     best_of: int | SkipJsonSchema[None] = None
-    logprobs: int | SkipJsonSchema[None] = None
+    logprobs: Annotated[int, Field(ge=0, le=5)] | SkipJsonSchema[None] = None
     suffix: str | SkipJsonSchema[None] = None
 
 
@@ -132,11 +133,35 @@ class AssistantMessage(Wire):
 FinishReason = Literal["stop", "length", "tool_calls"]
 
 
+class TopLogprob(Wire):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(Wire):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
+class CompletionLogprobs(Wire):
+    """The legacy shape `/completions` answers `logprobs: k` with."""
+
+    text_offset: list[int]
+    token_logprobs: list[float]
+    tokens: list[str]
+    top_logprobs: list[dict[str, float]]
+
+
 class ChatChoice(Wire):
     index: int
     message: AssistantMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(Wire):
@@ -168,7 +193,7 @@ class ChatChunkChoice(Wire):
     index: int
     delta: Delta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(Wire):
@@ -188,7 +213,7 @@ class CompletionChoice(Wire):
     index: int
     text: str
     finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(Wire):

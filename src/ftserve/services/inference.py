@@ -1,8 +1,9 @@
 """Use cases of `/chat/completions` and `/completions`: check a request, then answer it with a served model.
 
 A request is prepared first (model resolved, prompt rendered and counted, every argument
-checked), so that anything wrong is a 400 before a stream starts. Generation then runs in the
-caller's thread; the API runs it off the event loop.
+checked), so that anything wrong is a 400 before a stream starts. It then goes to the generation
+engine (vLLM, or the transformers loop) when the gate gives it a turn, in the caller's thread; the
+API runs it off the event loop.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from ftserve.domain.errors import FtserveError, InvalidRequest
 from ftserve.files.storage import BlobStore
 from ftserve.inference import engine_gateway as engine
 from ftserve.inference.gate import Cancelled, FairGate
-from ftserve.inference.pool import ModelPool, Target, Text, artifact_kind, manifest
+from ftserve.inference.interface import Engine, Generation, Sampling, Target, TokenLogprob
+from ftserve.inference.pool import ModelPool, Text, artifact_kind, manifest
 from ftserve.providers.local import source_of
 from ftserve.schemas.inference import ChatCompletionRequest, CompletionRequest, FinishReason, Sampled
 from ftserve.services.files import FINE_TUNE, FileService
 
 if TYPE_CHECKING:
-    from ftserve.inference.engine_gateway import Sampling, Scores
+    from ftserve.inference.engine_gateway import Scores
 
 
 class ModelNotServable(FtserveError):
@@ -49,6 +51,8 @@ class Prepared:
     seed: int | None
     tools: bool
     echo: list[str]
+    logprobs: int | None = None
+    response_format: dict[str, Any] | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -80,20 +84,22 @@ class Output:
     tokens: int
     finish_reason: FinishReason | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 
 
 class InferenceService:
-    def __init__(self, resolve: Callable[[str, str], Target], pool: ModelPool, files: FileService, blobs: BlobStore,
-                 limits: Limits):
+    def __init__(self, resolve: Callable[[str, str], Target], pool: ModelPool, engine: Engine, files: FileService,
+                 blobs: BlobStore, limits: Limits, slots: int = 1):
         self.resolve = resolve
         self.pool = pool
+        self.engine = engine
         self.files = files
         self.blobs = blobs
         self.limits = limits
-        self.gate = FairGate(limits.per_project, limits.queue)
+        self.gate = FairGate(limits.per_project, limits.queue, slots)
 
     def evaluate(self, project: str, model: str, file_id: str, max_examples: int | None) -> Scores:
         """Score a served model on an uploaded fine-tuning file, as a job's before/after evaluation does."""
@@ -105,14 +111,27 @@ class InferenceService:
             )
         examples = engine.read_examples(self.blobs.path(record.storage_key), max_examples)
         text = self.pool.text(target)
+
+        def answers(prompts: list[list[int]], limits: list[int]) -> list[str]:
+            """Greedy answers to every prompt, sent to the engine together, each cut at its own limit."""
+            generation = Generation(target, prompts, Sampling(max_tokens=max(limits), temperature=0.0))
+            ids: dict[int, list[int]] = {}
+            for chunk in self.engine.generate(generation, lambda: False):
+                ids.setdefault(chunk.index, []).extend(chunk.token_ids)
+            return [str(text.tokenizer.decode(ids.get(i, [])[:limit], skip_special_tokens=True))
+                    for i, limit in enumerate(limits)]
+
+        # Loss and accuracy need the weights in this process. The greedy answers come from the engine, all sent
+        # together, unless the engine is the transformers loop on those same weights (which batches them itself).
+        separate = self.engine.name != "transformers"
         with self.gate.turn(project), self.pool.session(target) as loaded:
             try:
-                return engine.score(loaded, text.tokenizer, text.encoder, examples)
+                return engine.score(loaded, text.tokenizer, text.encoder, examples, answers=answers if separate else None)
             except engine.DataError as error:
                 raise InvalidRequest(f"File {file_id}: {error}", param="file") from error
 
     def prepare_chat(self, project: str, body: ChatCompletionRequest) -> Prepared:
-        _refuse_unsupported(body)
+        _refuse_unsupported(body, self.engine)
         self._check_size(1, body.n or 1, len(body.model_dump_json(include={"messages", "tools", "functions"})),
                          "messages")
         target = self.resolve(project, body.model)
@@ -121,12 +140,17 @@ class InferenceService:
         messages = [_plain_message(m.model_dump(exclude_none=True), i) for i, m in enumerate(body.messages)]
         prompt = text.encoder.prompt(messages, tools)
         limit = body.max_completion_tokens or body.max_tokens
-        return self._prepared(project, body, target, text, [prompt], limit, tools=bool(tools), echo=[])
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        return self._prepared(project, body, target, text, [prompt], limit, tools=bool(tools), echo=[],
+                              logprobs=logprobs, response_format=_response_format(body.response_format))
 
     def prepare_completion(self, project: str, body: CompletionRequest) -> Prepared:
-        for name, value, default in (("best_of", body.best_of, 1), ("logprobs", body.logprobs, None), ("suffix", body.suffix, None)):
+        for name, value, default in (("best_of", body.best_of, 1), ("suffix", body.suffix, None)):
             if value is not None and value != default:
                 raise InvalidRequest(f"'{name}' is not supported by ftserve's local models.", param=name)
+        if body.logprobs is not None and "logprobs" not in self.engine.supports:
+            raise InvalidRequest(f"'logprobs' needs the vLLM engine; this server generates with {self.engine.name}.",
+                                 param="logprobs")
         if isinstance(body.prompt, str):
             count, size = 1, len(body.prompt.encode())
         elif body.prompt and all(isinstance(p, int) for p in body.prompt):
@@ -154,7 +178,8 @@ class InferenceService:
             raise InvalidRequest(f"'prompt' holds a token id outside the model's vocabulary (0..{vocab - 1}).", param="prompt")
         # One sequence of ids decodes to one string (only a batch gives a list).
         echo = [cast(str, text.tokenizer.decode(p, skip_special_tokens=True)) for p in prompts] if body.echo else []
-        return self._prepared(project, body, target, text, prompts, body.max_tokens, tools=False, echo=echo)
+        return self._prepared(project, body, target, text, prompts, body.max_tokens, tools=False, echo=echo,
+                              logprobs=body.logprobs)
 
     def _check_size(self, prompts: int, n: int, size: int, param: str) -> None:
         """Refuse a request too large to answer, before its text is tokenized."""
@@ -169,7 +194,8 @@ class InferenceService:
             )
 
     def _prepared(self, project: str, body: Sampled, target: Target, text: Text, prompts: list[list[int]],
-                  limit: int | None, *, tools: bool, echo: list[str]) -> Prepared:
+                  limit: int | None, *, tools: bool, echo: list[str], logprobs: int | None = None,
+                  response_format: dict[str, Any] | None = None) -> Prepared:
         longest = max(map(len, prompts))
         room = text.context_length - longest
         param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
@@ -192,7 +218,7 @@ class InferenceService:
                 raise InvalidRequest(f"logit_bias: {key!r} is not a token id of this model (0..{vocab - 1}).", param="logit_bias")
             bias[int(key)] = value
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        sampling = engine.Sampling(
+        sampling = Sampling(
             max_tokens=limit or min(self.limits.default_max_tokens, room),
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
@@ -200,7 +226,8 @@ class InferenceService:
             frequency_penalty=body.frequency_penalty or 0.0, logit_bias=bias,
         )
         self.gate.check(project)  # a 429 now, before a stream starts
-        return Prepared(project, body.model, target, text, prompts, sampling, body.n or 1, body.seed, tools, echo)
+        return Prepared(project, body.model, target, text, prompts, sampling, body.n or 1, body.seed, tools, echo,
+                        logprobs, response_format)
 
     def run(self, prepared: Prepared, cancelled: Callable[[], bool] = lambda: False) -> Iterator[Output]:
         """Generate every choice in turn (choice i of prompt p has index p·n + i), when the gate gives the request
@@ -212,27 +239,28 @@ class InferenceService:
             return
 
     def _generate(self, prepared: Prepared, cancelled: Callable[[], bool]) -> Iterator[Output]:
-        tokenizer = prepared.text.tokenizer
-        with self.pool.session(prepared.target) as model:
-            generator = engine.seeded(model, prepared.seed)
-            stops = engine.end_tokens(tokenizer, model)
-            for p, prompt in enumerate(prepared.prompts):
-                for i in range(prepared.n):
-                    index = p * prepared.n + i
-                    if prepared.echo:
-                        yield Output(index, prepared.echo[p], 0)
-                    pieces = engine.generate(model, tokenizer, prompt, prepared.sampling, stops, generator, cancelled)
-                    yield from (_with_tool_calls(index, pieces) if prepared.tools else
-                                (Output(index, x.text, x.tokens, x.finish_reason) for x in pieces))
-                    if cancelled():
-                        return
+        generation = Generation(prepared.target, prepared.prompts, prepared.sampling, prepared.n, prepared.seed,
+                                prepared.logprobs, prepared.response_format)
+        started: set[int] = set()
+        held: dict[int, list[Output]] = {}  # with tools: a choice's parts until its end, to find its calls
+        for chunk in self.engine.generate(generation, cancelled):
+            if prepared.echo and chunk.index not in started:
+                yield Output(chunk.index, prepared.echo[chunk.index // prepared.n], 0)
+            started.add(chunk.index)
+            output = Output(chunk.index, chunk.text, chunk.tokens, chunk.finish_reason, logprobs=chunk.logprobs)
+            if not prepared.tools:
+                yield output
+                continue
+            held.setdefault(chunk.index, []).append(output)
+            if chunk.finish_reason:
+                yield _with_tool_calls(held.pop(chunk.index))
 
 
-def _with_tool_calls(index: int, pieces: Iterator[Any]) -> Iterator[Output]:
-    """Collect the whole answer, then return `<tool_call>` blocks as tool calls (the way training wrote them)."""
-    text, tokens, reason = "", 0, None
-    for piece in pieces:
-        text, tokens, reason = text + piece.text, piece.tokens, piece.finish_reason
+def _with_tool_calls(parts: list[Output]) -> Output:
+    """A whole answer, its `<tool_call>` blocks returned as tool calls (the way training wrote them)."""
+    last = parts[-1]
+    text = "".join(p.text for p in parts)
+    logprobs = tuple(lp for p in parts for lp in p.logprobs)
     calls = []
     for match in TOOL_CALL.finditer(text):
         try:
@@ -242,19 +270,41 @@ def _with_tool_calls(index: int, pieces: Iterator[Any]) -> Iterator[Output]:
             continue  # not a well-formed call: leave it in the text
         calls.append({"id": "call_" + secrets.token_hex(12), "type": "function", "function": {
             "name": name, "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}})
-    if calls and reason == "stop":
+    if calls and last.finish_reason == "stop":
         rest = TOOL_CALL.sub("", text).strip()
-        yield Output(index, rest, tokens, "tool_calls", calls)
-    else:
-        yield Output(index, text, tokens, reason)
+        return Output(last.index, rest, last.tokens, "tool_calls", calls, logprobs)
+    return Output(last.index, text, last.tokens, last.finish_reason, logprobs=logprobs)
 
 
-def _refuse_unsupported(body: ChatCompletionRequest) -> None:
-    if body.logprobs or body.top_logprobs:
-        raise InvalidRequest("'logprobs' is not supported by ftserve's local models.", param="logprobs")
-    if body.response_format and body.response_format.get("type") not in (None, "text"):
-        raise InvalidRequest("Only response_format {'type': 'text'} is supported by ftserve's local models.",
-                             param="response_format")
+def _response_format(given: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The format to constrain answers to (None: plain text), checked for the fields OpenAI requires."""
+    if given is None or given.get("type") in (None, "text"):
+        return None
+    if given.get("type") == "json_object":
+        return {"type": "json_object"}
+    schema = given.get("json_schema")
+    if given.get("type") != "json_schema":
+        raise InvalidRequest("response_format.type must be 'text', 'json_object' or 'json_schema'.",
+                             param="response_format.type")
+    if not isinstance(schema, dict) or not isinstance(schema.get("name"), str):
+        raise InvalidRequest("response_format.json_schema must be an object with a 'name' (and a 'schema').",
+                             param="response_format.json_schema")
+    if not isinstance(schema.get("schema", {}), dict):
+        raise InvalidRequest("response_format.json_schema.schema must be a JSON Schema object.",
+                             param="response_format.json_schema.schema")
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def _refuse_unsupported(body: ChatCompletionRequest, generator: Engine) -> None:
+    if body.top_logprobs is not None and not body.logprobs:
+        raise InvalidRequest("'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
+    if body.logprobs and "logprobs" not in generator.supports:
+        raise InvalidRequest(f"'logprobs' needs the vLLM engine; this server generates with {generator.name}.",
+                             param="logprobs")
+    wants_format = body.response_format and body.response_format.get("type") not in (None, "text")
+    if wants_format and "response_format" not in generator.supports:
+        raise InvalidRequest(f"response_format other than 'text' needs the vLLM engine; this server generates with "
+                             f"{generator.name}.", param="response_format")
     if body.modalities and set(body.modalities) != {"text"}:
         raise InvalidRequest("Only the 'text' modality is supported.", param="modalities")
     if body.audio:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,7 +13,11 @@ from ftserve.catalogue import load_catalogue
 from ftserve.config import Settings, TrainerName
 from ftserve.domain.webhooks import Retry
 from ftserve.files.storage import LocalBlobStore
+from ftserve.inference.interface import Engine
 from ftserve.inference.pool import ModelPool
+from ftserve.inference.transformers_engine import TransformersEngine
+from ftserve.inference.vllm_engine import VllmEngine
+from ftserve.inference.vllm_server import VllmOptions
 from ftserve.metrics import Metrics
 from ftserve.providers.base import Trainer
 from ftserve.providers.local import LocalTrainer
@@ -35,6 +40,23 @@ TRAINERS: dict[TrainerName, Callable[[Settings], Trainer]] = {
     # The local trainer's process and protocol, around an engine that fakes the training (crash tests).
     "fake-engine": lambda settings: LocalTrainer(engine_module="ftserve.testing_engine"),
 }
+
+
+def generation_engine(settings: Settings, pool: ModelPool) -> Engine:
+    """vLLM where it is installed (or asked for), the transformers loop otherwise."""
+    python = settings.resolved_vllm_python
+    if settings.inference_engine == "transformers" or (settings.inference_engine == "auto" and python is None):
+        return TransformersEngine(pool)
+    if python is None:
+        raise ValueError("FTSERVE_INFERENCE_ENGINE=vllm, but no vLLM was found: install it (make install does, into "
+                         ".venv-vllm) or set FTSERVE_VLLM_PYTHON to the interpreter of a virtualenv that has it.")
+    options = VllmOptions(
+        python=python, log_dir=settings.data_dir.resolve() / "logs", max_batch=settings.vllm_max_batch,
+        max_loras=settings.vllm_max_loras, max_lora_rank=settings.vllm_max_lora_rank,
+        kv_cache_gb=settings.vllm_kv_cache_gb, idle_seconds=settings.vllm_idle_seconds,
+        start_timeout=settings.vllm_start_timeout_seconds, extra_args=tuple(shlex.split(settings.vllm_args)),
+    )
+    return VllmEngine(options, pool.base_dir)
 
 
 def trainer_for(settings: Settings) -> Trainer | None:
@@ -69,7 +91,8 @@ def build(settings: Settings) -> Runtime:
     pool = ModelPool(settings.resolved_models_dir, settings.device, settings.inference_cache_mb << 20)
     resolve = resolver(catalogue, models.artifact)
     exports = ExportService(resolve, pool, blobs, catalogue)
-    models.on_delete += [pool.evict, exports.forget]
+    generator = generation_engine(settings, pool)
+    models.on_delete += [pool.evict, generator.forget, exports.forget]
     providers = ProviderService(providers_for(settings, catalogue), files, blobs)
     return Runtime(
         settings=settings,
@@ -79,9 +102,10 @@ def build(settings: Settings) -> Runtime:
         jobs=JobService(engine, files, catalogue, settings.create_dedup_seconds, providers,
                         Lifecycle(engine, settings.max_attempts), settings.max_active_jobs),
         models=models,
-        inference=InferenceService(resolve, pool, files, blobs, Limits(
+        inference=InferenceService(resolve, pool, generator, files, blobs, Limits(
             settings.inference_max_tokens, settings.inference_max_choices, settings.inference_max_prompt_bytes,
-            settings.inference_max_per_project, settings.inference_max_queue)),
+            settings.inference_max_per_project, settings.inference_max_queue),
+            slots=settings.vllm_max_batch if generator.name == "vllm" else 1),
         exports=exports,
         providers=providers,
         webhooks=WebhookService(engine, Retry(settings.webhook_retry_seconds, give_up=settings.webhook_give_up_seconds)),

@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 from ftserve.api import errors
 from ftserve.domain.errors import FtserveError
 from ftserve.domain.ids import new_id
+from ftserve.inference.interface import TokenLogprob
 from ftserve.schemas import inference as wire
 from ftserve.services.inference import InferenceService, Output, Prepared
 
@@ -69,11 +70,36 @@ def _tool_calls(output: Output) -> list[wire.ToolCall] | None:
     return [wire.ToolCall(id=c["id"], function=wire.FunctionCall(**c["function"])) for c in output.tool_calls]
 
 
+def _token_logprobs(outputs: list[Output]) -> list[TokenLogprob]:
+    return [lp for o in outputs for lp in o.logprobs]
+
+
+def _chat_logprobs(prepared: Prepared, logprobs: list[TokenLogprob]) -> wire.ChoiceLogprobs | None:
+    if prepared.logprobs is None:
+        return None
+    return wire.ChoiceLogprobs(content=[
+        wire.TokenLogprob(token=lp.token, logprob=lp.logprob, bytes=list(lp.token.encode()), top_logprobs=[
+            wire.TopLogprob(token=token, logprob=value, bytes=list(token.encode())) for token, value in lp.top])
+        for lp in logprobs])
+
+
+def _completion_logprobs(prepared: Prepared, logprobs: list[TokenLogprob], offset: int = 0) -> wire.CompletionLogprobs | None:
+    if prepared.logprobs is None:
+        return None
+    offsets = []
+    for lp in logprobs:
+        offsets.append(offset)
+        offset += len(lp.token)
+    return wire.CompletionLogprobs(text_offset=offsets, token_logprobs=[lp.logprob for lp in logprobs],
+                                   tokens=[lp.token for lp in logprobs], top_logprobs=[dict(lp.top) for lp in logprobs])
+
+
 def _chat_completion(prepared: Prepared, outputs: list[Output]) -> wire.ChatCompletion:
     choices = [
         wire.ChatChoice(
             index=i, finish_reason=last.finish_reason or "stop",
             message=wire.AssistantMessage(content=text if not last.tool_calls or text else None, tool_calls=_tool_calls(last)),
+            logprobs=_chat_logprobs(prepared, _token_logprobs([o for o in outputs if o.index == i])),
         )
         for i, (text, last) in _choices(outputs).items()
     ]
@@ -83,7 +109,8 @@ def _chat_completion(prepared: Prepared, outputs: list[Output]) -> wire.ChatComp
 
 def _completion(prepared: Prepared, outputs: list[Output]) -> wire.Completion:
     choices = [
-        wire.CompletionChoice(index=i, text=text, finish_reason=_text_finish(last) or "stop")
+        wire.CompletionChoice(index=i, text=text, finish_reason=_text_finish(last) or "stop",
+                              logprobs=_completion_logprobs(prepared, _token_logprobs([o for o in outputs if o.index == i])))
         for i, (text, last) in _choices(outputs).items()
     ]
     return wire.Completion(id=new_id("cmpl-"), created=int(time.time()), model=prepared.model,
@@ -149,8 +176,9 @@ async def _chat_chunks(outputs: AsyncIterator[Output], prepared: Prepared, usage
     started: set[int] = set()
     seen: list[Output] = []
 
-    def chunk(index: int, delta: wire.Delta, finish_reason: wire.FinishReason | None = None) -> str:
-        choice = wire.ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason)
+    def chunk(index: int, delta: wire.Delta, finish_reason: wire.FinishReason | None = None,
+              logprobs: wire.ChoiceLogprobs | None = None) -> str:
+        choice = wire.ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs)
         return head.model_copy(update={"choices": [choice]}).model_dump_json(exclude=unasked)
 
     async for output in outputs:
@@ -158,8 +186,8 @@ async def _chat_chunks(outputs: AsyncIterator[Output], prepared: Prepared, usage
         if output.index not in started:
             started.add(output.index)
             yield chunk(output.index, wire.Delta(role="assistant", content=""))
-        if output.text:
-            yield chunk(output.index, wire.Delta(content=output.text))
+        if output.text or output.logprobs:
+            yield chunk(output.index, wire.Delta(content=output.text), logprobs=_chat_logprobs(prepared, list(output.logprobs)))
         if output.tool_calls:
             calls = [wire.ToolCallDelta(index=k, id=call["id"], function=wire.FunctionCall(**call["function"]))
                      for k, call in enumerate(output.tool_calls)]
@@ -174,10 +202,14 @@ async def _completion_chunks(outputs: AsyncIterator[Output], prepared: Prepared,
     head = wire.Completion(id=new_id("cmpl-"), created=int(time.time()), model=prepared.model, choices=[])
     unasked = None if usage else {"usage"}
     seen: list[Output] = []
+    written: dict[int, int] = {}  # characters of each choice sent so far, for logprobs' text offsets
     async for output in outputs:
         seen.append(output)
-        if output.text or output.finish_reason:
-            choice = wire.CompletionChoice(index=output.index, text=output.text, finish_reason=_text_finish(output))
+        if output.text or output.finish_reason or output.logprobs:
+            offset = written.get(output.index, 0)
+            written[output.index] = offset + len(output.text)
+            choice = wire.CompletionChoice(index=output.index, text=output.text, finish_reason=_text_finish(output),
+                                           logprobs=_completion_logprobs(prepared, list(output.logprobs), offset))
             yield head.model_copy(update={"choices": [choice]}).model_dump_json(exclude=unasked)
     if usage:
         yield head.model_copy(update={"usage": _usage(prepared, seen)}).model_dump_json()
