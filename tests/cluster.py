@@ -52,6 +52,9 @@ class Cluster:
         self.env = {
             **os.environ, "FTSERVE_DATA_DIR": str(self.root / "data"), "FTSERVE_TRAINER": self.trainer,
             "FTSERVE_MODELS_DIR": str(MODEL_CACHE), "FTSERVE_LEASE_SECONDS": "2", "FTSERVE_WORKER_POLL_SECONDS": "0.2",
+            # As in conftest's settings: the subject here is what survives kills, and the tiny model (head size 16)
+            # is one vLLM's CPU attention does not run.
+            "FTSERVE_INFERENCE_ENGINE": "transformers",
             **self.env,
         }
         if self.database_url:

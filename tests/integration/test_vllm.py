@@ -91,6 +91,9 @@ def test_the_base_and_the_fine_tuned_model_answer_through_vllm(one: OpenAI, lear
     engine = engine_of(served)
     assert list(engine.servers()) == [BASE] and tuned_name in vllm_of(served).adapters
     assert served.runtime.inference.pool.loaded()["bases"] == []
+    # vLLM's port is on loopback, and its routes want the key ftserve gave it: other users of the machine get 401.
+    bare = httpx.post(f"{vllm_of(served).url()}/v1/completions", json={"model": tuned_name, "prompt": "Hi"}, timeout=30)
+    assert bare.status_code == 401
 
     stream = one.chat.completions.create(model=tuned_name, messages=[{"role": "user", "content": prompts[0]}],
                                          temperature=0, max_tokens=40, stream=True, stream_options={"include_usage": True})

@@ -45,9 +45,10 @@ class VllmEngine:
             model = self._model(server, url, request.target)
             counts: dict[int, int] = {}
             try:
-                with self._client.stream("POST", f"{url}/v1/completions", json=_body(request, model)) as response:
+                with self._client.stream("POST", f"{url}/v1/completions", json=_body(request, model),
+                                         headers=server.headers) as response:
                     if response.status_code != 200:
-                        _refused(response)
+                        _refused(response, server)
                     for line in response.iter_lines():
                         if cancelled():
                             return  # leaving the block closes the stream, and vLLM aborts the request
@@ -55,7 +56,9 @@ class VllmEngine:
                             continue
                         event = json.loads(line[6:])
                         if "error" in event:
-                            raise EngineUnavailable(f"The generation engine failed: {event['error'].get('message')}")
+                            server.fail()
+                            raise EngineUnavailable(f"The generation engine failed ({event['error'].get('message')}); "
+                                                    f"it is being restarted. Its log is {server.log_path}.")
                         for choice in event.get("choices", []):
                             yield _chunk(choice, counts, request.logprobs)
             except (httpx.TransportError, httpx.StreamError) as error:
@@ -67,7 +70,7 @@ class VllmEngine:
         if server is None or target.name not in server.adapters or not server.running:
             return  # loaded afresh from its directory on first use
         with server.use() as url:
-            self._post(url, "/v1/load_lora_adapter",
+            self._post(server, url, "/v1/load_lora_adapter",
                        {"lora_name": target.name, "lora_path": str(target.artifact), "load_inplace": True})
 
     def forget(self, name: str) -> None:
@@ -78,7 +81,7 @@ class VllmEngine:
             full.stop()
         for server in holders:
             with server.use() as url:
-                self._post(url, "/v1/unload_lora_adapter", {"lora_name": name}, missing_ok=True)
+                self._post(server, url, "/v1/unload_lora_adapter", {"lora_name": name}, missing_ok=True)
                 server.adapters.pop(name, None)
 
     def close(self) -> None:
@@ -111,13 +114,13 @@ class VllmEngine:
         if target.kind != "adapter":
             return BASE
         if target.name not in server.adapters:
-            self._post(url, "/v1/load_lora_adapter", {"lora_name": target.name, "lora_path": str(target.artifact)})
+            self._post(server, url, "/v1/load_lora_adapter", {"lora_name": target.name, "lora_path": str(target.artifact)})
             server.adapters[target.name] = target.artifact  # type: ignore[assignment]  # an adapter has a directory
         return target.name
 
-    def _post(self, url: str, path: str, body: dict[str, Any], *, missing_ok: bool = False) -> None:
+    def _post(self, server: VllmServer, url: str, path: str, body: dict[str, Any], *, missing_ok: bool = False) -> None:
         try:
-            response = self._client.post(url + path, json=body)
+            response = self._client.post(url + path, json=body, headers=server.headers)
         except httpx.TransportError as error:
             raise EngineUnavailable("The generation engine is not answering; try again shortly.") from error
         if response.status_code == 200:
@@ -180,7 +183,7 @@ def _chunk(choice: dict[str, Any], counts: dict[int, int], top: int | None) -> C
     return Chunk(index, choice.get("text") or "", counts[index], choice.get("finish_reason"), ids, logprobs)
 
 
-def _refused(response: httpx.Response) -> None:
+def _refused(response: httpx.Response, server: VllmServer) -> None:
     response.read()
     try:
         message = response.json()["error"]["message"]
@@ -188,4 +191,7 @@ def _refused(response: httpx.Response) -> None:
         message = response.text[:500]
     if response.status_code == 400:  # something ftserve's checks let through and vLLM would not take
         raise InvalidRequest(f"The generation engine refused the request: {message}")
-    raise EngineUnavailable(f"The generation engine answered {response.status_code}: {message}")
+    if response.status_code >= 500:
+        server.fail()
+    raise EngineUnavailable(f"The generation engine answered {response.status_code} ({message}); its log is "
+                            f"{server.log_path}.")

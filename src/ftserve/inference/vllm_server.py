@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -73,6 +74,8 @@ class VllmServer:
         self.model_dir = model_dir
         self.options = options
         self.lora = lora
+        # A key for vLLM's /v1 routes, so that other users of this machine cannot reach the models on its port.
+        self.headers = {"Authorization": f"Bearer {secrets.token_urlsafe(24)}"}
         self.adapters: dict[str, Path] = {}
         """Adapters loaded into the running process, by model name (empty again after a restart)."""
         self._lock = threading.RLock()
@@ -133,6 +136,17 @@ class VllmServer:
                 log.info("vLLM for %s stops: idle for %.0f s", self.key, self.options.idle_seconds)
                 self.stop()
 
+    def fail(self) -> None:
+        """vLLM answered that its engine failed, which it does not recover from: end the process, which is then
+        started again as after a crash (with back-off)."""
+        with self._lock:
+            if self._process is not None:
+                _signal_group(self._process, signal.SIGKILL)
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_path()
+
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
@@ -184,6 +198,7 @@ class VllmServer:
                         "--max-lora-rank", str(self.options.max_lora_rank)]
         command += list(self.options.extra_args)
         env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "HF_HUB_OFFLINE": "1",
+               "VLLM_API_KEY": self.headers["Authorization"].removeprefix("Bearer "),  # not on the command line
                "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
                "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(self.options.kv_cache_gb)))}
         env.pop("PYTHONPATH", None)  # ftserve's paths are not vLLM's
