@@ -156,8 +156,42 @@ def test_good_file_reports_its_format_and_example_count(examples: list[object], 
 
 
 def test_reinforcement_file_accepts_few_shot_lines_with_assistant_turns_and_grader_keys() -> None:
-    few_shot = {"messages": [USER, ASSISTANT, USER], "reference_answer": "Paris"}
-    assert validate([jsonl(REINFORCEMENT, few_shot, CHAT)]) == DatasetSummary("reinforcement", 3)
+    few_shot = {"messages": [USER, ASSISTANT, USER], "reference_answer": "Paris", "topic": "geography"}
+    developer_last = {"messages": [USER, {"role": "developer", "content": "Answer in one word."}],
+                      "reference_answer": "x", "tools": CHAT_TOOLS["tools"]}
+    summary = validate([jsonl(REINFORCEMENT, few_shot, developer_last)])
+    assert summary == DatasetSummary("reinforcement", 3, item_fields=frozenset({"reference_answer"}))
+
+
+def test_item_fields_are_the_keys_every_reinforcement_line_has_besides_messages_and_tools() -> None:
+    lines = [{"messages": [USER], "answer": "Paris", "tools": [], "country": "France", "id": i} for i in range(3)]
+    lines.append({"messages": [USER], "answer": "Rome", "id": 4})
+    assert validate([jsonl(*lines)]).item_fields == {"answer", "id"}
+    assert validate([jsonl(CHAT, CHAT)]).item_fields == frozenset()  # a chat file holds no grader variables
+
+
+@pytest.mark.parametrize(
+    ("messages", "last", "role"),
+    [
+        ([USER, ASSISTANT], 1, "assistant"),
+        ([{"role": "system", "content": "Be brief."}], 0, "system"),
+        ([USER, {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+          {"role": "tool", "tool_call_id": "c1", "content": "42"}], 2, "tool"),
+    ],
+    ids=["assistant", "system", "tool"],
+)
+def test_a_reinforcement_line_must_end_with_a_user_or_developer_message(
+    messages: list[object], last: int, role: str,
+) -> None:
+    error = failure([jsonl(REINFORCEMENT, {"messages": messages, "reference_answer": 1})])
+    assert error.line == 2
+    assert error.reason == (f'messages[{last}].role must be one of user, developer: a reinforcement example ends '
+                            f'with the message the model answers (got "{role}")')
+    assert str(error).startswith("Invalid file format: line 2: messages[")
+    # A first line ending in a system message is a reinforcement example too, and says the same.
+    if role == "system":
+        assert failure([jsonl({"messages": messages})]).line == 1
 
 
 def test_validate_example_returns_the_kind_of_one_line() -> None:
@@ -165,7 +199,9 @@ def test_validate_example_returns_the_kind_of_one_line() -> None:
     assert validate_example(COMPLETION, 1) == "completion"
     assert validate_example(PREFERENCE, 1) == "preference"
     assert validate_example(REINFORCEMENT, 1) == "reinforcement"
-    assert validate_example(CHAT, 1, file_format="reinforcement") == "reinforcement"
+    few_shot = {"messages": [USER, ASSISTANT, USER]}
+    assert validate_example(few_shot, 1) == "chat"
+    assert validate_example(few_shot, 1, file_format="reinforcement") == "reinforcement"
 
 
 def test_blank_lines_crlf_bom_and_missing_final_newline_are_accepted() -> None:

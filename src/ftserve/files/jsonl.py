@@ -32,6 +32,8 @@ _MESSAGE_KEYS: dict[str, tuple[str, ...]] = {
     "function": ("role", "name", "content"),
 }
 _CHAT_KEYS = ("messages", "tools", "parallel_tool_calls", "functions")
+_REINFORCEMENT_KEYS = frozenset(("messages", "tools"))  # RFT's reserved keys; every other key is a grader variable
+_PROMPT_ENDS = ("user", "developer")  # the roles a reinforcement prompt may end with: the model answers them
 _COMPLETION_KEYS = ("prompt", "completion")
 _PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
 _PREFERENCE_INPUT_KEYS = ("messages", "tools", "parallel_tool_calls")
@@ -42,11 +44,14 @@ _FUNCTION_KEYS = ("name", "description", "parameters", "strict")  # the deprecat
 
 @dataclass(frozen=True)
 class DatasetSummary:
-    """What a valid file holds: the kind of its examples, how many there are, and the line of the first."""
+    """What a valid file holds: the kind of its examples, how many there are, the line of the first, and (for
+    reinforcement) the grader variables every example has, so a grader's `{{item.<field>}}` can be checked
+    against the file when a job is created, without reading it again."""
 
     format: DatasetFormat
     examples: int
     first_line: int = 1
+    item_fields: frozenset[str] = frozenset()
 
 
 class JsonlValidator:
@@ -64,6 +69,7 @@ class JsonlValidator:
         self._trains = False  # some example trains something
         self._format: DatasetFormat | None = None
         self._first_example_line = 0
+        self._item_fields: frozenset[str] | None = None  # None: no reinforcement example yet
 
     def feed(self, chunk: bytes) -> None:
         """Validate every line that `chunk` completes and buffer the rest."""
@@ -91,7 +97,8 @@ class JsonlValidator:
             raise InvalidFileFormat(
                 "no example has an assistant message to train on: every assistant message has weight 0"
             )
-        return DatasetSummary(format=self._format, examples=self._examples, first_line=self._first_example_line)
+        return DatasetSummary(format=self._format, examples=self._examples, first_line=self._first_example_line,
+                              item_fields=self._item_fields or frozenset())
 
     def _check_line(self, raw: bytes) -> None:
         self._lines += 1
@@ -116,6 +123,10 @@ class JsonlValidator:
             )
             raise InvalidFileFormat(reason, line=number)
         self._examples += 1
+        if kind == "reinforcement":
+            assert isinstance(example, dict)  # validate_example returned a kind, so the line is an object
+            fields = example.keys() - _REINFORCEMENT_KEYS
+            self._item_fields = frozenset(fields) if self._item_fields is None else self._item_fields & fields
         if not self._trains:
             self._trains = kind != "chat" or _trains_something(example)
 
@@ -229,6 +240,8 @@ def _check_messages_example(obj: dict[str, object], file_format: DatasetFormat |
         _check_messages(messages, "messages")
         if "tools" in obj:
             _check_tools(obj["tools"], "tools")
+        if file_format != "chat":  # in a chat file, the missing assistant message is the thing to report
+            _check_prompt_end(messages)
         return "reinforcement"
     _check_keys(obj, _CHAT_KEYS, "", "a chat example")
     _check_messages(messages, "messages")
@@ -237,6 +250,17 @@ def _check_messages_example(obj: dict[str, object], file_format: DatasetFormat |
         for i, function in enumerate(_as_list(obj["functions"], "functions", nonempty=True)):
             _check_function_definition(function, f"functions[{i}]", _FUNCTION_KEYS[:-1])
     return "chat"
+
+
+def _check_prompt_end(messages: object) -> None:
+    """The model answers a reinforcement prompt's last message, so it is the user's or the developer's.
+    `messages` has passed `_check_messages`: a non-empty list of messages, each with a role."""
+    listed = _as_list(messages, "messages")
+    last = len(listed) - 1
+    role = _as_dict(listed[last], f"messages[{last}]")["role"]
+    if role not in _PROMPT_ENDS:
+        raise _Invalid(f"messages[{last}].role must be {_one_of(_PROMPT_ENDS)}: a reinforcement example ends with "
+                       f"the message the model answers (got {_describe(role)})")
 
 
 def _check_preference(obj: dict[str, object]) -> None:
