@@ -34,6 +34,9 @@ class StoredFile:
     status_details: str | None = None
     format: str | None = None
     examples: int | None = None
+    item_fields: list[str] | None = None
+    """The keys besides messages and tools that every example has (the fields a reinforcement grader's
+    `{{item.<field>}}` may name); None: not a fine-tuning file, or one stored before ftserve recorded them."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ files = sa.Table(
     sa.Column("format", sa.String(32)),
     sa.Column("examples", sa.Integer),
     sa.Column("storage_key", sa.String(256), nullable=False),
+    # The keys besides messages and tools that every example has: what a reinforcement grader's {{item.*}} may name.
+    sa.Column("item_fields", _json()),
 )
 
 uploads = sa.Table(
