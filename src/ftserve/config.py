@@ -99,6 +99,23 @@ class Settings(BaseSettings):
         1024 * 1024, ge=1024, description="Prompt text one chat or completions request may send, in bytes (its "
         "messages and tools, or its prompts), checked before anything is tokenized; more is refused with 400."
     )
+    python_graders: bool = Field(
+        True, description="Run python graders (`/v1/fine_tuning/alpha/graders/run` and reinforcement jobs). Off: a "
+        "python grader is refused when it is validated or a job names it, for servers that must not run callers' code."
+    )
+    python_grader_cpu_seconds: float = Field(
+        10.0, gt=0, description="CPU time one python grader call may use before it is stopped (a runtime error)."
+    )
+    python_grader_wall_seconds: float = Field(
+        30.0, gt=0, description="Time one python grader call may take, waiting included, before it is stopped."
+    )
+    python_grader_memory_mb: int = Field(
+        512, ge=16, description="Memory one python grader call's process may use, in MiB."
+    )
+    grader_embeddings_model: Path | None = Field(
+        None, description="A local model directory (transformers, safetensors) whose mean-pooled last hidden state "
+        "is the embedding text_similarity's `cosine` metric compares. Unset: a cosine grader is refused."
+    )
     max_file_bytes: int = Field(
         512 * 1024**2, ge=1, description="The largest file `POST /v1/files` accepts (512 MB, as at OpenAI); "
         "a larger one is refused with 413 and nothing is stored. Larger files go through `/v1/uploads`.",
