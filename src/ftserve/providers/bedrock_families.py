@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ftserve.domain.errors import InvalidRequest
-from ftserve.providers.contract import JobRequest, Options, ProviderUnsupported
+from ftserve.providers.contract import JobRequest, Options, ProviderUnsupported, no_reinforcement
 from ftserve.providers.plan import Mapped, Plan, dropped, epochs_of
 
 DataFormat = Literal["converse", "prompt_completion"]
@@ -117,12 +117,11 @@ def family_of(request: JobRequest) -> Family:
     """The model family of a job Bedrock can run; an error naming why for any other job."""
     if request.method == "dpo":
         raise ProviderUnsupported("Bedrock model customization has no preference (DPO) training; "
-                                  "run DPO jobs on the local engine or another provider.")
-    if request.method != "supervised":
-        raise ProviderUnsupported(
+                                  "run DPO jobs on the local engine or another provider.", param="method")
+    if request.method == "reinforcement":
+        raise no_reinforcement(
             "Bedrock grades reinforcement fine-tuning with an AWS Lambda function of your own "
-            "(rftConfig.graderConfig.lambdaGrader); OpenAI graders cannot be turned into one, so "
-            "reinforcement jobs need another provider.")
+            "(rftConfig.graderConfig.lambdaGrader); an OpenAI grader cannot be turned into one.")
     # An ARN names the model after `foundation-model/` or `custom-model/`.
     model_id = request.model.split("/")[1] if request.model.startswith("arn:") else request.model
     prefix = family_prefix(model_id)

@@ -306,6 +306,15 @@ def lacking(provider: object, operation: str) -> ProviderUnsupported:
     return ProviderUnsupported(reasons.get(operation) or f"{name} has no {operation} operation.")
 
 
+def no_reinforcement(why: str) -> ProviderUnsupported:
+    """The refusal of a reinforcement job by a provider that cannot run OpenAI's graders: `why`, then where such
+    jobs do run, against the job's `method`."""
+    return ProviderUnsupported(
+        f"{why} Reinforcement jobs run where OpenAI graders run: this server's engine, or an openai_compatible "
+        "provider.", param="method",
+    )
+
+
 def map_status(table: dict[str, RemoteStatus], raw: str | None) -> RemoteStatus:
     """A raw provider status through its adapter's table; a value the table lacks is `unknown`."""
     return table.get(raw or "", "unknown")

@@ -13,7 +13,15 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ftserve.domain.errors import InvalidRequest
-from ftserve.providers.contract import Change, JobRequest, Options, ProviderUnsupported, Staged, chosen
+from ftserve.providers.contract import (
+    Change,
+    JobRequest,
+    Options,
+    ProviderUnsupported,
+    Staged,
+    chosen,
+    no_reinforcement,
+)
 from ftserve.providers.plan import Mapped, Plan, dropped, epochs_of
 
 RESOURCE_ID_LENGTH = 63
@@ -68,10 +76,10 @@ class FireworksOptions(Options):
 def job_body(request: JobRequest, options: FireworksOptions, staged: Staged | None, *, account: str,
              wandb_key: bool) -> Plan:
     """The create request of a Fireworks supervised or DPO job for `request`, with what was converted or dropped."""
-    if request.method not in ("supervised", "dpo"):
-        raise ProviderUnsupported(
+    if request.method == "reinforcement":
+        raise no_reinforcement(
             "Fireworks has no reinforcement job that takes an OpenAI grader: its RFT scores with an evaluator "
-            "resource of its own. Use the supervised or dpo method here."
+            "resource of its own."
         )
     if request.options.get("training_type") == "full":
         raise ProviderUnsupported(

@@ -32,7 +32,6 @@ from ftserve.providers.contract import (
     Options,
     ProviderError,
     ProviderKind,
-    ProviderUnsupported,
     RemoteError,
     RemoteJob,
     RemoteStatus,
@@ -40,6 +39,7 @@ from ftserve.providers.contract import (
     Staged,
     capabilities_of,
     map_status,
+    no_reinforcement,
 )
 from ftserve.providers.plan import options_of, text_estimate
 from ftserve.providers.runpod_axolotl import AXOLOTL_EPOCHS, MAX_TTL_HOURS, RunpodOptions, axolotl_args, axolotl_rows
@@ -126,9 +126,10 @@ class RunpodProvider:
         return []
 
     def resolve(self, request: JobRequest, staged: Staged | None = None) -> Resolved:
-        if request.method not in ("supervised", "dpo"):
-            raise ProviderUnsupported(
-                f"RunPod's llm-fine-tuning worker trains supervised and dpo jobs, not {request.method}."
+        if request.method == "reinforcement":
+            raise no_reinforcement(
+                "RunPod's llm-fine-tuning worker trains supervised and dpo jobs: the Axolotl it runs takes GRPO "
+                "rewards only as Python functions installed in its image, which an OpenAI grader cannot become."
             )
         options = options_of(request, RunpodOptions, self.kind)
         run_id = run_id_of(request.job_id)

@@ -46,6 +46,7 @@ from ftserve.providers.contract import (
     capabilities_of,
     chosen,
     map_status,
+    no_reinforcement,
     tokens_of,
 )
 from ftserve.providers.plan import epochs_of, options_of
@@ -129,10 +130,8 @@ class TogetherProvider:
     # The request.
 
     def resolve(self, request: JobRequest, staged: Staged | None = None) -> Resolved:
-        if request.method not in ("supervised", "dpo"):
-            raise ProviderUnsupported(
-                f"Together's fine-tuning API trains with SFT and DPO only, not {request.method}.", param="method",
-            )
+        if request.method == "reinforcement":
+            raise no_reinforcement("Together's fine-tuning API trains with SFT and DPO only; it takes no grader.")
         plan = create_body(request, options_of(request, TogetherOptions, self.kind), staged,
                            default_rank=lambda: self._default_rank(request.model),
                            wandb_key=bool(self.connection.wandb_api_key), wandb_base_url=self.connection.wandb_base_url)
