@@ -25,17 +25,21 @@ def auto_batch_size(examples: int) -> int:
     return max(1, min(256, round(examples * 0.002)))
 
 
-def resolve(requested: dict[str, Any], examples: int) -> dict[str, Any]:
-    """The hyperparameters a job trains with: every `"auto"` replaced by a number."""
+def auto_prompts_per_step(examples: int) -> int:
+    # Reinforcement samples a group of answers to each prompt: a step's prompts are fewer, 1 % of the set, 2 to 8.
+    return max(2, min(8, round(examples * 0.01)))
+
+
+def resolve(requested: dict[str, Any], examples: int, method: str = "supervised") -> dict[str, Any]:
+    """The hyperparameters a job trains with: every `"auto"` replaced by a number. Reinforcement's `eval_interval`
+    and `eval_samples` stay `"auto"`: they depend on the step count and the validation file, which the trainer knows."""
     resolved = dict(requested)
     defaults = {
         "n_epochs": auto_epochs(examples),
-        "batch_size": auto_batch_size(examples),
+        "batch_size": auto_prompts_per_step(examples) if method == "reinforcement" else auto_batch_size(examples),
         "learning_rate_multiplier": 1.0,
         "beta": 0.1,
         "compute_multiplier": 1.0,
-        "eval_interval": 1,
-        "eval_samples": 1,
     }
     for key, value in requested.items():
         if value == "auto" and key in defaults:

@@ -12,14 +12,14 @@ import sys
 import traceback
 from pathlib import Path
 
-from ftserve.engine import dpo, sft
+from ftserve.engine import dpo, grpo, sft
 from ftserve.engine.data import DataError
 from ftserve.engine.events import Failed
 from ftserve.engine.models import ModelUnavailable
 from ftserve.engine.sink import JsonLinesSink, Sink
 from ftserve.engine.spec import JobSpec
 
-RECIPES = {"supervised": sft.run, "dpo": dpo.run}
+RECIPES = {"supervised": sft.run, "dpo": dpo.run, "reinforcement": grpo.run}
 
 
 def run(spec: JobSpec, sink: Sink) -> int:

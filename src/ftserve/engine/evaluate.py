@@ -157,7 +157,7 @@ def baseline(output_dir: Path, compute: Callable[[], Scores]) -> Scores:
     if path.exists():
         return Scores(**json.loads(path.read_text()))
     scores = compute()
-    _write_json(path, asdict(scores))
+    write_json(path, asdict(scores))
     return scores
 
 
@@ -165,7 +165,7 @@ def report(output_dir: Path, before: Scores, after: Scores) -> dict[str, Any]:
     """The before/after comparison, written as the job's `evaluation.json`."""
     body = {"examples": after.examples, "generated": after.generated,
             "base": _metrics(before), "fine_tuned": _metrics(after)}
-    _write_json(output_dir / REPORT_FILE, body)
+    write_json(output_dir / REPORT_FILE, body)
     return body
 
 
@@ -176,7 +176,7 @@ def _metrics(scores: Scores) -> dict[str, float]:
     return metrics
 
 
-def _write_json(path: Path, body: dict[str, Any]) -> None:
+def write_json(path: Path, body: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)  # before the first step, nothing else has made it
     staging = path.with_name(path.name + ".tmp")
     staging.write_text(json.dumps(body, indent=2))

@@ -6,6 +6,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -51,60 +52,94 @@ class Result:
     """None when training stopped early (pause or cancel)."""
 
 
+class Run:
+    """What every recipe's steps share: the optimizer and its schedule, the step count, resumable state, the
+    journal of reported events, and stopping when asked. A run resumes from the newest state it can read."""
+
+    def __init__(self, spec: JobSpec, model: PreTrainedModel, total: int, hardware: Hardware, sink: Sink,
+                 task_state: Callable[[], dict[str, Any]], restore: Callable[[dict[str, Any]], None]):
+        self.spec, self.total, self.sink, self.task_state = spec, total, sink, task_state
+        self.weights = models.trainable(model)
+        self.optimizer = torch.optim.AdamW(self.weights.values(), lr=spec.learning_rate, weight_decay=0.0,
+                                           fused=hardware.device.type == "cuda")
+        warmup = math.ceil(total * spec.warmup_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _schedule(s, warmup, total))
+        self.save_every = spec.checkpoint_interval or max(1, total // STATE_SAVES_PER_RUN)
+        torch.manual_seed(spec.seed)
+        self.step, self.tokens = 0, 0
+        self.journal = Journal(sink)
+        for resume in state.saved_states(spec.output_dir):
+            try:
+                saved = state.load(resume, self.weights, self.optimizer, self.scheduler)
+            except Exception as error:  # any unreadable state: fall back to the one before it
+                sink.emit(Message(level="warn", text=f"The state saved at {resume.name} could not be read ({error}); "
+                                  "trying the one before it"))
+                continue
+            self.step, self.tokens, self.journal = saved.step, saved.trained_tokens, Journal(sink, saved.reported)
+            restore(saved.extra)
+            sink.emit(Message(text=f"Resuming from step {self.step}"))
+            break
+        sink.emit(Started(step=self.step, total_steps=total, hardware=hardware.describe()))
+        self.journal.replay()
+        self.started, self.started_tokens = time.monotonic(), self.tokens
+
+    def stopped(self) -> bool:
+        """True when a stop was asked for: state is kept first for a pause or a shutdown (both continue later)."""
+        stop = self.sink.requested_stop()
+        if stop is None:
+            return False
+        if stop in ("pause", "shutdown"):
+            self.keep_state()
+        self.sink.emit(Stopped(reason=stop, step=self.step, trained_tokens=self.tokens))
+        return True
+
+    def update(self, loss: torch.Tensor, tokens: int) -> None:
+        """One optimizer step on `loss`, which the batch computed from `tokens` tokens."""
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.weights.values(), MAX_GRAD_NORM)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens += tokens
+
+    def report(self, metrics: dict[str, float]) -> None:
+        elapsed = time.monotonic() - self.started
+        self.journal.report(Metrics(step=self.step, total_steps=self.total, metrics=_rounded(metrics),
+                                    tokens_per_second=round((self.tokens - self.started_tokens) / max(elapsed, 1e-9), 1)))
+
+    def checkpoint(self, path: Path, metrics: dict[str, float], step: int | None = None) -> None:
+        step = self.step if step is None else step
+        self.journal.report(Checkpoint(step=step, metrics=_rounded({"step": step, **metrics}), path=path))
+
+    def keep_state(self) -> None:
+        state.save(self.spec.output_dir, self.step, self.tokens, self.weights, self.optimizer, self.scheduler,
+                   self.task_state(), self.journal.lines)
+        self.sink.emit(StateSaved(step=self.step))
+
+    def keep_state_if_due(self, epoch_end: bool) -> None:
+        if self.step < self.total and (epoch_end or self.step % self.save_every == 0):
+            self.keep_state()
+
+
 def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
         hardware: Hardware, sink: Sink) -> Result:
     per_epoch = steps_per_epoch(len(task.lengths), spec.batch_size)
     total = per_epoch * spec.n_epochs
-    weights = models.trainable(model)
-    optimizer = torch.optim.AdamW(weights.values(), lr=spec.learning_rate, weight_decay=0.0,
-                                  fused=hardware.device.type == "cuda")
-    warmup = math.ceil(total * spec.warmup_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, warmup, total))
-    save_every = spec.checkpoint_interval or max(1, total // STATE_SAVES_PER_RUN)
     eval_every = spec.eval_interval or max(1, total // EVALS_PER_RUN)
-
-    torch.manual_seed(spec.seed)
-    step, tokens = 0, 0
-    journal = Journal(sink)
-    for resume in state.saved_states(spec.output_dir):
-        try:
-            saved = state.load(resume, weights, optimizer, scheduler)
-        except Exception as error:  # any unreadable state: fall back to the one before it
-            sink.emit(Message(level="warn", text=f"The state saved at {resume.name} could not be read ({error}); "
-                              "trying the one before it"))
-            continue
-        step, tokens, journal = saved.step, saved.trained_tokens, Journal(sink, saved.reported)
-        task.restore(saved.extra)
-        sink.emit(Message(text=f"Resuming from step {step}"))
-        break
-    sink.emit(Started(step=step, total_steps=total, hardware=hardware.describe()))
-    journal.replay()
-
-    def keep_state() -> None:
-        state.save(spec.output_dir, step, tokens, weights, optimizer, scheduler, task.state(), journal.lines)
-        sink.emit(StateSaved(step=step))
+    run = Run(spec, model, total, hardware, sink, task.state, task.restore)
 
     last_dir: Path | None = None
-    started, started_tokens = time.monotonic(), tokens
-    for epoch in range(step // per_epoch, spec.n_epochs):
+    for epoch in range(run.step // per_epoch, spec.n_epochs):
         batches = epoch_batches(task.lengths, spec.batch_size, spec.seed, epoch)
-        for indices in batches[step - epoch * per_epoch :]:
-            stop = sink.requested_stop()
-            if stop is not None:
-                if stop in ("pause", "shutdown"):  # both continue later from here
-                    keep_state()
-                sink.emit(Stopped(reason=stop, step=step, trained_tokens=tokens))
-                return Result(step, tokens, None)
+        for indices in batches[run.step - epoch * per_epoch :]:
+            if run.stopped():
+                return Result(run.step, run.tokens, None)
             model.train()
             with hardware.autocast():
                 loss, stats, batch_tokens = task.loss(model, indices)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(weights.values(), MAX_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens += batch_tokens
+            run.update(loss, batch_tokens)
+            step = run.step
 
             metrics = {"train_loss": stats.loss, "train_mean_token_accuracy": stats.accuracy}
             epoch_end = step % per_epoch == 0
@@ -114,18 +149,15 @@ def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
             if task.validation_size and epoch_end:
                 full = _evaluate(task, model, hardware, list(range(task.validation_size)))
                 metrics |= {"full_valid_loss": full.loss, "full_valid_mean_token_accuracy": full.accuracy}
-            elapsed = time.monotonic() - started
-            journal.report(Metrics(step=step, total_steps=total, metrics=_rounded(metrics),
-                                   tokens_per_second=round((tokens - started_tokens) / max(elapsed, 1e-9), 1)))
+            run.report(metrics)
 
             if epoch_end and epoch >= spec.n_epochs - spec.keep_epoch_checkpoints:
                 last_dir = models.save_model(model, tokenizer, spec.output_dir / f"checkpoint-{step}", spec, step)
-                journal.report(Checkpoint(step=step, metrics=_rounded({"step": step, **metrics}), path=last_dir))
-            if step < total and (epoch_end or step % save_every == 0):
-                keep_state()
+                run.checkpoint(last_dir, metrics)
+            run.keep_state_if_due(epoch_end)
 
-    model_dir = last_dir or models.save_model(model, tokenizer, spec.output_dir / "model", spec, step)
-    return Result(step, tokens, model_dir)
+    model_dir = last_dir or models.save_model(model, tokenizer, spec.output_dir / "model", spec, run.step)
+    return Result(run.step, run.tokens, model_dir)
 
 
 def train(spec: JobSpec, model: PreTrainedModel, ready: Prepared, task: Task, sink: Sink) -> Result:

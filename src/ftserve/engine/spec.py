@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Method = Literal["supervised", "dpo"]
+Method = Literal["supervised", "dpo", "reinforcement"]
 TrainingType = Literal["lora", "full"]
 
 
@@ -39,6 +39,36 @@ class LoraOptions(Frozen):
     target_modules: tuple[str, ...] | Literal["all-linear"] = "all-linear"
 
 
+class PythonGraderLimits(Frozen):
+    """The sandbox a python grader runs in (the operator's settings)."""
+
+    enabled: bool = True
+    cpu_seconds: float = 10.0
+    wall_seconds: float = 30.0
+    memory_mb: int = 512
+
+
+class Reinforcement(Frozen):
+    """A reinforcement job's rollouts and rewards, every "auto" already resolved (docs/reinforcement.md).
+
+    Each step takes `batch_size` prompts, samples `group_size` completions of each from the current policy,
+    grades them with `grader` and trains on the group-relative advantages."""
+
+    grader: dict[str, Any]
+    """The job's grader as sent (OpenAI's shape), run by `ftserve.graders`."""
+    group_size: int = Field(8, ge=2, le=64)
+    max_completion_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    kl_beta: float = Field(0.0, ge=0)
+    clip_epsilon: float = Field(0.2, gt=0)
+    eval_interval: int = Field(1, ge=1)
+    """Steps between validation rounds (each also saves a checkpoint; the 3 best are kept)."""
+    eval_samples: int = Field(1, ge=1)
+    """Validation prompts each round answers (greedy, one answer each)."""
+    response_format: dict[str, Any] | None = None
+    python: PythonGraderLimits = PythonGraderLimits()
+
+
 class JobSpec(Frozen):
     job_id: str
     method: Method
@@ -62,3 +92,4 @@ class JobSpec(Frozen):
     checkpoint_interval: int | None = Field(None, ge=1)
     keep_epoch_checkpoints: int = Field(3, ge=0)
     device: Device = "auto"
+    reinforcement: Reinforcement | None = None

@@ -19,9 +19,10 @@ from typing import IO, Any, ClassVar, assert_never
 
 from ftserve.catalogue import CatalogueEntry
 from ftserve.domain.errors import TrainingFailed
+from ftserve.domain.jobs import MethodType
 from ftserve.domain.hyperparameters import resolve as resolve_auto
 from ftserve.engine import events
-from ftserve.engine.spec import Device, JobSpec, LoraOptions, ModelSource
+from ftserve.engine.spec import Device, JobSpec, LoraOptions, ModelSource, PythonGraderLimits, Reinforcement
 from ftserve.providers.base import (
     Reporter,
     TrainingOutcome,
@@ -41,6 +42,18 @@ from ftserve.providers.contract import (
 from ftserve.schemas.fine_tuning import FtserveJobOptions
 
 log = logging.getLogger(__name__)
+
+METHODS: tuple[MethodType, ...] = ("supervised", "dpo", "reinforcement")
+# Reinforcement's defaults (docs/reinforcement.md): answers sampled per prompt at compute_multiplier 1, the longest
+# answer by reasoning_effort, validation rounds per run, and the learning rate against supervised training's
+# (policy gradients are smaller than cross-entropy's: at the supervised rate a short run barely moves).
+GROUP_SIZE = 8
+COMPLETION_TOKENS = {"low": 32, "default": 64, "medium": 64, "high": 256}
+EVAL_ROUNDS = 10
+MAX_AUTO_EVAL_SAMPLES = 32
+REINFORCEMENT_LR_FACTOR = 2.5
+# Graders the engine runs itself; a model grader needs a judge the engine process cannot reach.
+ENGINE_GRADERS = ("string_check", "text_similarity", "python", "multi")
 
 POLL_SECONDS = 0.2
 # How long a child that was asked to cancel may take to stop before it is killed.
@@ -85,32 +98,39 @@ class LocalProvider:
     kind: ClassVar[ProviderKind] = "local"
     name = "local"
 
-    def __init__(self, catalogue: dict[str, CatalogueEntry], models_dir: Path, device: Device = "auto"):
+    def __init__(self, catalogue: dict[str, CatalogueEntry], models_dir: Path, device: Device = "auto",
+                 python_graders: PythonGraderLimits = PythonGraderLimits()):
         self.catalogue = {key: base for key, base in catalogue.items() if base.provider is None}
         self.models_dir = models_dir
         self.device = device
+        self.python_graders = python_graders
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            methods=("supervised", "dpo"), training_types=("lora", "full"), data="local", serving="ready",
+            methods=METHODS, training_types=("lora", "full"), data="local", serving="ready",
             events=True, checkpoints=True, pause=True,
         )
 
     def list_base_models(self) -> list[BaseModelInfo]:
-        return [BaseModelInfo(base.id, ("supervised", "dpo")) for base in self.catalogue.values()]
+        return [BaseModelInfo(base.id, METHODS) for base in self.catalogue.values()]
 
     def hyperparameters(self, request: JobRequest) -> dict[str, Any]:
         """The hyperparameters a local job trains with: each `"auto"` resolved from the training file's size.
         The one place that happens; the worker records the result on the job when training starts."""
-        return resolve_auto(request.hyperparameters, request.training_examples or 1)
+        examples = request.training_examples or 1
+        hp = resolve_auto(request.hyperparameters, examples, request.method)
+        if request.method == "reinforcement":  # validation rounds: about EVAL_ROUNDS a run, on up to 32 prompts
+            steps = -(-examples // int(hp["batch_size"])) * int(hp["n_epochs"])
+            if hp.get("eval_interval", "auto") == "auto":
+                hp["eval_interval"] = max(1, steps // EVAL_ROUNDS)
+            if hp.get("eval_samples", "auto") == "auto":
+                hp["eval_samples"] = min(MAX_AUTO_EVAL_SAMPLES, max(1, request.validation_examples))
+        return hp
 
     def spec(self, request: JobRequest) -> JobSpec:
         """The engine's spec for `request`. Raises `ProviderUnsupported` naming what the local engine cannot train."""
-        if request.method not in ("supervised", "dpo"):
-            raise ProviderUnsupported(
-                f"The local engine trains supervised and dpo jobs; {request.method} jobs need a hosted provider.",
-                param="method",
-            )
+        if request.method == "reinforcement":
+            _check_local_grader(request.method_config.get("grader") or {})
         base = self.catalogue.get(request.model)
         if base is None:
             raise ProviderUnsupported(
@@ -121,18 +141,38 @@ class LocalProvider:
             raise ValueError("a local job request needs its output_dir")
         hp = self.hyperparameters(request)
         options = FtserveJobOptions.model_validate(request.options)  # its defaults are the documented ones
+        n_epochs, batch_size = int(hp["n_epochs"]), int(hp["batch_size"])
+        learning_rate = base.learning_rate * float(hp.get("learning_rate_multiplier", 1.0))
+        reinforcement = None
+        if request.method == "reinforcement":
+            learning_rate *= REINFORCEMENT_LR_FACTOR
+            reinforcement = self._reinforcement(request, hp, options)
         return JobSpec(
             job_id=request.job_id, method=request.method, model=source_of(base),
             training_file=request.training_file, validation_file=request.validation_file,
             output_dir=request.output_dir, cache_dir=self.models_dir,
-            n_epochs=int(hp["n_epochs"]), batch_size=int(hp["batch_size"]),
-            learning_rate=base.learning_rate * float(hp.get("learning_rate_multiplier", 1.0)),
+            n_epochs=n_epochs, batch_size=batch_size, learning_rate=learning_rate,
             beta=float(hp.get("beta", 0.1)), seed=request.seed or 0,
             training_type=options.training_type,
             lora=LoraOptions(rank=options.lora_rank, alpha=options.lora_alpha, dropout=options.lora_dropout),
             max_seq_length=options.max_seq_length, warmup_ratio=options.warmup_ratio,
             eval_interval=options.eval_interval, checkpoint_interval=options.checkpoint_interval,
-            device=self.device,
+            device=self.device, reinforcement=reinforcement,
+        )
+
+    def _reinforcement(self, request: JobRequest, hp: dict[str, Any], options: FtserveJobOptions) -> Reinforcement:
+        """OpenAI's reinforcement hyperparameters as GRPO's (docs/reinforcement.md): `compute_multiplier` scales the
+        answers sampled per prompt, `reasoning_effort` the longest answer, and `eval_interval`/`eval_samples` are
+        the validation rounds."""
+        effort = hp.get("reasoning_effort", "default")
+        return Reinforcement(
+            grader=request.method_config["grader"],
+            group_size=max(2, min(64, round(GROUP_SIZE * float(hp.get("compute_multiplier", 1.0))))),
+            max_completion_tokens=options.max_completion_tokens or COMPLETION_TOKENS[effort],
+            temperature=options.temperature, kl_beta=options.kl_beta,
+            eval_interval=int(hp["eval_interval"]), eval_samples=int(hp["eval_samples"]),
+            response_format=request.method_config.get("response_format"),
+            python=self.python_graders,
         )
 
     def resolve(self, request: JobRequest, staged: Staged | None = None) -> Resolved:
@@ -154,6 +194,20 @@ class LocalProvider:
             tokens_of(request.training_file) * epochs, epochs,
             basis="text of the training file at 4 characters per token, times the epochs; training here costs no fees",
         )
+
+
+def _check_local_grader(grader: dict[str, Any]) -> None:
+    """Refuses what the local engine cannot grade with: model graders (score_model, label_model), whose judge
+    the engine's process cannot reach. The grader endpoints run them; hosted providers train with them."""
+    subs = grader.get("graders", {}) if grader.get("type") == "multi" else {}
+    named = subs.items() if isinstance(subs, dict) else enumerate(subs if isinstance(subs, list) else [subs])
+    for key, sub in [("", grader), *((f"graders.{k}.", s) for k, s in named)]:
+        if isinstance(sub, dict) and sub.get("type") not in ENGINE_GRADERS:
+            raise ProviderUnsupported(
+                f"The local engine grades reinforcement jobs with string_check, text_similarity, python and multi "
+                f"graders; a {sub.get('type')} grader needs a hosted provider (or try it with graders/run).",
+                param=f"method.reinforcement.grader.{key}type",
+            )
 
 
 class _Session:

@@ -21,6 +21,7 @@ from ftserve.catalogue import CatalogueEntry
 from ftserve.config import Settings
 from ftserve.domain.errors import InvalidRequest
 from ftserve.providers.contract import HostedProvider, Provider, ProviderKind
+from ftserve.engine.spec import PythonGraderLimits
 from ftserve.providers.local import LocalProvider
 
 # Where each hosted kind's adapter lives: `module:Class`, imported when a provider of that kind is configured.
@@ -95,7 +96,11 @@ def connections(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def providers_for(settings: Settings, catalogue: dict[str, CatalogueEntry]) -> Providers:
-    local = LocalProvider(catalogue, settings.resolved_models_dir, settings.device)
+    python_graders = PythonGraderLimits(
+        enabled=settings.python_graders, cpu_seconds=settings.python_grader_cpu_seconds,
+        wall_seconds=settings.python_grader_wall_seconds, memory_mb=settings.python_grader_memory_mb,
+    )
+    local = LocalProvider(catalogue, settings.resolved_models_dir, settings.device, python_graders)
     hosted = {name: build(name, config) for name, config in connections(settings).items()}
     for entry in catalogue.values():
         if entry.provider is not None and entry.provider not in hosted:

@@ -12,7 +12,7 @@ from pydantic import Field
 from pydantic.json_schema import SkipJsonSchema
 
 from ftserve.schemas.common import Omitted, Request, Wire
-from ftserve.schemas.graders import Grader
+from ftserve.schemas.graders import GraderAsSent
 
 Auto = Literal["auto"]
 BatchSize = Auto | Annotated[int, Field(ge=1, le=256)]
@@ -48,7 +48,7 @@ class DpoMethod(Request):
 
 
 class ReinforcementMethod(Request):
-    grader: Grader
+    grader: GraderAsSent
     hyperparameters: Omitted[ReinforcementHyperparameters] = None
     # Used by OpenAI's RFT guide for structured outputs; not in the spec. Stored as sent.
     response_format: Omitted[dict[str, Any]] = None
@@ -94,6 +94,14 @@ class FtserveJobOptions(Request):
         None, ge=1,
         description="Steps between resumable saves; unset: about 10 per run, and at every epoch end. "
         "Checkpoints usable as models are kept for the last 3 epochs, as at OpenAI.",
+    )
+    max_completion_tokens: int | None = Field(
+        None, ge=1, le=32768, description="Reinforcement: the longest answer sampled, in tokens; unset: from "
+        "`reasoning_effort` (low 32, medium 64, high 256)."
+    )
+    temperature: float = Field(1.0, gt=0, le=2, description="Reinforcement: the temperature answers are sampled at.")
+    kl_beta: float = Field(
+        0.0, ge=0, le=10, description="Reinforcement: weight of the KL penalty against the base model (0: none)."
     )
     provider_options: Omitted[dict[str, dict[str, Any]]] = Field(
         None,
