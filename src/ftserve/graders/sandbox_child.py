@@ -321,14 +321,14 @@ def arm_audit_hook(read_roots: tuple[str, ...], scratch: str) -> None:
     """Refuse, from here on, what the grader may not do. Built inside this function and kept nowhere else, so
     the grader's code has no name to reach it by."""
     realpath, fsdecode, fspath = os.path.realpath, os.fsdecode, os.fspath
-    readable = tuple(os.path.join(realpath(root), "") for root in read_roots) + (os.path.join(realpath(scratch), ""),)
-    writable = (os.path.join(realpath(scratch), ""),)
+    readable = tuple(realpath(root) + "/" for root in read_roots) + (realpath(scratch) + "/",)
+    writable = (realpath(scratch) + "/",)
 
     def inside(path: Any, roots: tuple[str, ...]) -> bool:
         if isinstance(path, int) or path is None:  # an open descriptor: its file was checked when it was opened
             return True
         text = fsdecode(fspath(path))
-        return os.path.join(realpath(text), "").startswith(roots)
+        return (realpath(text) + "/").startswith(roots)
 
     def hook(event: str, args: tuple[Any, ...]) -> None:
         if event.startswith(REFUSED_EVENTS):
