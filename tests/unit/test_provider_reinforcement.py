@@ -79,7 +79,7 @@ def test_submit_sends_the_grader_in_the_create_request(tmp_path: Path) -> None:
     connection = OpenAICompatibleConnection(base_url="https://api.openai.com/v1", api_key="sk-test")
     # The SDK's own transport is not httpx's, which respx intercepts: hand it an httpx client.
     client = openai.OpenAI(base_url=connection.base_url, api_key=connection.api_key, max_retries=0,
-                           http_client=httpx.Client())
+                           http_client=httpx.Client())  # type: ignore[arg-type]  # httpx's, which respx patches
     provider = OpenAICompatibleProvider("openai", connection, client=client)
     with respx.mock(base_url="https://api.openai.com/v1", assert_all_mocked=True) as api:
         api.get("/fine_tuning/jobs").respond(json={"object": "list", "data": [], "has_more": False})
