@@ -7,16 +7,23 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import Any
 
+from ftserve.domain.errors import TrainingFailed
 from ftserve.engine.spec import JobSpec
 from ftserve.providers.base import Reporter, TrainingOutcome
+from ftserve.testing_rewards import Candidates, FakeRewards, Refused
+
+MANIFEST = "ftserve_fake.json"
 
 
 class FakeTrainer:
     """A deterministic trainer: the same job and seed give the same losses, steps and checkpoints.
 
     It takes `step_seconds` per step, so cancel and pause can be watched while it runs, writes a
-    small checkpoint directory per epoch, and a model directory at the end.
+    small checkpoint directory per epoch, and a model directory at the end. A reinforcement job reports
+    what the real recipe does, as the fake engine does (`testing_rewards`, which runs the job's grader); with
+    a validation file its checkpoints are the three best validation rounds, reported at the end.
     """
 
     def __init__(self, step_seconds: float = 0.2):
@@ -29,8 +36,19 @@ class FakeTrainer:
         rng = random.Random(spec.seed)
         noise = [rng.uniform(-0.05, 0.05) for _ in range(total + 1)]
         tokens_per_step = max(1, spec.training_file.stat().st_size // 4 // steps_per_epoch)
+        try:
+            rewards = FakeRewards(spec, steps_per_epoch, total) if spec.method == "reinforcement" else None
+        except Refused as error:
+            raise TrainingFailed(str(error)) from None
+        # Its saved state is its checkpoint directories, so the kept validation rounds are read back from them.
+        candidates = Candidates(spec.output_dir, _candidates(spec)) if rewards is not None and rewards.validated else None
 
         def metrics_at(step: int) -> dict[str, float]:
+            if rewards is not None:
+                metrics, warning = rewards.step(step, self.step_seconds)
+                if warning:
+                    reporter.message(warning, "warn")
+                return metrics
             loss = 2.0 * math.exp(-2.5 * step / total) + noise[step]
             metrics = {"train_loss": round(loss, 4), "train_mean_token_accuracy": round(min(1.0, 1.0 - loss / 2.5), 4)}
             if spec.validation_file is not None:
@@ -42,7 +60,7 @@ class FakeTrainer:
         if step:
             reporter.message(f"Resuming from step {step}")
         reporter.started(step, total)
-        if step:  # a worker killed after the directory was written may not have recorded it; recorded ones are skipped
+        if step and candidates is None:  # a worker killed after the directory was written may not have recorded it
             reporter.checkpoint(step, {"step": step, **metrics_at(step)}, spec.output_dir / f"checkpoint-{step}")
         while step < total:
             stop = reporter.should_stop()
@@ -52,14 +70,19 @@ class FakeTrainer:
             step += 1
             metrics = metrics_at(step)
             reporter.metrics(step, total, metrics)
-            if step % steps_per_epoch == 0:
-                path = spec.output_dir / f"checkpoint-{step}"
-                _write_weights(path, spec, step)
+            if candidates is not None:
+                if "valid_reward_mean" in metrics:
+                    candidates.offer(step, metrics, lambda path: _write_weights(path, spec, step, metrics))
+            elif step % steps_per_epoch == 0:
+                path = _write_weights(spec.output_dir / f"checkpoint-{step}", spec, step)
                 reporter.checkpoint(step, {"step": step, **metrics}, path)
+            if (spec.output_dir / f"checkpoint-{step}").exists():
                 reporter.state_saved(step)  # it resumes from its newest checkpoint directory: that is its saved state
-        model_dir = spec.output_dir / "model"
-        _write_weights(model_dir, spec, total)
-        return TrainingOutcome(stopped=None, trained_tokens=total * tokens_per_step, model_dir=model_dir, step=total)
+        for kept_step, kept, path in candidates.in_order() if candidates is not None else []:
+            reporter.checkpoint(kept_step, {"step": kept_step, **kept}, path)
+        model_dir = _write_weights(spec.output_dir / "model", spec, total)
+        return TrainingOutcome(stopped=None, trained_tokens=total * tokens_per_step, model_dir=model_dir, step=total,
+                               evaluation=rewards.evaluation() if rewards is not None else None)
 
 
 def _resume_step(spec: JobSpec) -> int:
@@ -70,7 +93,16 @@ def _resume_step(spec: JobSpec) -> int:
     return max(steps, default=0)
 
 
-def _write_weights(path: Path, spec: JobSpec, step: int) -> None:
+def _candidates(spec: JobSpec) -> list[dict[str, Any]]:
+    """The validation checkpoints on disk, each {step, metrics} as its manifest keeps them."""
+    manifests = (json.loads(path.read_text()) for path in spec.output_dir.glob(f"checkpoint-*/{MANIFEST}"))
+    return [{"step": manifest["step"], "metrics": manifest["metrics"]} for manifest in manifests if "metrics" in manifest]
+
+
+def _write_weights(path: Path, spec: JobSpec, step: int, metrics: dict[str, float] | None = None) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    manifest = {"base_model": spec.model.id, "step": step, "trainer": "fake", "seed": spec.seed}
-    (path / "ftserve_fake.json").write_text(json.dumps(manifest))
+    manifest: dict[str, Any] = {"base_model": spec.model.id, "step": step, "trainer": "fake", "seed": spec.seed}
+    if metrics is not None:  # a validation checkpoint: what ranks it among the kept ones, and what it reports
+        manifest["metrics"] = metrics
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    return path

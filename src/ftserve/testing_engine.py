@@ -10,6 +10,9 @@ Two knobs, read from the environment because the worker passes its own environme
 FTSERVE_FAKE_ENGINE_STEP_SECONDS (default 0.2) and FTSERVE_FAKE_ENGINE_STALL_AT, a step the engine
 never gets past (it hangs before training it), for a job that makes no progress.
 
+A reinforcement job reports rewards, validation rounds and its best checkpoints as the real recipe does
+(`testing_rewards`, which the in-process fake trainer shares), from its grader run for real on each step's prompts.
+
 Like the real engine it imports nothing of the service, and not torch either.
 """
 
@@ -31,6 +34,7 @@ from ftserve.engine import events
 from ftserve.engine.artifacts import MANIFEST
 from ftserve.engine.sink import Journal, JsonLinesSink, Sink
 from ftserve.engine.spec import JobSpec
+from ftserve.testing_rewards import Candidates, FakeRewards, Refused
 
 STATE_FILE = "state.json"
 KEEP = 2
@@ -44,24 +48,36 @@ def run(spec: JobSpec, sink: Sink, step_seconds: float, stall_at: int | None) ->
     save_every = spec.checkpoint_interval or max(1, total // STATE_SAVES_PER_RUN)
     try:
         adapter_shapes = _adapter_shapes(spec)
+        rewards = FakeRewards(spec, per_epoch, total) if spec.method == "reinforcement" else None
     except OSError as error:
         sink.emit(events.Failed(message=f"The fake engine reads the base model's config.json: {error}"))
         return 1
+    except Refused as error:
+        sink.emit(events.Failed(message=str(error)))
+        return 1
 
-    step, journal = 0, Journal(sink)
+    step, journal, resumed = 0, Journal(sink), {}
     for saved in saved_states(spec.output_dir)[:1]:  # the newest
-        kept = json.loads((saved / STATE_FILE).read_text())
-        step, journal = kept["step"], Journal(sink, kept["reported"])
+        resumed = json.loads((saved / STATE_FILE).read_text())
+        step, journal = resumed["step"], Journal(sink, resumed["reported"])
         sink.emit(events.Message(text=f"Resuming from step {step}"))
     sink.emit(events.Started(step=step, total_steps=total, hardware="fake engine"))
     journal.replay()  # as the real loop
+    candidates = None
+    if rewards is not None and rewards.validated:  # the validation rounds kept so far, as the state saved them
+        candidates = Candidates(spec.output_dir, resumed.get("candidates"))
+        candidates.prune()
+
+    def keep_state() -> None:
+        save_state(spec.output_dir, step, journal.lines, candidates.kept if candidates is not None else None)
+        sink.emit(events.StateSaved(step=step))
 
     last_dir: Path | None = None
     while step < total:
         stop = sink.requested_stop()
         if stop is not None:
             if stop in ("pause", "shutdown"):
-                _keep_state(spec.output_dir, step, journal.lines, sink)
+                keep_state()
             sink.emit(events.Stopped(reason=stop, step=step, trained_tokens=step * 100))
             return 0
         if stall_at is not None and step + 1 >= stall_at:  # stuck before this step; a stop request or a kill ends it
@@ -69,34 +85,47 @@ def run(spec: JobSpec, sink: Sink, step_seconds: float, stall_at: int | None) ->
             continue
         time.sleep(step_seconds)
         step += 1
-        loss = round(2.0 * math.exp(-2.5 * step / total), 6)
-        metrics: dict[str, float] = {"train_loss": loss, "train_mean_token_accuracy": round(1 - loss / 2.5, 6)}
-        if spec.validation_file is not None:
-            metrics |= {"valid_loss": round(loss * 1.1, 6), "valid_mean_token_accuracy": round(1 - loss * 1.1 / 2.5, 6)}
+        if rewards is not None:
+            metrics, warning = rewards.step(step, step_seconds)
+            if warning:
+                sink.emit(events.Message(text=warning, level="warn"))
+        else:
+            metrics = _supervised_metrics(spec, step, total)
+        if candidates is not None and "valid_reward_mean" in metrics:
+            candidates.offer(step, metrics, lambda path: _save_adapter(spec, path, adapter_shapes, step))
         journal.report(events.Metrics(step=step, total_steps=total, metrics=metrics, tokens_per_second=100.0))
         epoch_end = step % per_epoch == 0
-        if epoch_end and step // per_epoch > spec.n_epochs - spec.keep_epoch_checkpoints:
+        if candidates is None and epoch_end and step // per_epoch > spec.n_epochs - spec.keep_epoch_checkpoints:
             last_dir = _save_adapter(spec, spec.output_dir / f"checkpoint-{step}", adapter_shapes, step)
             journal.report(events.Checkpoint(step=step, metrics={"step": step, **metrics}, path=last_dir))
         if step < total and (epoch_end or step % save_every == 0):
-            _keep_state(spec.output_dir, step, journal.lines, sink)
+            keep_state()
 
+    if candidates is not None:  # the best validation rounds, reported once training is done
+        for kept_step, kept_metrics, path in candidates.in_order():
+            journal.report(events.Checkpoint(step=kept_step, metrics={"step": kept_step, **kept_metrics}, path=path))
     model_dir = last_dir or _save_adapter(spec, spec.output_dir / "model", adapter_shapes, step)
     evaluation = None
-    if spec.validation_file is not None:
+    if rewards is not None:
+        evaluation = rewards.evaluation()
+    elif spec.validation_file is not None:
         scores = {"loss": 1.0, "token_accuracy": 0.5, "exact_match": 0.0}
         evaluation = {"examples": 1, "generated": 1, "base": scores, "fine_tuned": scores}
     sink.emit(events.Finished(step=step, trained_tokens=step * 100, model_dir=model_dir, evaluation=evaluation))
     return 0
 
 
-def _keep_state(output_dir: Path, step: int, reported: list[str], sink: Sink) -> None:
-    save_state(output_dir, step, reported)
-    sink.emit(events.StateSaved(step=step))
+def _supervised_metrics(spec: JobSpec, step: int, total: int) -> dict[str, float]:
+    loss = round(2.0 * math.exp(-2.5 * step / total), 6)
+    metrics: dict[str, float] = {"train_loss": loss, "train_mean_token_accuracy": round(1 - loss / 2.5, 6)}
+    if spec.validation_file is not None:
+        metrics |= {"valid_loss": round(loss * 1.1, 6), "valid_mean_token_accuracy": round(1 - loss * 1.1 / 2.5, 6)}
+    return metrics
 
 
-def save_state(output_dir: Path, step: int, reported: list[str]) -> Path:
-    """The real engine's discipline (engine/state.py): written aside, synced, renamed, two newest kept."""
+def save_state(output_dir: Path, step: int, reported: list[str], candidates: list[dict[str, Any]] | None = None) -> Path:
+    """The real engine's discipline (engine/state.py): written aside, synced, renamed, two newest kept. A
+    reinforcement job's kept validation checkpoints go with it, as grpo's do."""
     root = output_dir / "state"
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".step-*.tmp"):
@@ -104,7 +133,8 @@ def save_state(output_dir: Path, step: int, reported: list[str]) -> Path:
     staging = root / f".step-{step}.tmp"
     staging.mkdir()
     with (staging / STATE_FILE).open("w") as file:
-        json.dump({"step": step, "reported": reported}, file)
+        json.dump({"step": step, "reported": reported, **({"candidates": candidates} if candidates is not None else {})},
+                  file)
         file.flush()
         os.fsync(file.fileno())
     target = root / f"step-{step}"
