@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +60,22 @@ def test_a_formula_that_cannot_be_computed_says_so() -> None:
                            ("a ^ b", {"a": -8.0, "b": 0.5})):
         with pytest.raises(FormulaError):
             parse(source, {"a", "b"})(scores)
+
+
+def test_tool_calls_fill_templates_with_bracketed_indices() -> None:
+    sample = Sample("", [{"type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}])
+    assert render("{{sample.output_tools[0].function.name}} {{ sample.output_tools.0.function.arguments }}",
+                  sample, ITEM) == 'lookup {"q": "x"}'
+    with pytest.raises(TemplateError):
+        render("{{sample.output_tools[1].function.name}}", sample, ITEM)
+
+
+def test_the_graders_package_imports_nothing_else_of_ftserve() -> None:
+    """The API and the engine both import it; the engine runs alone on a GPU box."""
+    package = Path(__file__).parents[2] / "src" / "ftserve" / "graders"
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith("ftserve.") or name.startswith("ftserve.graders"), (module.name, name)
