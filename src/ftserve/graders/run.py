@@ -96,6 +96,8 @@ def _one(grader: dict[str, Any], sample: Sample, item: dict[str, Any], context: 
 
 def _python(grader: dict[str, Any], batch: list[Sample], items: Sequence[dict[str, Any]],
             limits: PythonLimits) -> list[Outcome]:
+    if not batch:
+        return []
     if not limits.enabled:
         results = [SampleResult(None, "disabled")] * len(batch)
     else:
