@@ -1,12 +1,14 @@
-"""Grader types accepted by `method.reinforcement.grader`. ftserve stores and echoes them; it does not run them."""
+"""OpenAI's grader types (`method.reinforcement.grader`, `/fine_tuning/alpha/graders/*`) and the grader
+endpoints' bodies. These only parse; `ftserve.graders` checks and runs what they hold."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
-from ftserve.schemas.common import Omitted, Request
+from ftserve.schemas.common import Omitted, Request, Wire
 
 
 class PromptCacheBreakpoint(Request):
@@ -114,3 +116,56 @@ class GraderMulti(Request):
 
 
 Grader = GraderStringCheck | GraderTextSimilarity | GraderPython | GraderScoreModel | GraderMulti
+
+# What a request's `grader` is parsed as. The spec's top-level union lacks label_model, which OpenAI allows only
+# inside a multi grader; it is parsed here (and left out of the OpenAPI document) so that the grader check can
+# refuse it with a message saying so, rather than a union's "should be 'string_check'".
+GraderAsSent = Grader | SkipJsonSchema[GraderLabelModel]
+
+
+class RunGraderRequest(Request):
+    grader: GraderAsSent
+    model_sample: str
+    item: Omitted[dict[str, Any]] = None
+
+
+class GraderErrors(Wire):
+    formula_parse_error: bool
+    sample_parse_error: bool
+    truncated_observation_error: bool
+    unresponsive_reward_error: bool
+    invalid_variable_error: bool
+    other_error: bool
+    python_grader_server_error: bool
+    python_grader_server_error_type: str | None
+    python_grader_runtime_error: bool
+    python_grader_runtime_error_details: str | None
+    model_grader_server_error: bool
+    model_grader_refusal_error: bool
+    model_grader_parse_error: bool
+    model_grader_server_error_details: str | None
+
+
+class RunGraderMetadata(Wire):
+    name: str
+    type: str
+    errors: GraderErrors
+    execution_time: float
+    scores: dict[str, Any]
+    token_usage: int | None
+    sampled_model_name: str | None
+
+
+class RunGraderResponse(Wire):
+    reward: float
+    metadata: RunGraderMetadata
+    sub_rewards: dict[str, Any]
+    model_grader_token_usage_per_model: dict[str, Any]
+
+
+class ValidateGraderRequest(Request):
+    grader: GraderAsSent
+
+
+class ValidateGraderResponse(Wire):
+    grader: Omitted[Grader] = None
