@@ -14,7 +14,7 @@ from ftserve.api.limits import MULTIPART_FRAMING, BodyLimit, RateLimiter
 from ftserve.api.metrics import Observed, expose
 from ftserve.api.middleware import RequestId
 from ftserve.api.openapi import openai_style
-from ftserve.api.routes import extensions, files, fine_tuning, inference, models, webhooks
+from ftserve.api.routes import extensions, files, fine_tuning, graders, inference, models, webhooks
 from ftserve.domain.files import MAX_PART_BYTES
 from ftserve.services.runtime import Runtime
 
@@ -46,6 +46,7 @@ def create_app(runtime: Runtime, *, beside: AbstractContextManager[object] | Non
     project = project_resolver(settings.api_keys, limiter)
     app.include_router(files.router(runtime.files, project), prefix="/v1")
     app.include_router(fine_tuning.router(runtime.jobs, runtime.models, project), prefix="/v1")
+    app.include_router(graders.router(runtime.graders, project), prefix="/v1")
     app.include_router(models.router(runtime.models, project), prefix="/v1")
     app.include_router(inference.router(runtime.inference, project), prefix="/v1")
     app.include_router(extensions.router(

@@ -13,6 +13,7 @@ from ftserve.catalogue import load_catalogue
 from ftserve.config import Settings, TrainerName
 from ftserve.domain.webhooks import Retry
 from ftserve.files.storage import LocalBlobStore
+from ftserve.graders import PythonLimits
 from ftserve.inference.interface import Engine
 from ftserve.inference.pool import ModelPool
 from ftserve.inference.transformers_engine import TransformersEngine
@@ -22,8 +23,10 @@ from ftserve.metrics import Metrics
 from ftserve.providers.base import Trainer
 from ftserve.providers.local import LocalTrainer
 from ftserve.providers.registry import providers_for
+from ftserve.services.embeddings import Embedder
 from ftserve.services.exports import ExportService
 from ftserve.services.files import FileService
+from ftserve.services.graders import GraderService, GraderSettings
 from ftserve.services.inference import InferenceService, Limits, resolver
 from ftserve.services.jobs import JobService
 from ftserve.services.lifecycle import Lifecycle
@@ -59,6 +62,13 @@ def generation_engine(settings: Settings, pool: ModelPool) -> Engine:
     return VllmEngine(options, pool.base_dir)
 
 
+def grader_settings(settings: Settings) -> GraderSettings:
+    python = PythonLimits(enabled=settings.python_graders, cpu_seconds=settings.python_grader_cpu_seconds,
+                          wall_seconds=settings.python_grader_wall_seconds, memory_mb=settings.python_grader_memory_mb)
+    model = settings.grader_embeddings_model
+    return GraderSettings(python, Embedder(model, settings.device) if model is not None else None)
+
+
 def trainer_for(settings: Settings) -> Trainer | None:
     """The worker's trainer for local jobs (None: this worker runs hosted jobs only)."""
     return TRAINERS[settings.trainer](settings) if settings.trainer else None
@@ -73,6 +83,7 @@ class Runtime:
     jobs: JobService
     models: ModelService
     inference: InferenceService
+    graders: GraderService
     exports: ExportService
     providers: ProviderService
     webhooks: WebhookService
@@ -94,18 +105,21 @@ def build(settings: Settings) -> Runtime:
     generator = generation_engine(settings, pool)
     models.on_delete += [pool.evict, generator.forget, exports.forget]
     providers = ProviderService(providers_for(settings, catalogue), files, blobs)
+    inference = InferenceService(resolve, pool, generator, files, blobs, Limits(
+        settings.inference_max_tokens, settings.inference_max_choices, settings.inference_max_prompt_bytes,
+        settings.inference_max_per_project, settings.inference_max_queue),
+        slots=settings.vllm_max_batch if generator.name == "vllm" else 1)
+    graders = GraderService(inference, providers.providers.hosted, grader_settings(settings))
     return Runtime(
         settings=settings,
         engine=engine,
         blobs=blobs,
         files=files,
         jobs=JobService(engine, files, catalogue, settings.create_dedup_seconds, providers,
-                        Lifecycle(engine, settings.max_attempts), settings.max_active_jobs),
+                        Lifecycle(engine, settings.max_attempts), graders, settings.max_active_jobs),
         models=models,
-        inference=InferenceService(resolve, pool, generator, files, blobs, Limits(
-            settings.inference_max_tokens, settings.inference_max_choices, settings.inference_max_prompt_bytes,
-            settings.inference_max_per_project, settings.inference_max_queue),
-            slots=settings.vllm_max_batch if generator.name == "vllm" else 1),
+        inference=inference,
+        graders=graders,
         exports=exports,
         providers=providers,
         webhooks=WebhookService(engine, Retry(settings.webhook_retry_seconds, give_up=settings.webhook_give_up_seconds)),
