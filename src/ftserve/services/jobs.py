@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from ftserve.catalogue import CatalogueEntry
 from ftserve.domain.errors import Conflict, InvalidRequest, NotFound, RateLimited
+from ftserve.domain.files import StoredFile
 from ftserve.domain.ids import new_id
 from ftserve.domain.jobs import Checkpoint, Job, JobEvent, JobStatus, MethodType
 from ftserve.domain.naming import fine_tuned_name
@@ -20,6 +21,7 @@ from ftserve.schemas.fine_tuning import CreateFineTuningJobRequest, DpoHyperpara
 from ftserve.services import wandb_runs
 from ftserve.services.clock import now
 from ftserve.services.files import FINE_TUNE, FileService
+from ftserve.services.graders import GraderService
 from ftserve.services.lifecycle import Lifecycle
 from ftserve.services.providers import Plan, ProviderService
 from ftserve.store import events as event_rows
@@ -43,7 +45,7 @@ class CreateContext:
 class JobService:
     def __init__(
         self, engine: sa.Engine, files: FileService, catalogue: dict[str, CatalogueEntry], dedup_seconds: float,
-        providers: ProviderService, lifecycle: Lifecycle, max_active: int = 0,
+        providers: ProviderService, lifecycle: Lifecycle, graders: GraderService, max_active: int = 0,
     ):
         self.engine = engine
         self.lifecycle = lifecycle
@@ -51,6 +53,7 @@ class JobService:
         self.catalogue = catalogue
         self.dedup_seconds = dedup_seconds
         self.providers = providers
+        self.graders = graders
         self.max_active = max_active
 
     def create(self, project: str, request: CreateFineTuningJobRequest, context: CreateContext) -> Job:
@@ -106,11 +109,14 @@ class JobService:
             if problem:
                 raise InvalidRequest(f"W&B reporting was asked for, but {problem}.", param="integrations")
         method_type, hyperparameters, method_config = _method(request)
-        self._check_file(project, request.training_file, "training_file")
+        files = [self._check_file(project, request.training_file, "training_file")]
         if request.validation_file is not None:
-            self._check_file(project, request.validation_file, "validation_file")
+            files.append(self._check_file(project, request.validation_file, "validation_file"))
             if request.validation_file == request.training_file:
                 raise InvalidRequest("validation_file must differ from training_file.", param="validation_file")
+        if method_type == "reinforcement":
+            self.graders.check(project, method_config["grader"], item_fields=_item_fields(files),
+                               param="method.reinforcement.grader", hosted=route.name is not None)
         job = Job(
             id=new_id("ftjob-"),
             project=project,
@@ -152,7 +158,7 @@ class JobService:
             code="model_not_available",
         )
 
-    def _check_file(self, project: str, file_id: str, param: str) -> None:
+    def _check_file(self, project: str, file_id: str, param: str) -> StoredFile:
         try:
             record = self.files.get(project, file_id)
         except NotFound:
@@ -161,6 +167,7 @@ class JobService:
             raise InvalidRequest(
                 f"File '{file_id}' has purpose '{record.purpose}'; fine-tuning needs purpose 'fine-tune'.", param=param
             )
+        return record
 
     def get(self, project: str, job_id: str) -> Job:
         with self.engine.connect() as conn:
@@ -227,6 +234,14 @@ class JobService:
         self.get(project, job_id)
         with self.engine.connect() as conn:
             return event_rows.list_checkpoints(conn, job_id, after=after, limit=limit)
+
+
+def _item_fields(files: list[StoredFile]) -> set[str] | None:
+    """The fields every item of the job's files has, which a grader's `{{item.<field>}}` may name (the grader
+    also grades the validation file's items). None when a file was stored before ftserve recorded them."""
+    if any(f.item_fields is None for f in files):
+        return None
+    return set.intersection(*(set(f.item_fields or ()) for f in files))
 
 
 def _hash(request: CreateFineTuningJobRequest) -> str:
