@@ -15,10 +15,10 @@ from pydantic import ValidationError
 
 from ftserve.domain.errors import FtserveError, InvalidRequest
 from ftserve.graders import Embed, GraderInvalid, Judge, JudgeError, JudgeReply, PythonLimits, check_grader, run_grader
-from ftserve.providers.contract import HostedProvider
-from ftserve.providers.errors import ProviderError
+from ftserve.providers.contract import HostedProvider, ProviderError
 from ftserve.schemas.inference import ChatCompletionRequest
 from ftserve.services.inference import InferenceService
+
 
 class ServedJudge:
     """A model grader's judge for one project: chat completions through the inference service, on the models
