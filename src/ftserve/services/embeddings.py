@@ -17,6 +17,9 @@ class Embedder:
     """Callable as `ftserve.graders`' `Embed`: texts in, one vector per text out."""
 
     def __init__(self, directory: Path, device: str = "auto"):
+        # A typo in the setting fails at start-up, not as an other_error on every cosine score.
+        if not (directory / "config.json").is_file():
+            raise ValueError(f"FTSERVE_GRADER_EMBEDDINGS_MODEL={directory} is not a model directory (no config.json).")
         self.directory = directory
         self.device = device
         self._loaded: tuple[Any, Any] | None = None
