@@ -6,6 +6,7 @@ Both are plain `def`: FastAPI runs them in its thread pool, since a model grader
 from typing import Annotated, Any, Callable
 
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel
 
 from ftserve.schemas import graders as wire
 from ftserve.services.graders import GraderService
@@ -26,6 +27,6 @@ def router(graders: GraderService, project: Callable[..., str]) -> APIRouter:
     return api
 
 
-def _as_sent(grader: Any) -> dict[str, Any]:
+def _as_sent(grader: BaseModel) -> dict[str, Any]:
     # The dict the graders read, in the shape a job stores its grader: set fields and defaults, never null.
-    return dict(grader.model_dump(mode="json", exclude_none=True))
+    return grader.model_dump(mode="json", exclude_none=True)
