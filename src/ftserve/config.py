@@ -104,13 +104,15 @@ class Settings(BaseSettings):
         "python grader is refused when it is validated or a job names it, for servers that must not run callers' code."
     )
     python_grader_cpu_seconds: float = Field(
-        10.0, gt=0, description="CPU time one python grader call may use before it is stopped (a runtime error)."
+        10.0, gt=0, description="CPU time a python grader may use on one sample; past it that sample scores 0 with "
+        "`python_grader_server_error` of type `cpu_time`."
     )
     python_grader_wall_seconds: float = Field(
-        30.0, gt=0, description="Time one python grader call may take, waiting included, before it is stopped."
+        30.0, gt=0, description="Time a python grader may take on one sample, waiting included; past it the sample scores 0 "
+        "with `python_grader_server_error` of type `timeout`."
     )
     python_grader_memory_mb: int = Field(
-        512, ge=16, description="Memory one python grader call's process may use, in MiB."
+        512, ge=16, description="Memory the process that runs a python grader may use, in MiB (type `memory` past it)."
     )
     grader_embeddings_model: Path | None = Field(
         None, description="A local model directory (transformers, safetensors) whose mean-pooled last hidden state "

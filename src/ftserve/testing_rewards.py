@@ -15,19 +15,15 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ftserve import graders
+from ftserve.engine.candidates import MAX_EVALUATED, Candidates
 from ftserve.engine.spec import JobSpec
 
-# As engine/grpo.py's KEEP_CHECKPOINTS and MAX_EVALUATED, which live beside torch.
-KEEP_CHECKPOINTS = 3
-MAX_EVALUATED = 64
 
 
 class Refused(Exception):
@@ -117,41 +113,6 @@ class FakeRewards:
 
     def _rise(self, step: int) -> float:
         return 0.15 + 0.7 * (1 - math.exp(-3 * step / self.total))
-
-
-class Candidates:
-    """The validation rounds' checkpoints, best valid_reward_mean first (a later step wins a tie), as grpo keeps
-    them: only the best `KEEP_CHECKPOINTS` stay on disk, and they are reported when training ends."""
-
-    def __init__(self, root: Path, kept: list[dict[str, Any]] | None = None):
-        self.root = root
-        self.kept = _best(kept or [])
-        """Each {step, metrics}, best first."""
-
-    def offer(self, step: int, metrics: dict[str, float], save: Callable[[Path], object]) -> None:
-        self.kept = _best(self.kept + [{"step": step, "metrics": metrics}])
-        if any(c["step"] == step for c in self.kept):
-            save(self.path(step))
-        self.prune()
-
-    def prune(self) -> None:
-        """Removes candidate directories no longer among the best (a resumed run may have left some)."""
-        wanted = {self.path(c["step"]).name for c in self.kept}
-        for directory in self.root.glob("checkpoint-*"):
-            if directory.name not in wanted:
-                shutil.rmtree(directory, ignore_errors=True)
-
-    def path(self, step: int) -> Path:
-        return self.root / f"checkpoint-{step}"
-
-    def in_order(self) -> list[tuple[int, dict[str, float], Path]]:
-        """The kept checkpoints by step, as the run reports them at its end."""
-        return [(c["step"], c["metrics"], self.path(c["step"])) for c in sorted(self.kept, key=lambda c: c["step"])]
-
-
-def _best(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    ranked = sorted(candidates, key=lambda c: (c["metrics"]["valid_reward_mean"], c["step"]), reverse=True)
-    return ranked[:KEEP_CHECKPOINTS]
 
 
 def stand_in_answer(row: dict[str, Any]) -> str:

@@ -112,19 +112,26 @@ def test_a_dpo_job_fine_tunes_on_preferences(client: OpenAI) -> None:
     assert job.fine_tuned_model and client.models.retrieve(job.fine_tuned_model)
 
 
-def test_a_reinforcement_job_is_refused_at_create_naming_the_limit(client: OpenAI) -> None:
-    training = upload(client, jsonl(chat_examples(4)))
+@pytest.mark.parametrize(("grader", "param"), [
+    ({"type": "score_model", "name": "judge", "model": "SmolLM2-135M-Instruct",
+      "input": [{"role": "user", "content": "Score {{sample.output_text}} against {{item.answer}}"}]},
+     "method.reinforcement.grader.type"),
+    ({"type": "multi", "name": "both", "calculate_output": "close", "graders": {"close": {
+        "type": "text_similarity", "name": "close", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
+        "evaluation_metric": "cosine"}}},
+     "method.reinforcement.grader.graders.close.evaluation_metric"),
+])
+def test_a_reinforcement_job_the_engine_cannot_grade_is_refused_at_create_naming_the_grader(
+        client: OpenAI, grader: dict, param: str) -> None:
+    rows = [{"messages": [{"role": "user", "content": "Say yes."}], "answer": "yes"}] * 4
+    training = upload(client, jsonl(rows))
     before = len(client.fine_tuning.jobs.list(limit=100).data)
     with pytest.raises(openai.BadRequestError) as refused:
         client.fine_tuning.jobs.create(
             model="SmolLM2-135M-Instruct", training_file=training,
-            method={"type": "reinforcement", "reinforcement": {
-                "grader": {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
-                           "reference": "{{item.answer}}", "operation": "eq"},
-            }},
+            method={"type": "reinforcement", "reinforcement": {"grader": grader}},  # type: ignore[typeddict-item]  # a plain dict grader
         )
-    assert refused.value.body["param"] == "method"  # type: ignore[index]  # the error envelope's body
-    assert "supervised and dpo" in refused.value.body["message"]  # type: ignore[index]  # as above
+    assert refused.value.body["param"] == param  # type: ignore[index]  # the error envelope's body
     assert len(client.fine_tuning.jobs.list(limit=100).data) == before
 
 

@@ -66,8 +66,30 @@ def test_auto_hyperparameters_are_resolved_from_the_training_file_size(tmp_path:
     assert (spec.n_epochs, spec.batch_size, spec.learning_rate) == (10, 1, pytest.approx(2e-4))
 
 
+EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
+         "operation": "eq"}
+JUDGE = {"type": "score_model", "name": "judge", "model": "SmolLM2-135M-Instruct",
+         "input": [{"role": "user", "content": "{{sample.output_text}}"}]}
+
+
+def test_a_reinforcement_job_maps_openais_hyperparameters_onto_grpo(tmp_path: Path) -> None:
+    hyper = {"n_epochs": 1, "batch_size": "auto", "learning_rate_multiplier": 1.0, "compute_multiplier": 2.0,
+             "reasoning_effort": "high", "eval_interval": "auto", "eval_samples": "auto"}
+    spec = LocalProvider(load_catalogue(), tmp_path).spec(request(
+        tmp_path, method="reinforcement", hyperparameters=hyper, training_examples=400, validation_examples=50,
+        method_config={"grader": EXACT}, options={}))
+    rl = spec.reinforcement
+    assert rl is not None and rl.grader == EXACT
+    assert spec.batch_size == 4  # 1 % of 400 prompts a step
+    assert (rl.group_size, rl.max_completion_tokens) == (16, 256)  # 8 answers a prompt, doubled; high effort
+    assert (rl.eval_interval, rl.eval_samples) == (10, 32)  # 100 steps in 10 rounds, on up to 32 prompts
+    assert spec.learning_rate == pytest.approx(2e-4 * 2.5)
+
+
 @pytest.mark.parametrize(("overrides", "message", "param"), [
-    ({"method": "reinforcement"}, "trains supervised and dpo jobs", "method"),
+    ({"method": "reinforcement", "method_config": {"grader": JUDGE}}, "needs a hosted provider",
+     "method.reinforcement.grader.type"),
+    ({"method": "reinforcement", "method_config": {}}, "needs method.reinforcement.grader", "method.reinforcement.grader"),
     ({"model": "ft:SmolLM2-135M-Instruct:default::abc"}, "starts from catalogue models only", "model"),
 ])
 def test_jobs_the_engine_cannot_run_are_refused_saying_why(tmp_path: Path, overrides: dict, message: str,

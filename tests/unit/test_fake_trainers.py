@@ -18,7 +18,7 @@ from ftserve.engine.spec import JobSpec, ModelSource, Reinforcement
 from ftserve.providers.base import StopReason
 from ftserve.testing import FakeTrainer
 from ftserve.testing_engine import run as run_engine
-from ftserve.testing_rewards import KEEP_CHECKPOINTS
+from ftserve.engine.candidates import KEEP_CHECKPOINTS
 
 EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
          "operation": "eq"}

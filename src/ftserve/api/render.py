@@ -67,7 +67,9 @@ def event(record: JobEvent) -> wj.FineTuningJobEvent:
 def checkpoint(record: Checkpoint) -> wj.FineTuningJobCheckpoint:
     return wj.FineTuningJobCheckpoint(
         id=record.id, created_at=record.created_at, fine_tuned_model_checkpoint=record.fine_tuned_model_checkpoint,
-        step_number=record.step_number, metrics=wj.CheckpointMetrics(**record.metrics),
+        step_number=record.step_number,
+        # The spec's metrics only: a reinforcement checkpoint's rewards are in its step's metrics event.
+        metrics=wj.CheckpointMetrics(**{k: v for k, v in record.metrics.items() if k in wj.CheckpointMetrics.model_fields}),
         fine_tuning_job_id=record.job_id,
     )
 

@@ -15,7 +15,6 @@ validation file, base against fine-tuned.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from transformers import PreTrainedModel
 from ftserve import graders
 from ftserve.engine import loop, models, rollouts
 from ftserve.engine.batching import collate, epoch_batches, steps_per_epoch
+from ftserve.engine.candidates import MAX_EVALUATED, Candidates
 from ftserve.engine.data import DataError, read_jsonl
 from ftserve.engine.evaluate import BASELINE_FILE, REPORT_FILE, write_json
 from ftserve.engine.events import Finished, Message
@@ -38,9 +38,6 @@ from ftserve.engine.setup import Prepared, prepare
 from ftserve.engine.sink import Sink
 from ftserve.engine.spec import JobSpec, Reinforcement
 
-KEEP_CHECKPOINTS = 3
-# The before/after evaluation answers at most this many validation prompts.
-MAX_EVALUATED = 64
 # A group whose rewards differ by less than this carries no signal.
 FLAT = 1e-6
 
@@ -103,11 +100,13 @@ class Policy:
         self.spec, self.rl, self.model, self.ready, self.sink = spec, spec.reinforcement, model, ready, sink
         self.rewards = Rewards(spec.reinforcement)
         self.reference = _reference(spec, model, ready)
+        self.merged = rollouts.Merged(model) if spec.training_type == "lora" else None
 
     def answers(self, prompts: list[Prompt], n: int, temperature: float) -> list[list[rollouts.Completion]]:
         self.model.eval()
+        sampler = self.merged.refresh() if self.merged is not None else self.model
         with torch.no_grad(), self.ready.hardware.autocast():
-            return rollouts.sample(self.model, self.ready.tokenizer, [p.ids for p in prompts], n, temperature,
+            return rollouts.sample(sampler, self.ready.tokenizer, [p.ids for p in prompts], n, temperature,
                                    self.rl.max_completion_tokens, self._stop_asked)
 
     def score(self, prompts: list[Prompt]) -> Graded:
@@ -182,33 +181,6 @@ def advantages_of(rewards: torch.Tensor) -> torch.Tensor:
     mean = rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, keepdim=True, unbiased=False)
     return torch.where(std > FLAT, (rewards - mean) / (std + 1e-4), torch.zeros_like(rewards))
-
-
-class Candidates:
-    """The validation steps' models, best validation reward first; only the best `KEEP_CHECKPOINTS` stay on disk."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.kept: list[dict[str, Any]] = []
-        """Each {step, metrics}, best first (a later step wins a tie: it trained longer)."""
-
-    def offer(self, step: int, metrics: dict[str, float], save: Callable[[Path], Path]) -> None:
-        ranked = sorted(self.kept + [{"step": step, "metrics": metrics}],
-                        key=lambda c: (c["metrics"]["valid_reward_mean"], c["step"]), reverse=True)
-        self.kept = ranked[:KEEP_CHECKPOINTS]
-        if any(c["step"] == step for c in self.kept):
-            save(self.path(step))
-        self.prune()
-
-    def prune(self) -> None:
-        """Removes candidate directories no longer among the best (a resumed run may have left some)."""
-        wanted = {self.path(c["step"]).name for c in self.kept}
-        for directory in self.root.glob("checkpoint-*"):
-            if directory.name not in wanted:
-                shutil.rmtree(directory, ignore_errors=True)
-
-    def path(self, step: int) -> Path:
-        return self.root / f"checkpoint-{step}"
 
 
 def run(spec: JobSpec, sink: Sink) -> loop.Result:
@@ -294,8 +266,8 @@ def _fit(spec: JobSpec, policy: Policy, train: list[Prompt], validation: list[Pr
                 run.checkpoint(last_dir, metrics)
             run.keep_state_if_due(epoch_end)
 
-    for kept in sorted(candidates.kept, key=lambda c: c["step"]):
-        run.checkpoint(candidates.path(kept["step"]), kept["metrics"], step=kept["step"])
+    for step, metrics, path in candidates.in_order():
+        run.checkpoint(path, metrics, step=step)
     model_dir = save(spec.output_dir / "model") if validation or last_dir is None else last_dir
     return loop.Result(run.step, run.tokens, model_dir)
 

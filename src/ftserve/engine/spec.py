@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Method = Literal["supervised", "dpo", "reinforcement"]
 TrainingType = Literal["lora", "full"]
@@ -93,3 +93,10 @@ class JobSpec(Frozen):
     keep_epoch_checkpoints: int = Field(3, ge=0)
     device: Device = "auto"
     reinforcement: Reinforcement | None = None
+    """Set for reinforcement jobs, and only for them."""
+
+    @model_validator(mode="after")
+    def _reinforcement_matches_method(self) -> JobSpec:
+        if (self.method == "reinforcement") != (self.reinforcement is not None):
+            raise ValueError("a reinforcement job's spec has `reinforcement` (its grader), and no other job's does")
+        return self

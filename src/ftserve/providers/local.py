@@ -130,7 +130,10 @@ class LocalProvider:
     def spec(self, request: JobRequest) -> JobSpec:
         """The engine's spec for `request`. Raises `ProviderUnsupported` naming what the local engine cannot train."""
         if request.method == "reinforcement":
-            _check_local_grader(request.method_config.get("grader") or {})
+            if not isinstance(request.method_config.get("grader"), dict):
+                raise ProviderUnsupported("A reinforcement job needs method.reinforcement.grader.",
+                                          param="method.reinforcement.grader")
+            _check_local_grader(request.method_config["grader"])
         base = self.catalogue.get(request.model)
         if base is None:
             raise ProviderUnsupported(
@@ -198,15 +201,24 @@ class LocalProvider:
 
 def _check_local_grader(grader: dict[str, Any]) -> None:
     """Refuses what the local engine cannot grade with: model graders (score_model, label_model), whose judge
-    the engine's process cannot reach. The grader endpoints run them; hosted providers train with them."""
+    the engine's process cannot reach, and the cosine metric, whose embeddings model lives in the server. The
+    grader endpoints run both; hosted providers train with them."""
     subs = grader.get("graders", {}) if grader.get("type") == "multi" else {}
     named = subs.items() if isinstance(subs, dict) else enumerate(subs if isinstance(subs, list) else [subs])
     for key, sub in [("", grader), *((f"graders.{k}.", s) for k, s in named)]:
-        if isinstance(sub, dict) and sub.get("type") not in ENGINE_GRADERS:
+        if not isinstance(sub, dict):
+            continue
+        if sub.get("type") not in ENGINE_GRADERS:
             raise ProviderUnsupported(
                 f"The local engine grades reinforcement jobs with string_check, text_similarity, python and multi "
                 f"graders; a {sub.get('type')} grader needs a hosted provider (or try it with graders/run).",
                 param=f"method.reinforcement.grader.{key}type",
+            )
+        if sub.get("evaluation_metric") == "cosine":
+            raise ProviderUnsupported(
+                "The local engine has no embeddings model to grade with: text_similarity's cosine metric runs on "
+                "graders/run only; pick another metric for a local job.",
+                param=f"method.reinforcement.grader.{key}evaluation_metric",
             )
 
 

@@ -249,6 +249,9 @@ class Lifecycle:
 
 def evaluation_message(evaluation: dict[str, Any]) -> str:
     base, tuned = evaluation["base"], evaluation["fine_tuned"]
+    if evaluation.get("metric") == "reward":  # reinforcement: the grader's mean reward on greedy answers
+        return (f"Evaluation on {evaluation['examples']} validation prompts, base → fine-tuned: "
+                f"mean reward {base['reward_mean']:.4f} → {tuned['reward_mean']:.4f}")
     return (
         f"Evaluation on {evaluation['examples']} held-out examples, base → fine-tuned: "
         f"loss {base['loss']:.4f} → {tuned['loss']:.4f}, "

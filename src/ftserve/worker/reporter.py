@@ -25,24 +25,46 @@ from ftserve.services.wandb_runs import WandbRun
 from ftserve.store import events as event_rows
 
 CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+# A reinforcement job's file leads with its rewards, then its sub-graders' (in name order), then these.
+REWARD_COLUMNS = ("step", "train_reward_mean", "valid_reward_mean", "train_loss")
+REWARD_TAIL = ("grader_errors", "completion_tokens_mean", "sample_seconds", "grade_seconds", "train_seconds")
+# Reinforcement metrics that OpenAI reports under `data.scores` of a metrics event.
+SCORES = ("train_reward_mean", "train_reward_std", "valid_reward_mean")
+SCORE_PREFIXES = ("sub_rewards.", "valid_sub_rewards.")
+
+
+def event_data(total_steps: int, metrics: dict[str, float]) -> dict[str, Any]:
+    """A metrics event's `data`: the metrics as reported, except that rewards go under `scores`, as OpenAI shows
+    a reinforcement step."""
+    scores = {k: v for k, v in metrics.items() if k in SCORES or k.startswith(SCORE_PREFIXES)}
+    rest = {k: v for k, v in metrics.items() if k not in scores}
+    return {"total_steps": total_steps, **rest, **({"scores": scores} if scores else {})}
 
 
 def metrics_csv(conn: sa.Connection, job_id: str) -> bytes:
     """OpenAI's `step_metrics.csv`, built from the job's metrics events, served base64-encoded as OpenAI does."""
     rows = event_rows.metrics_of(conn, job_id)
     # A resumed job repeats the steps after its last checkpoint; the later report of a step wins.
-    by_step = {data["step"]: data for data in rows if "step" in data}  # the evaluation event has no step
+    by_step = {data["step"]: {**data, **data.get("scores", {})} for data in rows if "step" in data}  # the evaluation event has no step
+    columns: tuple[str, ...] = CSV_COLUMNS
+    if any("train_reward_mean" in data for data in by_step.values()):
+        subs = sorted({k for data in by_step.values() for k in data if k.startswith(SCORE_PREFIXES)})
+        columns = REWARD_COLUMNS + tuple(subs) + REWARD_TAIL
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(columns)
     for _, data in sorted(by_step.items()):
         data = {**data, "train_accuracy": data.get("train_mean_token_accuracy")}
-        writer.writerow([data.get(column, "") if data.get(column) is not None else "" for column in CSV_COLUMNS])
+        writer.writerow([data.get(column, "") if data.get(column) is not None else "" for column in columns])
     return base64.b64encode(out.getvalue().encode())
 
 
 def metrics_message(step: int, total: int, metrics: dict[str, float]) -> str:
-    parts = [f"training loss={metrics['train_loss']:.4f}"] if "train_loss" in metrics else []
+    parts = [f"reward={metrics['train_reward_mean']:.4f}"] if "train_reward_mean" in metrics else []
+    if "valid_reward_mean" in metrics:
+        parts.append(f"validation reward={metrics['valid_reward_mean']:.4f}")
+    if "train_loss" in metrics:
+        parts.append(f"training loss={metrics['train_loss']:.4f}")
     if "valid_loss" in metrics:
         parts.append(f"validation loss={metrics['valid_loss']:.4f}")
     if "full_valid_loss" in metrics:
@@ -116,7 +138,7 @@ class JobReporter:
         if self.wandb is not None:
             self.wandb.log(step, metrics)
         self.lifecycle.record_metrics(self.job, self.worker_id, step, metrics_message(step, total_steps, metrics),
-                                      {"total_steps": total_steps, **metrics}, estimate)
+                                      event_data(total_steps, metrics), estimate)
 
     def checkpoint(self, step: int, metrics: dict[str, float], path: Path | None) -> None:
         if step in self._checkpointed:

@@ -18,6 +18,7 @@ const ACTIONS = {
 const EVALUATION_ROWS = [
   ["Loss", "loss", number], ["Token accuracy", "token_accuracy", percent],
   ["Exact match", "exact_match", percent], ["Preference accuracy", "preference_accuracy", percent],
+  ["Mean reward", "reward_mean", number],
 ];
 
 export function jobView(view, id) {
@@ -132,8 +133,10 @@ export function jobView(view, id) {
     scores.body.append(...EVALUATION_ROWS.filter(([, key]) => key in report.base).map(([label, key, format]) =>
       h("tr", {}, h("th", {scope: "row"}, label), h("td", {}, format(report.base[key])), h("td", {}, format(report.fine_tuned[key])))));
     evaluation.replaceChildren(h("h2", {id: "evaluation-title"}, "Evaluation"),
-      h("p", {class: "muted"}, `${report.examples} held-out examples of the validation file, scored before and after training; `
-        + `exact match over the first ${report.generated}.`),
+      h("p", {class: "muted"}, report.metric === "reward"
+        ? `${report.examples} prompts of the validation file, answered greedily before and after training and graded by the job's grader.`
+        : `${report.examples} held-out examples of the validation file, scored before and after training; `
+          + `exact match over the first ${report.generated}.`),
       scores.element);
   }
 
