@@ -23,17 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from ftserve import graders
 from ftserve.engine import loop, models, rollouts
-from ftserve.engine.batching import collate, epoch_batches, steps_per_epoch
+from ftserve.engine.batching import epoch_batches, steps_per_epoch
 from ftserve.engine.candidates import MAX_EVALUATED, Candidates
 from ftserve.engine.data import DataError, read_jsonl
 from ftserve.engine.evaluate import BASELINE_FILE, REPORT_FILE, write_json
 from ftserve.engine.events import Finished, Message
-from ftserve.engine.losses import trained_logits
 from ftserve.engine.setup import Prepared, prepare
 from ftserve.engine.sink import Sink
 from ftserve.engine.spec import JobSpec, Reinforcement
@@ -100,13 +98,11 @@ class Policy:
         self.spec, self.rl, self.model, self.ready, self.sink = spec, spec.reinforcement, model, ready, sink
         self.rewards = Rewards(spec.reinforcement)
         self.reference = _reference(spec, model, ready)
-        self.merged = rollouts.Merged(model) if spec.training_type == "lora" else None
 
     def answers(self, prompts: list[Prompt], n: int, temperature: float) -> list[list[rollouts.Completion]]:
         self.model.eval()
-        sampler = self.merged.refresh() if self.merged is not None else self.model
         with torch.no_grad(), self.ready.hardware.autocast():
-            return rollouts.sample(sampler, self.ready.tokenizer, [p.ids for p in prompts], n, temperature,
+            return rollouts.sample(self.model, self.ready.tokenizer, [p.ids for p in prompts], n, temperature,
                                    self.rl.max_completion_tokens, self._stop_asked)
 
     def score(self, prompts: list[Prompt]) -> Graded:
@@ -119,30 +115,32 @@ class Policy:
         """The clipped surrogate over every answer token of the step, the mean KL to the base (0 without
         `kl_beta`), and the tokens trained. Answers with no advantage are left out of the forward pass unless
         the KL term needs them; they still count in the token average."""
-        sequences, rows = [], []
-        for p, (prompt, group) in enumerate(zip(prompts, groups)):
-            for g, completion in enumerate(group):
-                sequences.append(rollouts.sequence(prompt.ids, completion, self.spec.max_seq_length))
-                rows.append((p, g))
-        total_tokens = sum(s.trained for s in sequences)
-        keep = [i for i, (p, g) in enumerate(rows) if self.rl.kl_beta > 0 or abs(float(advantages[p, g])) > FLAT]
+        room = [max(1, self.spec.max_seq_length - len(p.ids)) for p in prompts]
+        answers = [(p, _clipped(completion, room[p])) for p, group in enumerate(groups) for completion in group]
+        advantage = [float(advantages[p, g]) for p, group in enumerate(groups) for g in range(len(group))]
+        total_tokens = sum(len(a.token_ids) for _, a in answers)
+        keep = [i for i in range(len(answers)) if self.rl.kl_beta > 0 or abs(advantage[i]) > FLAT]
         if not keep or total_tokens == 0:
             zero = sum(w.sum() for w in models.trainable(self.model).values()) * 0.0
             return zero, 0.0, total_tokens  # type: ignore[return-value]  # a tensor: the sum of tensors
-        batch = collate([sequences[i] for i in keep], self.ready.tokenizer.pad_token_id, self.ready.hardware.device)
+        # Only the prompts some kept answer needs are run, renumbered.
+        used = sorted({answers[i][0] for i in keep})
+        index = {p: k for k, p in enumerate(used)}
+        batch_prompts = [prompts[p].ids for p in used]
+        batch = [(index[answers[i][0]], answers[i][1]) for i in keep]
+        pad, device = self.ready.tokenizer.pad_token_id, self.ready.hardware.device
         self.model.train()
         with self.ready.hardware.autocast():
-            out = trained_logits(self.model, batch)
-            logps = -F.cross_entropy(out.logits, out.targets, reduction="none")
-        row_advantage = torch.tensor([float(advantages[rows[i]]) for i in keep], device=logps.device)[out.rows]
+            logps, rows = rollouts.answer_logps(self.model, batch_prompts, batch, pad, device)
+        row_advantage = torch.tensor([advantage[i] for i in keep], device=logps.device)[rows]
         ratio = torch.exp(logps - logps.detach())  # one update per batch of samples: the ratio's value is 1
         eps = self.rl.clip_epsilon
         surrogate = torch.minimum(ratio * row_advantage, torch.clamp(ratio, 1 - eps, 1 + eps) * row_advantage)
         loss = -surrogate.sum() / total_tokens
         kl_mean = 0.0
-        if self.rl.kl_beta > 0 and self.reference is not None:
+        if self.reference is not None:
             with torch.no_grad():
-                reference = self.reference(batch)
+                reference = self.reference(batch_prompts, batch)
             delta = reference - logps
             kl = torch.exp(delta) - delta - 1  # an unbiased, always positive estimate of KL(policy || base)
             loss = loss + self.rl.kl_beta * kl.sum() / total_tokens
@@ -153,27 +151,36 @@ class Policy:
         return self.sink.requested_stop() is not None
 
 
-def _reference(spec: JobSpec, model: PreTrainedModel, ready: Prepared) -> Callable[[Any], torch.Tensor] | None:
-    """The base model's log-probabilities of a batch's answer tokens, for the KL term (None without one)."""
+Reference = Callable[[list[list[int]], list[tuple[int, rollouts.Completion]]], torch.Tensor]
+
+
+def _reference(spec: JobSpec, model: PreTrainedModel, ready: Prepared) -> Reference | None:
+    """The base model's log-probabilities of answer tokens, for the KL term (None without one)."""
     assert spec.reinforcement is not None
     if spec.reinforcement.kl_beta <= 0:
         return None
+    pad, device = ready.tokenizer.pad_token_id, ready.hardware.device
     if spec.training_type == "lora":
-        def adapter_off(batch: Any) -> torch.Tensor:
+        def adapter_off(prompts: list[list[int]], answers: list[tuple[int, rollouts.Completion]]) -> torch.Tensor:
             with model.disable_adapter(), ready.hardware.autocast():  # type: ignore[operator]  # PEFT's
-                out = trained_logits(model, batch)
-                return -F.cross_entropy(out.logits, out.targets, reduction="none")
+                return rollouts.answer_logps(model, prompts, answers, pad, device)[0]
         return adapter_off
     # Full fine-tuning changes every weight: the base is loaded again, from disk, and kept frozen.
-    base = models.load_for_training(ready.model_path, spec.model_copy(update={"training_type": "full"}), ready.hardware)
+    base = models.load_for_training(ready.model_path, spec, ready.hardware)
     base.requires_grad_(False)
     base.eval()
 
-    def frozen(batch: Any) -> torch.Tensor:
+    def frozen(prompts: list[list[int]], answers: list[tuple[int, rollouts.Completion]]) -> torch.Tensor:
         with ready.hardware.autocast():
-            out = trained_logits(base, batch)
-            return -F.cross_entropy(out.logits, out.targets, reduction="none")
+            return rollouts.answer_logps(base, prompts, answers, pad, device)[0]
     return frozen
+
+
+def _clipped(completion: rollouts.Completion, room: int) -> rollouts.Completion:
+    """The answer cut to what fits after its prompt within max_seq_length."""
+    if len(completion.token_ids) <= room:
+        return completion
+    return rollouts.Completion(completion.token_ids[:room], completion.text, False)
 
 
 def advantages_of(rewards: torch.Tensor) -> torch.Tensor:
