@@ -20,7 +20,7 @@ ifeq ($(VLLM),1)
 GENERATION := $(VLLM_STAMP)
 endif
 
-.PHONY: install install-vllm run lint test test-sqlite test-postgres quickstart benchmark benchmark-serving clean
+.PHONY: install install-vllm run lint test test-sqlite test-postgres quickstart benchmark benchmark-grpo benchmark-serving clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +97,9 @@ quickstart: $(STAMP) $(GENERATION)
 
 benchmark: $(STAMP)
 	$(BIN)/python -m benchmarks.train_throughput
+
+benchmark-grpo: $(STAMP)
+	$(BIN)/python -m benchmarks.grpo
 
 benchmark-serving: $(STAMP) $(GENERATION)
 	$(BIN)/python -m benchmarks.serving
