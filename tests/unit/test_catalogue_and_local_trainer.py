@@ -83,7 +83,7 @@ def test_a_reinforcement_job_maps_openais_hyperparameters_onto_grpo(tmp_path: Pa
     assert spec.batch_size == 4  # 1 % of 400 prompts a step
     assert (rl.group_size, rl.max_completion_tokens) == (16, 256)  # 8 answers a prompt, doubled; high effort
     assert (rl.eval_interval, rl.eval_samples) == (10, 32)  # 100 steps in 10 rounds, on up to 32 prompts
-    assert spec.learning_rate == pytest.approx(2e-4 * 2.5)
+    assert spec.learning_rate == pytest.approx(2e-4 * 5)  # LoRA: 5x the catalogue rate
 
 
 @pytest.mark.parametrize(("overrides", "message", "param"), [

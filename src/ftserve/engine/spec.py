@@ -65,7 +65,6 @@ class Reinforcement(Frozen):
     """Steps between validation rounds (each also saves a checkpoint; the 3 best are kept)."""
     eval_samples: int = Field(1, ge=1)
     """Validation prompts each round answers (greedy, one answer each)."""
-    response_format: dict[str, Any] | None = None
     python: PythonGraderLimits = PythonGraderLimits()
 
 

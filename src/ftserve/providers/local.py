@@ -45,13 +45,14 @@ log = logging.getLogger(__name__)
 
 METHODS: tuple[MethodType, ...] = ("supervised", "dpo", "reinforcement")
 # Reinforcement's defaults (docs/reinforcement.md): answers sampled per prompt at compute_multiplier 1, the longest
-# answer by reasoning_effort, validation rounds per run, and the learning rate against supervised training's
-# (policy gradients are smaller than cross-entropy's: at the supervised rate a short run barely moves).
+# answer by reasoning_effort, validation rounds per run, and LoRA's learning rate against supervised training's
+# (policy gradients are smaller than cross-entropy's: on the default model, 12 steps of the first-word task at
+# 2.5x reached a best validation reward of 0.11-0.92 over four seeds, at 5x 0.82-0.96).
 GROUP_SIZE = 8
 COMPLETION_TOKENS = {"low": 32, "default": 64, "medium": 64, "high": 256}
 EVAL_ROUNDS = 10
 MAX_AUTO_EVAL_SAMPLES = 32
-REINFORCEMENT_LR_FACTOR = 2.5
+REINFORCEMENT_LORA_LR_FACTOR = 5.0
 # Graders the engine runs itself; a model grader needs a judge the engine process cannot reach.
 ENGINE_GRADERS = ("string_check", "text_similarity", "python", "multi")
 
@@ -134,6 +135,12 @@ class LocalProvider:
                 raise ProviderUnsupported("A reinforcement job needs method.reinforcement.grader.",
                                           param="method.reinforcement.grader")
             _check_local_grader(request.method_config["grader"])
+            if request.method_config.get("response_format") is not None:
+                raise ProviderUnsupported(
+                    "The local engine samples reinforcement answers without a response_format (its sampler does not "
+                    "constrain output); leave it out, or train on an openai_compatible provider that takes it.",
+                    param="method.reinforcement.response_format",
+                )
         base = self.catalogue.get(request.model)
         if base is None:
             raise ProviderUnsupported(
@@ -148,7 +155,8 @@ class LocalProvider:
         learning_rate = base.learning_rate * float(hp.get("learning_rate_multiplier", 1.0))
         reinforcement = None
         if request.method == "reinforcement":
-            learning_rate *= REINFORCEMENT_LR_FACTOR
+            if options.training_type == "lora":  # full fine-tuning moves every weight: the catalogue's rate stands
+                learning_rate *= REINFORCEMENT_LORA_LR_FACTOR
             reinforcement = self._reinforcement(request, hp, options)
         return JobSpec(
             job_id=request.job_id, method=request.method, model=source_of(base),
@@ -174,7 +182,6 @@ class LocalProvider:
             max_completion_tokens=options.max_completion_tokens or COMPLETION_TOKENS[effort],
             temperature=options.temperature, kl_beta=options.kl_beta,
             eval_interval=int(hp["eval_interval"]), eval_samples=int(hp["eval_samples"]),
-            response_format=request.method_config.get("response_format"),
             python=self.python_graders,
         )
 
