@@ -120,7 +120,12 @@ def walk(beta: OpenAI, api: httpx.Client, own: Own) -> dict[str, list[Probe]]:
     permissions = beta.fine_tuning.checkpoints.permissions.with_raw_response
     chat, completions = beta.chat.completions.with_raw_response, beta.completions.with_raw_response
     hooks = beta.webhooks.with_raw_response
+    graders = beta.fine_tuning.alpha.graders.with_raw_response
     granted = ("checkpoint", "model", "shared")
+
+    def judged_by(model: str) -> dict[str, Any]:
+        return {"type": "score_model", "name": "judge", "model": model,
+                "input": [{"role": "user", "content": "Score {{sample.output_text}}"}]}
     return {
         "GET /v1/files": [
             listing("beta's files", lambda i: call(files.list)),
@@ -153,6 +158,10 @@ def walk(beta: OpenAI, api: httpx.Client, own: Own) -> dict[str, list[Probe]]:
             like_unknown("a retry of alpha's create", lambda i: call(
                 jobs.create, **slow_job_args(i["file"]), extra_headers={"x-stainless-retry-count": "1"})),
         ],
+        "POST /v1/fine_tuning/alpha/graders/run": [like_unknown(f"{role} as the judge", lambda i, r=role: call(
+            graders.run, grader=judged_by(i[r]), model_sample="yes")) for role in ALPHA_MODELS],
+        "POST /v1/fine_tuning/alpha/graders/validate": [like_unknown(f"{role} as the judge", lambda i, r=role: call(
+            graders.validate, grader=judged_by(i[r]))) for role in ALPHA_MODELS],
         "GET /v1/fine_tuning/jobs": [
             listing("beta's jobs", lambda i: call(jobs.list, limit=100)),
             listing("by alpha's metadata", lambda i: call(jobs.list, metadata={"tenant": SECRET})),
