@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import resource
 import shutil
 import statistics
@@ -38,6 +37,7 @@ from typing import Any
 from benchmarks.train_throughput import (
     LORA_ALPHA, LORA_DROPOUT, LORA_RANK, MODEL_ID, machine, model_source, resolved_device, write_jsonl,
 )
+from tests.tasks import FIRST_WORD_GRADER, reinforcement_examples
 
 GROUP_SIZE, PROMPTS_PER_STEP = 8, 2
 MAX_COMPLETION_TOKENS, TEMPERATURE = 16, 1.0
@@ -53,31 +53,14 @@ RUNS = {
 }
 BASELINE = "trl"
 
-WORDS = (
-    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec "
-    "romeo sierra tango uniform victor whiskey xray yankee zulu"
-).split()
-GRADER = {
-    "type": "multi", "name": "first word", "calculate_output": "0.5 * exact + 0.5 * similar",
-    "graders": {
-        "exact": {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
-                  "reference": "{{item.answer}}", "operation": "eq"},
-        "similar": {"type": "text_similarity", "name": "similar", "input": "{{sample.output_text}}",
-                    "reference": "{{item.answer}}", "evaluation_metric": "fuzzy_match"},
-    },
-}
+# The task and its grader are the reinforcement tests' (tests/tasks.py): the benchmark measures the job CI trains.
+GRADER = FIRST_WORD_GRADER
 
 
 # Data: each example is its own seed, so the training and validation sets never depend on each other's size.
 
 def make_examples(count: int, first_seed: int) -> list[dict[str, Any]]:
-    examples = []
-    for seed in range(first_seed, first_seed + count):
-        rng = random.Random(seed)
-        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 6))]
-        question = f"What is the first word in this list? Answer with that word only.\nList: {' '.join(words)}"
-        examples.append({"messages": [{"role": "user", "content": question}], "answer": words[0]})
-    return examples
+    return reinforcement_examples(count, offset=first_seed)
 
 
 def read_examples(path: Path) -> list[dict[str, Any]]:
