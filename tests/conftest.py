@@ -138,7 +138,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Iter
 def keyed(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Iterator[LiveServer]:
     """A server with keys for two projects, `alpha` and `beta`."""
     settings = settings_for(
-        tmp_path_factory.mktemp("keyed"), databases.new(), api_keys="sk-alpha=alpha,sk-beta=beta",
+        tmp_path_factory.mktemp("keyed"), databases.new(), api_keys="sk-alpha-0000000000=alpha,sk-beta-00000000000=beta",
     )
     with serving(settings) as live:
         yield live
@@ -147,13 +147,13 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Ite
 @pytest.fixture
 def alpha(keyed: LiveServer) -> OpenAI:
     """The official SDK as project alpha of the `keyed` server."""
-    return OpenAI(base_url=keyed.base_url, api_key="sk-alpha", max_retries=0)
+    return OpenAI(base_url=keyed.base_url, api_key="sk-alpha-0000000000", max_retries=0)
 
 
 @pytest.fixture
 def beta(keyed: LiveServer) -> OpenAI:
     """The official SDK as project beta of the `keyed` server."""
-    return OpenAI(base_url=keyed.base_url, api_key="sk-beta", max_retries=0)
+    return OpenAI(base_url=keyed.base_url, api_key="sk-beta-00000000000", max_retries=0)
 
 
 @dataclass(frozen=True)

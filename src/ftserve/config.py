@@ -13,12 +13,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 TrainerName = Literal["local", "fake", "fake-engine"]
 
 DEFAULT_PROJECT = "default"
+# Keys shorter than this stop the server at start: a short key is a guessable one.
+MIN_KEY_LENGTH = 16
 
 
 class Settings(BaseSettings):
     """Everything ftserve reads from its environment (`FTSERVE_*`)."""
 
-    model_config = SettingsConfigDict(env_prefix="FTSERVE_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="FTSERVE_", frozen=True, hide_input_in_errors=True)  # keys stay out of errors
 
     data_dir: Path = Field(Path(".ftserve"), description="Where the database, files and artifacts live.")
     database_url: str | None = Field(
@@ -123,6 +125,15 @@ class Settings(BaseSettings):
         "a larger one is refused with 413 and nothing is stored. Larger files go through `/v1/uploads`.",
     )
 
+    max_line_bytes: int = Field(
+        4 * 1024**2, ge=1024, description="The longest line a fine-tuning JSONL file may hold (4 MiB, room for a "
+        "128k-token conversation); a longer one is refused with 400 naming the line, read no further than the limit.",
+    )
+    project_storage_bytes: int = Field(
+        0, ge=0, description="Bytes of files and unfinished uploads one project may keep (job results included); "
+        "an upload past it is refused with 413 and nothing is stored. 0: no quota.",
+    )
+
     providers: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Hosted providers by name, as JSON: `{\"together\": {\"api_key\": \"...\"}, "
@@ -181,6 +192,23 @@ class Settings(BaseSettings):
         86400.0, gt=0, description="How long after its event a webhook delivery is still retried (a day).",
     )
 
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, description="The whole time one webhook try may take (connecting, sending, and the receiver's "
+        "status line and headers); past it the try fails as timed out.",
+    )
+    webhook_senders: int = Field(
+        8, ge=1, description="Deliveries one worker sends at once; each endpoint gets at most "
+        "`webhook_endpoint_concurrency` of them, so a slow receiver cannot hold up the others.",
+    )
+    webhook_endpoint_concurrency: int = Field(
+        2, ge=1, description="Deliveries and tests in flight to one webhook endpoint at once, per process.",
+    )
+    webhook_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Internal webhook targets allowed in spite of the address checks, "
+        "comma-separated host names or CIDRs (`hooks.internal,10.0.0.0/8`). Unset: a webhook URL that names or resolves "
+        "to a loopback, private, link-local, unique-local, multicast or metadata address is refused.",
+    )
+
     log_format: Literal["text", "json"] = Field(
         "text", description="How the server and workers log to stderr: `text` for reading, `json` (one object a line, "
         "with request and job ids as fields) for a log collector.",
@@ -192,6 +220,20 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="A port on which a process that runs a worker also serves its metrics, for "
         "`ftserve worker`, which has no HTTP server. Unset: none.",
+    )
+
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host names a server without API keys answers besides loopback ones "
+        "(`localhost`, `127.0.0.1`, `[::1]`), comma-separated. A request for any other Host is refused with 421, "
+        "so a web page cannot reach an open server through DNS rebinding. Ignored when keys are configured.",
+    )
+    auth_failures_per_minute: int = Field(
+        20, ge=1, description="Requests with a wrong or missing API key one client address may make per minute; "
+        "past it, 429 with Retry-After.",
+    )
+    metrics_key: str | None = Field(
+        None, description="A key for `GET /metrics` alone, for a Prometheus scraper. With API keys configured, "
+        "/metrics answers only this key; without keys it is open, like the rest of the server.",
     )
 
     @field_validator("log_level", mode="before")
@@ -209,6 +251,30 @@ class Settings(BaseSettings):
             key, _, project = item.partition("=")
             keys[key.strip()] = project.strip() or DEFAULT_PROJECT
         return keys
+
+    @field_validator("api_keys")
+    @classmethod
+    def _long_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        short = [key for key in value if len(key) < MIN_KEY_LENGTH]
+        if short:
+            raise ValueError(f"{len(short)} API key(s) shorter than {MIN_KEY_LENGTH} characters (one starts "
+                             f"'{short[0][:3]}…'); short keys can be guessed. Use long random keys, such as "
+                             "`python -c 'import secrets; print(\"sk-\" + secrets.token_urlsafe(24))'`.")
+        return value
+
+    @field_validator("metrics_key")
+    @classmethod
+    def _long_metrics_key(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < MIN_KEY_LENGTH:
+            raise ValueError(f"the metrics key is shorter than {MIN_KEY_LENGTH} characters; use a long random key")
+        return value
+
+    @field_validator("webhook_allow", "allowed_hosts", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -20,7 +20,7 @@ from tests.helpers import chat_jsonl, upload, wait_for
 @contextmanager
 def server_with(tmp_path: Path, databases: Databases, **limits: object) -> Iterator[LiveServer]:
     """A server with two projects, alpha and beta, and the given limits."""
-    settings = settings_for(tmp_path, databases.new(), api_keys="sk-alpha=alpha,sk-beta=beta",
+    settings = settings_for(tmp_path, databases.new(), api_keys="sk-alpha-0000000000=alpha,sk-beta-00000000000=beta",
                             fake_step_seconds=0.05, **limits)
     with serving(settings) as live:
         yield live
@@ -39,8 +39,8 @@ def limited(tmp_path: Path, databases: Databases) -> Iterator[LiveServer]:
 
 
 def test_a_project_over_its_request_rate_gets_429_with_retry_after(rate_limited: LiveServer) -> None:
-    alpha = OpenAI(base_url=rate_limited.base_url, api_key="sk-alpha", max_retries=0)
-    beta = OpenAI(base_url=rate_limited.base_url, api_key="sk-beta", max_retries=0)
+    alpha = OpenAI(base_url=rate_limited.base_url, api_key="sk-alpha-0000000000", max_retries=0)
+    beta = OpenAI(base_url=rate_limited.base_url, api_key="sk-beta-00000000000", max_retries=0)
     for _ in range(60):  # the whole burst the bucket holds
         alpha.files.list()
     with pytest.raises(openai.RateLimitError) as refused:
@@ -53,14 +53,14 @@ def test_a_project_over_its_request_rate_gets_429_with_retry_after(rate_limited:
     beta.files.list()  # another project's allowance is its own
 
     # The SDK reads Retry-After, waits and retries: with retries on, the same call succeeds.
-    patient = OpenAI(base_url=rate_limited.base_url, api_key="sk-alpha", max_retries=3)
+    patient = OpenAI(base_url=rate_limited.base_url, api_key="sk-alpha-0000000000", max_retries=3)
     started = time.monotonic()
     assert patient.files.list().object == "list"
     assert time.monotonic() - started >= 0.5
 
 
 def test_a_project_at_its_job_quota_gets_429_until_a_job_finishes(limited: LiveServer) -> None:
-    client = OpenAI(base_url=limited.base_url, api_key="sk-beta", max_retries=0)
+    client = OpenAI(base_url=limited.base_url, api_key="sk-beta-00000000000", max_retries=0)
     training = upload(client, chat_jsonl(10))
     long = {"n_epochs": 4, "batch_size": 1}  # 40 steps of 0.05 s: about 2 s each
     first = client.fine_tuning.jobs.create(model="SmolLM2-135M-Instruct", training_file=training, hyperparameters=long)
@@ -79,14 +79,14 @@ def test_a_project_at_its_job_quota_gets_429_until_a_job_finishes(limited: LiveS
         client.fine_tuning.jobs.resume(first.id)
 
     # With retries on, the SDK waits as told and the create goes through once a job has finished.
-    patient = OpenAI(base_url=limited.base_url, api_key="sk-beta", max_retries=5)
+    patient = OpenAI(base_url=limited.base_url, api_key="sk-beta-00000000000", max_retries=5)
     fourth = patient.fine_tuning.jobs.create(model="SmolLM2-135M-Instruct", training_file=training)
     assert fourth.status in ("validating_files", "queued")
     assert {wait_for(client, job.id, timeout=60).status for job in (second, third, fourth)} == {"succeeded"}
 
 
 def test_a_body_over_the_limit_gets_413_and_stores_nothing(limited: LiveServer) -> None:
-    client = OpenAI(base_url=limited.base_url, api_key="sk-alpha", max_retries=0)
+    client = OpenAI(base_url=limited.base_url, api_key="sk-alpha-0000000000", max_retries=0)
     training = upload(client, chat_jsonl(5))
     huge = {f"key{i}": "x" * 500 for i in range(16)}  # metadata values are small; the body is not
     with pytest.raises(openai.APIStatusError) as refused:
@@ -104,7 +104,7 @@ def test_a_body_over_the_limit_gets_413_and_stores_nothing(limited: LiveServer) 
         yield b'"}]}'
 
     response = httpx.post(f"{limited.base_url}/chat/completions", content=chunks(),
-                          headers={"authorization": "Bearer sk-alpha", "content-type": "application/json"})
+                          headers={"authorization": "Bearer sk-alpha-0000000000", "content-type": "application/json"})
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
 

@@ -395,7 +395,7 @@ def test_the_other_project_gets_404s_and_changes_nothing(  # type: ignore[no-unt
     before = _snapshot(alpha, ids)
     own = _beta_estate(beta)
 
-    with httpx.Client(base_url=keyed.base_url, headers={"Authorization": "Bearer sk-beta"}) as api:
+    with httpx.Client(base_url=keyed.base_url, headers={"Authorization": "Bearer sk-beta-00000000000"}) as api:
         table = walk(beta, api, own)
         leaks = [f"{operation} [{probe.label}]: {leak}" for operation, probes in table.items() for probe in probes
                  if (leak := _leak(probe, ids, unknown))]

@@ -25,7 +25,7 @@ from tests.helpers import chat_jsonl, upload, wait_for
 BROWSER = Path(__file__).parent.parent / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("FTSERVE_ARTIFACTS_DIR", Path(__file__).parent.parent / "artifacts"))
-KEY = "sk-dashboard"
+KEY = "sk-dashboard-000000"
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists() or shutil.which("node") is None or not (BROWSER / "node_modules" / "playwright-core").is_dir(),

@@ -18,7 +18,7 @@ from openai import OpenAI
 from tests.conftest import Databases, LiveServer, settings_for, start_server
 from tests.helpers import chat_jsonl, upload, wait_for
 
-REMOTE_KEY = "sk-lab"
+REMOTE_KEY = "sk-lab-000000000000"
 BASE = "SmolLM2-135M-Instruct"
 
 

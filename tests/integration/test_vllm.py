@@ -37,7 +37,7 @@ pytestmark = [
 
 BASE = "SmolLM2-135M-Instruct"
 # Keys: the open `learned` server's models belong to the default project, which the first key reaches.
-KEYS = "sk-one,sk-beta=beta"
+KEYS = "sk-one-000000000000,sk-beta-00000000000=beta"
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +51,12 @@ def served(learned: Learned) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def one(served: LiveServer) -> OpenAI:
-    return OpenAI(base_url=served.base_url, api_key="sk-one", max_retries=0, timeout=600)
+    return OpenAI(base_url=served.base_url, api_key="sk-one-000000000000", max_retries=0, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def beta(served: LiveServer) -> OpenAI:
-    return OpenAI(base_url=served.base_url, api_key="sk-beta", max_retries=0, timeout=600)
+    return OpenAI(base_url=served.base_url, api_key="sk-beta-00000000000", max_retries=0, timeout=600)
 
 
 def engine_of(server: LiveServer) -> VllmEngine:
@@ -256,7 +256,7 @@ def test_a_client_that_hangs_up_stops_its_generation_within_a_second(one: OpenAI
     assert later == at_one and at_one - before < 500, (before, at_one, later)
 
     # Not streaming: the client gives up waiting for the whole answer.
-    impatient = OpenAI(base_url=served.base_url, api_key="sk-one", max_retries=0, timeout=1.5)
+    impatient = OpenAI(base_url=served.base_url, api_key="sk-one-000000000000", max_retries=0, timeout=1.5)
     before = generated_tokens(served)
     with pytest.raises(openai.APITimeoutError):
         impatient.completions.create(model=BASE, prompt="Once upon a time", max_tokens=2000, temperature=0,

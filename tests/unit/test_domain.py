@@ -53,8 +53,8 @@ def test_model_names() -> None:
 
 
 def test_api_keys_parse_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FTSERVE_API_KEYS", "sk-a=alpha, sk-b")
-    assert Settings().api_keys == {"sk-a": "alpha", "sk-b": "default"}
+    monkeypatch.setenv("FTSERVE_API_KEYS", "sk-a-0000000000000=alpha, sk-b-0000000000000")
+    assert Settings().api_keys == {"sk-a-0000000000000": "alpha", "sk-b-0000000000000": "default"}
 
 
 def test_failed_webhook_deliveries_back_off_and_stop_after_a_day() -> None:

@@ -62,7 +62,7 @@ def serve(
     if not settings.api_keys and not _is_loopback(host):
         typer.echo(
             f"ftserve: refusing to serve on {host} without API keys: anyone who can reach it could use it.\n"
-            "Set FTSERVE_API_KEYS (for example FTSERVE_API_KEYS='sk-mykey=myproject') or bind 127.0.0.1.",
+            "Set FTSERVE_API_KEYS (for example FTSERVE_API_KEYS='sk-mykey-change-me-0001=myproject') or bind 127.0.0.1.",
             err=True,
         )
         raise typer.Exit(2)
