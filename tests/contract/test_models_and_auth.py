@@ -56,3 +56,55 @@ def test_delete_model_removes_it_and_base_models_stay(alpha: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="base model"):
         alpha.models.delete(MODEL)
     assert alpha.models.retrieve(MODEL).owned_by == "HuggingFaceTB"
+
+
+def _chat(client: OpenAI, model: str) -> None:
+    client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+
+
+def test_deleting_a_model_deletes_its_checkpoints_their_grants_and_their_files(keyed, alpha: OpenAI,  # type: ignore[no-untyped-def]
+                                                                               beta: OpenAI) -> None:
+    training = upload(alpha, chat_jsonl(4))
+    job = alpha.fine_tuning.jobs.create(model=MODEL, training_file=training, hyperparameters={"n_epochs": 2, "batch_size": 4})
+    done = wait_for(alpha, job.id)
+    names = [c.fine_tuned_model_checkpoint for c in alpha.fine_tuning.jobs.checkpoints.list(job.id)]
+    assert len(names) == 2
+    alpha.fine_tuning.checkpoints.permissions.create(names[0], project_ids=["beta"])
+    directories = [keyed.runtime.models.artifact("alpha", name) for name in [done.fine_tuned_model, *names]]
+    assert all(d is not None and d.is_dir() for d in directories)
+    with pytest.raises(openai.BadRequestError, match="no weights"):  # the fake trainer's: found, but not servable
+        _chat(beta, names[0])
+
+    assert alpha.models.delete(done.fine_tuned_model).deleted is True
+    listed = {m.id for m in alpha.models.list()}
+    assert not listed & {done.fine_tuned_model, *names}
+    assert alpha.fine_tuning.jobs.checkpoints.list(job.id).data == []
+    for name in names:
+        with pytest.raises(openai.NotFoundError):
+            alpha.models.retrieve(name)
+        with pytest.raises(openai.NotFoundError):
+            _chat(alpha, name)
+    # The project the checkpoint was shared with sees it gone too, and its grant went with it.
+    assert names[0] not in {m.id for m in beta.models.list()}
+    with pytest.raises(openai.NotFoundError):
+        _chat(beta, names[0])
+    with pytest.raises(openai.NotFoundError):
+        alpha.fine_tuning.checkpoints.permissions.list(names[0])
+    assert not any(d.exists() for d in directories if d is not None)
+
+
+def test_a_checkpoint_model_can_be_deleted_alone(keyed, alpha: OpenAI) -> None:  # type: ignore[no-untyped-def]
+    training = upload(alpha, chat_jsonl(4))
+    job = alpha.fine_tuning.jobs.create(model=MODEL, training_file=training, hyperparameters={"n_epochs": 2, "batch_size": 4})
+    done = wait_for(alpha, job.id)
+    first, second = sorted(alpha.fine_tuning.jobs.checkpoints.list(job.id), key=lambda c: c.step_number)
+    directory = keyed.runtime.models.artifact("alpha", first.fine_tuned_model_checkpoint)
+    assert directory is not None
+
+    assert alpha.models.delete(first.fine_tuned_model_checkpoint).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        alpha.models.retrieve(first.fine_tuned_model_checkpoint)
+    assert not directory.exists()
+    assert alpha.models.retrieve(second.fine_tuned_model_checkpoint).id == second.fine_tuned_model_checkpoint
+    assert alpha.models.retrieve(done.fine_tuned_model).id == done.fine_tuned_model
+    assert [c.id for c in alpha.fine_tuning.jobs.checkpoints.list(job.id)] == [second.id]

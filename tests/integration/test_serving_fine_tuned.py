@@ -227,6 +227,7 @@ def test_deleting_the_model_stops_serving_it_and_removes_its_files(client: OpenA
     assert model_dir is not None and model_dir.is_dir()
     exports = list(set(exports_dir.iterdir()) - others)
     assert exports
+    last = max(client.fine_tuning.jobs.checkpoints.list(job.id).data, key=lambda c: c.step_number)
 
     assert client.models.delete(job.fine_tuned_model).deleted
     with pytest.raises(openai.NotFoundError):
@@ -234,10 +235,10 @@ def test_deleting_the_model_stops_serving_it_and_removes_its_files(client: OpenA
     assert job.fine_tuned_model not in server.runtime.inference.pool.loaded()["fine_tuned"]  # the adapter went
     assert not any(p.exists() for p in exports)
     assert all(p.exists() for p in others)
-    # The final model is also the last checkpoint's directory: it stays until that checkpoint goes too.
-    last = max(client.fine_tuning.jobs.checkpoints.list(job.id).data, key=lambda c: c.step_number)
-    assert model_dir.is_dir()
-    client.models.delete(last.fine_tuned_model_checkpoint)
+    # The job's checkpoint models go with it, and the directory the last of them shares with the final model.
+    with pytest.raises(openai.NotFoundError):
+        ask(client, last.fine_tuned_model_checkpoint, PROBES[0])
+    assert client.fine_tuning.jobs.checkpoints.list(job.id).data == []
     assert not model_dir.exists()
     assert not (model_dir.parent / "state").exists()  # resumable state went when the job succeeded
 

@@ -88,15 +88,18 @@ class ModelService:
         return model
 
     def delete(self, project: str, name: str) -> None:
+        """A fine-tuned model goes with its job's checkpoint models; a checkpoint model can go alone. Their
+        permissions and their weights on disk go with them, and the inference engines let go of them."""
         model = self._owned(project, name, "model")
         with self.engine.begin() as conn:
-            rows.delete_model(conn, model)
+            gone = rows.delete_model(conn, model)
             # A job's last checkpoint and its final model are the same directory: it goes with the last of them.
-            shared = model.path is not None and rows.path_in_use(conn, model.path)
-        if model.path and not shared:
-            self.blobs.delete(model.path)
-        for forget in self.on_delete:
-            forget(name)
+            unused = {m.path for m in gone if m.path is not None and not rows.path_in_use(conn, m.path)}
+        for path in unused:
+            self.blobs.delete(path)
+        for deleted in gone:
+            for forget in self.on_delete:
+                forget(deleted.name)
 
     def permissions(
         self, project: str, name: str, *, project_id: str | None, after: str | None, limit: int, order: str

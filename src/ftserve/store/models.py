@@ -93,21 +93,23 @@ def is_shared_with(conn: sa.Connection, name: str, project: str) -> bool:
     return row is not None
 
 
-def delete_model(conn: sa.Connection, model: ModelRow) -> None:
-    """Forget a model, every permission on it, and, for a final model, the checkpoints named after it."""
+def delete_model(conn: sa.Connection, model: ModelRow) -> list[ModelRow]:
+    """Forget a model and every permission on it. A final model takes its job's checkpoint models with it, so
+    nothing of a deleted model's job is left listed or served. Returns the models forgotten, the named one first."""
+    permissions = checkpoint_permissions.delete()
     if model.is_checkpoint:
+        conn.execute(permissions.where(checkpoint_permissions.c.model_name == model.name))
         conn.execute(checkpoints.delete().where(checkpoints.c.name == model.name))
-        conn.execute(checkpoint_permissions.delete().where(checkpoint_permissions.c.model_name == model.name))
-        return
+        return [model]
+    of_job = checkpoints.c.job_id == model.job_id
+    gone = [model] + [_checkpoint(row) for row in conn.execute(sa.select(checkpoints).where(of_job)).all()]
+    conn.execute(permissions.where(sa.or_(
+        checkpoint_permissions.c.model_name == model.name,
+        checkpoint_permissions.c.model_name.in_(sa.select(checkpoints.c.name).where(of_job)),
+    )))
+    conn.execute(checkpoints.delete().where(of_job))
     conn.execute(fine_tuned_models.delete().where(fine_tuned_models.c.name == model.name))
-    conn.execute(
-        checkpoint_permissions.delete().where(
-            sa.or_(
-                checkpoint_permissions.c.model_name == model.name,
-                checkpoint_permissions.c.model_name.like(model.name.replace("%", r"\%") + ":ckpt-step-%", escape="\\"),
-            )
-        )
-    )
+    return gone
 
 
 def path_in_use(conn: sa.Connection, path: str) -> bool:
