@@ -4,11 +4,18 @@ A state lives in `state/step-N` under the job's output dir. It is written under 
 name, flushed to disk and renamed when complete, so an engine killed mid-save leaves the earlier
 states intact. The two newest are kept: if the newest cannot be read back (a disk that lost
 unsynced writes, a torn copy), training resumes from the one before it.
+
+A state holds only tensors and plain values (dicts, lists, tuples, strings, numbers), and is read back with
+`weights_only=True`: the data dir may be a shared mount, and unpickling anything else could run code in
+the engine. A file that names any other object is refused, not loaded.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
+import pickle
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,21 +38,19 @@ class Saved:
 
 def save(output_dir: Path, step: int, trained_tokens: int, weights: dict[str, torch.Tensor],
          optimizer: torch.optim.Optimizer, scheduler: Any, extra: dict[str, Any], reported: list[str]) -> Path:
+    contents = {
+        "step": step, "trained_tokens": trained_tokens,
+        "weights": {name: tensor.detach().cpu() for name, tensor in weights.items()},
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(), "extra": plain(extra), "reported": list(reported),
+    }
     root = output_dir / "state"
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".step-*.tmp"):  # left by an engine killed mid-save
         shutil.rmtree(stale, ignore_errors=True)
     staging = root / f".step-{step}.tmp"
     staging.mkdir()
-    torch.save(
-        {
-            "step": step, "trained_tokens": trained_tokens,
-            "weights": {name: tensor.detach().cpu() for name, tensor in weights.items()},
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": torch.get_rng_state(), "extra": extra, "reported": reported,
-        },
-        staging / FILE,
-    )
+    torch.save(contents, staging / FILE)
     _sync(staging / FILE)
     target = root / f"step-{step}"
     shutil.rmtree(target, ignore_errors=True)
@@ -75,7 +80,14 @@ def _sync(path: Path) -> None:
 
 
 def load(path: Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any) -> Saved:
-    saved = torch.load(path / FILE, map_location="cpu", weights_only=False)
+    try:
+        saved = torch.load(path / FILE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        named = re.search(r"GLOBAL ([\w.]+)", str(error))
+        raise UnsafeState(
+            f"{path / FILE} holds more than tensors and plain values"
+            + (f" ({named.group(1)})" if named else "") + "; it is refused, since loading it could run code"
+        ) from None
     with torch.no_grad():
         for name, tensor in weights.items():
             tensor.copy_(saved["weights"][name])
@@ -83,3 +95,24 @@ def load(path: Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Op
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["rng"])
     return Saved(saved["step"], saved["trained_tokens"], saved["extra"], saved.get("reported", []))
+
+
+class UnsafeState(ValueError):
+    """A saved state that names objects other than tensors and plain values."""
+
+
+def plain(value: Any) -> Any:
+    """`value` as `weights_only` loading accepts it: tensors, and dicts, lists and tuples of them and of plain
+    values. A recipe's own state may hold numpy numbers (a metric); anything else is a bug, told of at save."""
+    if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, dict):
+        return {plain(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [plain(item) for item in value]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"a training state cannot hold {type(value).__name__}: only tensors and plain values load safely")
