@@ -17,7 +17,7 @@ from ftserve.engine import state
 def training(seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.optim.Optimizer, Any]:
     """The pieces `Run` saves: trainable weights, AdamW and a LambdaLR schedule, after one step."""
     torch.manual_seed(seed)
-    weights = {"layer.weight": torch.nn.Parameter(torch.randn(4, 4))}
+    weights: dict[str, torch.Tensor] = {"layer.weight": torch.nn.Parameter(torch.randn(4, 4))}
     optimizer = torch.optim.AdamW(weights.values(), lr=1e-3, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
     weights["layer.weight"].sum().backward()
@@ -28,7 +28,8 @@ def training(seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.optim.Optimi
 
 def test_a_saved_state_loads_back_with_every_recipes_extra(tmp_path: Path) -> None:
     weights, optimizer, scheduler = training()
-    extra = {"reference": torch.randn(3, 2),  # DPO's reference log-probabilities
+    reference = torch.randn(3, 2)
+    extra = {"reference": reference,  # DPO's reference log-probabilities
              "candidates": [{"step": 4, "metrics": {"valid_reward_mean": np.float64(0.5)}}]}  # GRPO's kept rounds
     saved = state.save(tmp_path, 4, 100, weights, optimizer, scheduler, extra, ['{"type": "metrics"}'])
 
@@ -36,7 +37,7 @@ def test_a_saved_state_loads_back_with_every_recipes_extra(tmp_path: Path) -> No
     loaded = state.load(saved, fresh, fresh_optimizer, fresh_scheduler)
     assert (loaded.step, loaded.trained_tokens, loaded.reported) == (4, 100, ['{"type": "metrics"}'])
     assert torch.equal(fresh["layer.weight"], weights["layer.weight"])
-    assert torch.equal(loaded.extra["reference"], extra["reference"])
+    assert torch.equal(loaded.extra["reference"], reference)
     assert loaded.extra["candidates"] == [{"step": 4, "metrics": {"valid_reward_mean": 0.5}}]
     assert fresh_scheduler.get_last_lr() == scheduler.get_last_lr()
     assert fresh_optimizer.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
