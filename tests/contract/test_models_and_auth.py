@@ -75,7 +75,13 @@ def test_deleting_a_model_deletes_its_checkpoints_their_grants_and_their_files(k
     with pytest.raises(openai.BadRequestError, match="no weights"):  # the fake trainer's: found, but not servable
         _chat(beta, names[0])
 
-    assert alpha.models.delete(done.fine_tuned_model).deleted is True
+    forgotten: list[str] = []  # what the inference engines and the export cache are told to let go of
+    keyed.runtime.models.on_delete.append(forgotten.append)
+    try:
+        assert alpha.models.delete(done.fine_tuned_model).deleted is True
+    finally:
+        keyed.runtime.models.on_delete.remove(forgotten.append)
+    assert sorted(forgotten) == sorted([done.fine_tuned_model, *names])
     listed = {m.id for m in alpha.models.list()}
     assert not listed & {done.fine_tuned_model, *names}
     assert alpha.fine_tuning.jobs.checkpoints.list(job.id).data == []
