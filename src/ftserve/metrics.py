@@ -34,10 +34,11 @@ class Metrics:
             "ftserve_training_step_seconds", "Wall time of each training step trained in this process.",
             buckets=STEP_BUCKETS, registry=self.registry,
         )
-        # Labelled by job, which stays bounded: a worker trains one job at a time and the series goes when its run ends.
+        # Labelled by worker, not by job: job ids are tenants' own, and whoever scrapes a worker's port sees every
+        # series. A worker trains one job at a time, and its series goes when that run ends.
         self.tokens_per_second = Gauge(
-            "ftserve_training_tokens_per_second", "Training throughput of each job training in this process now.",
-            ["job_id"], registry=self.registry,
+            "ftserve_training_tokens_per_second", "Training throughput of the job each worker of this process trains now.",
+            ["worker"], registry=self.registry,
         )
 
     def serve(self, port: int) -> HTTPServer:

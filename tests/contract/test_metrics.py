@@ -88,18 +88,36 @@ def test_the_queue_depth_counts_jobs_no_worker_has_taken(tmp_path: Path, databas
         assert value(samples, "ftserve_jobs", status="validating_files") == 2
 
 
-def test_metrics_need_no_key_stay_out_of_the_openapi_schema_and_can_be_turned_off(
-    tmp_path: Path, database_url: str | None,
-) -> None:
-    keyed = build(settings_for(tmp_path / "on", database_url, api_keys="sk-a-0000000000000=a"))
+METRICS_KEY = "metrics-scraper-key-0001"
+
+
+def test_on_a_server_with_keys_only_the_metrics_key_reads_metrics(tmp_path: Path, database_url: str | None) -> None:
+    keyed = build(settings_for(tmp_path / "on", database_url, api_keys="sk-a-0000000000000=a", metrics_key=METRICS_KEY))
     with TestClient(create_app(keyed)) as http:
         assert http.get("/v1/files").status_code == 401
-        scraped = http.get("/metrics")
+        for refused in ({}, {"authorization": "Bearer sk-a-0000000000000"}, {"authorization": "Bearer wrong"}):
+            answer = http.get("/metrics", headers=refused)
+            assert answer.status_code == 401 and "FTSERVE_METRICS_KEY" in answer.json()["error"]["message"]
+            assert "ftserve_jobs" not in answer.text
+        scraped = http.get("/metrics", headers={"authorization": f"Bearer {METRICS_KEY}"})
         assert scraped.status_code == 200 and "ftserve_jobs" in scraped.text
-        assert "/metrics" not in http.get("/openapi.json").json()["paths"]
+        assert "/metrics" not in http.get("/openapi.json", headers={"authorization": "Bearer sk-a-0000000000000"}).json()["paths"]
     keyed.engine.dispose()
+    unset = build(settings_for(tmp_path / "unset", database_url, api_keys="sk-a-0000000000000=a"))
+    with TestClient(create_app(unset)) as http:  # keys but no metrics key: nobody reads the cross-project counts
+        assert http.get("/metrics", headers={"authorization": "Bearer sk-a-0000000000000"}).status_code == 401
+    unset.engine.dispose()
+
+
+def test_an_open_server_serves_metrics_without_a_key_and_they_can_be_turned_off(
+    tmp_path: Path, database_url: str | None,
+) -> None:
+    open_server = build(settings_for(tmp_path / "open", database_url))
+    with TestClient(create_app(open_server), base_url="http://127.0.0.1:8000") as http:
+        assert "ftserve_jobs" in http.get("/metrics").text
+    open_server.engine.dispose()
     off = build(settings_for(tmp_path / "off", database_url, metrics=False))
-    with TestClient(create_app(off)) as http:
+    with TestClient(create_app(off), base_url="http://127.0.0.1:8000") as http:
         assert http.get("/metrics").status_code == 404
     off.engine.dispose()
 
@@ -109,25 +127,29 @@ class Throughput:
 
     def __init__(self, samples: Callable[[], Samples]):
         self.samples = samples
+        self.worker = ""
         self.shown: list[float | None] = []
 
     def train(self, spec: JobSpec, reporter: Reporter) -> TrainingOutcome:
         for step in (1, 2):
             reporter.metrics(step, 2, {"train_loss": 1.0}, tokens_per_second=100.0 * step)
-            self.shown.append(value(self.samples(), "ftserve_training_tokens_per_second", job_id=spec.job_id))
+            shown = {dict(labels).get("worker"): v for (name, labels), v in self.samples().items()
+                     if name == "ftserve_training_tokens_per_second"}
+            self.shown.append(shown.get(self.worker))
         spec.output_dir.mkdir(parents=True, exist_ok=True)
         return TrainingOutcome(None, trained_tokens=20, model_dir=spec.output_dir, step=2)
 
 
 def test_throughput_shows_while_a_job_trains_and_goes_when_it_ends(tmp_path: Path, database_url: str | None) -> None:
     runtime = build(settings_for(tmp_path, database_url))
-    with TestClient(create_app(runtime)) as http:  # no embedded worker: the one below takes the job
+    with TestClient(create_app(runtime), base_url="http://127.0.0.1:8000") as http:  # no embedded worker: the one below takes the job
         def samples() -> Samples:
             return parse(http.get("/metrics").text)
 
         trainer = Throughput(samples)
         worker = Worker(runtime.engine, runtime.blobs, runtime.files, trainer, WorkerConfig(0.05, 3.0),
                         metrics=runtime.metrics)
+        trainer.worker = worker.id
         training = runtime.files.create("default", "t.jsonl", "fine-tune", io.BytesIO(chat_jsonl(4)))
         job = runtime.jobs.create("default", CreateFineTuningJobRequest(
             model="SmolLM2-135M-Instruct", training_file=training.id), CreateContext())
@@ -135,6 +157,8 @@ def test_throughput_shows_while_a_job_trains_and_goes_when_it_ends(tmp_path: Pat
         worker.run_once()  # trains
         assert runtime.jobs.get("default", job.id).status == "succeeded"
         assert trainer.shown == [100.0, 200.0]
-        assert value(samples(), "ftserve_training_tokens_per_second", job_id=job.id) is None
+        exposition = http.get("/metrics").text
+        assert "ftserve_training_tokens_per_second{" not in exposition  # the series went with the run
+        assert job.id not in exposition and training.id not in exposition  # no tenant's ids, at any point
         assert value(samples(), "ftserve_training_step_seconds_count") == 2
     runtime.engine.dispose()

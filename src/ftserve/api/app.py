@@ -13,6 +13,7 @@ from ftserve.api.auth import project_resolver
 from ftserve.api.limits import MULTIPART_FRAMING, BodyLimit, RateLimiter
 from ftserve.api.metrics import Observed, expose
 from ftserve.api.middleware import RequestId
+from ftserve.api.open_server import OpenServerGuard
 from ftserve.api.openapi import openai_style
 from ftserve.api.routes import extensions, files, fine_tuning, graders, inference, models, webhooks
 from ftserve.domain.files import MAX_PART_BYTES
@@ -40,10 +41,12 @@ def create_app(runtime: Runtime, *, beside: AbstractContextManager[object] | Non
         ("POST", "/v1/uploads/[^/]+/parts", MAX_PART_BYTES + MULTIPART_FRAMING,
          f"A part can hold at most {MAX_PART_BYTES} bytes."),
     ])
+    if not settings.api_keys:
+        app.add_middleware(OpenServerGuard, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(Observed, seconds=runtime.metrics.http_seconds)  # inside RequestId: its log line has the id
     app.add_middleware(RequestId)
     limiter = RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
-    project = project_resolver(settings.api_keys, limiter)
+    project = project_resolver(settings.api_keys, limiter, RateLimiter(settings.auth_failures_per_minute))
     app.include_router(files.router(runtime.files, project), prefix="/v1")
     app.include_router(fine_tuning.router(runtime.jobs, runtime.models, project), prefix="/v1")
     app.include_router(graders.router(runtime.graders, project), prefix="/v1")
@@ -59,7 +62,8 @@ def create_app(runtime: Runtime, *, beside: AbstractContextManager[object] | Non
         return {"status": "ok"}
 
     if settings.metrics:
-        expose(app, runtime.metrics, runtime.engine)
+        expose(app, runtime.metrics, runtime.engine, key=settings.metrics_key if settings.api_keys else None,
+               closed=bool(settings.api_keys))
 
     dashboard.mount(app)
     openai_style(app)

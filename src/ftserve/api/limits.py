@@ -13,12 +13,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ftserve.api import errors
 from ftserve.domain.errors import PayloadTooLarge, RateLimited
 
+# Buckets kept before full ones are forgotten, so many client addresses cannot grow the table without bound.
+MAX_BUCKETS = 10_000
 # Room for the multipart framing around the largest file a route accepts.
 MULTIPART_FRAMING = 1024 * 1024
 
 
 class RateLimiter:
-    """A token bucket per project: `per_minute` requests in a burst, refilled evenly over a minute.
+    """A token bucket per key (a project, or a client address): `per_minute` in a burst, refilled evenly over a minute.
 
     The buckets live in this process; several API processes each allow the full rate.
     """
@@ -33,9 +35,7 @@ class RateLimiter:
     def take(self, project: str) -> None:
         """Spend one request of `project`'s allowance, or raise `RateLimited` saying when one is back."""
         with self._lock:
-            now = self.clock()
-            tokens, last = self._buckets.get(project, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - last) * self.refill)
+            tokens, now = self._tokens(project)
             if tokens < 1.0:
                 self._buckets[project] = (tokens, now)
                 wait = (1.0 - tokens) / self.refill
@@ -45,6 +45,26 @@ class RateLimiter:
                     retry_after=wait,
                 )
             self._buckets[project] = (tokens - 1.0, now)
+
+    def wait(self, key: str) -> float:
+        """Seconds until `key` has one to spend again (0: it has one now); spends nothing."""
+        with self._lock:
+            tokens, _ = self._tokens(key)
+            return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.refill
+
+    def spend(self, key: str) -> None:
+        """Spend one of `key`'s allowance, going no lower than empty."""
+        with self._lock:
+            tokens, now = self._tokens(key)
+            self._buckets[key] = (max(0.0, tokens - 1.0), now)
+            if len(self._buckets) > MAX_BUCKETS:  # full buckets are the default: forgetting them changes nothing
+                for full in [k for k, (t, _) in self._buckets.items() if t >= self.capacity - 1.0 and k != key]:
+                    del self._buckets[full]
+
+    def _tokens(self, key: str) -> tuple[float, float]:
+        now = self.clock()
+        tokens, last = self._buckets.get(key, (self.capacity, now))
+        return min(self.capacity, tokens + (now - last) * self.refill), now
 
 
 class BodyLimit:

@@ -3,14 +3,16 @@ request, and `GET /metrics`, which also reads the job counts from the database w
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 
 import sqlalchemy as sa
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ftserve.domain.errors import AuthenticationFailed
 from ftserve.metrics import JobCounts, Metrics
 
 access = logging.getLogger("ftserve.access")
@@ -80,11 +82,20 @@ class Observed:
             )
 
 
-def expose(app: FastAPI, metrics: Metrics, engine: sa.Engine) -> None:
-    """`GET /metrics` in Prometheus' text format. Served without auth, like /health (docs/observability.md)."""
+def expose(app: FastAPI, metrics: Metrics, engine: sa.Engine, *, key: str | None, closed: bool) -> None:
+    """`GET /metrics` in Prometheus' text format. On an open server it is open, like the rest; on a `closed` one
+    (API keys configured) it answers only `key`, the operator's metrics key, since the job counts cover every
+    project (docs/observability.md). A closed server without a metrics key answers no one."""
     counts = CollectorRegistry()
     counts.register(JobCounts(engine))
 
     @app.get("/metrics", include_in_schema=False)
-    def scrape() -> Response:  # a plain def: FastAPI runs it in a thread, off the event loop, for the query
+    def scrape(request: Request) -> Response:  # a plain def: FastAPI runs it in a thread, off the event loop, for the query
+        if closed:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if key is None or scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+                raise AuthenticationFailed(
+                    "/metrics covers every project, so on a server with API keys it answers only the metrics key "
+                    "(FTSERVE_METRICS_KEY), sent as `Authorization: Bearer <key>`; project keys are refused."
+                )
         return Response(generate_latest(metrics.registry) + generate_latest(counts), media_type=CONTENT_TYPE_LATEST)

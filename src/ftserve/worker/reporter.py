@@ -122,7 +122,7 @@ class JobReporter:
     def metrics(self, step: int, total_steps: int, metrics: dict[str, float],
                 tokens_per_second: float | None = None) -> None:
         if tokens_per_second is not None:
-            self.prometheus.tokens_per_second.labels(self.job.id).set(tokens_per_second)
+            self.prometheus.tokens_per_second.labels(self.worker_id).set(tokens_per_second)
             self._throughput_shown = True
         # A repeated step (after a resume) is not timed again, but it is when the clock for the next one starts.
         reported_at, self._reported_at = self._reported_at, time.monotonic()
@@ -160,6 +160,6 @@ class JobReporter:
     def close(self, failed: bool = False) -> None:
         """The run ended: its throughput series goes, so a finished job is not shown training; its W&B run ends."""
         if self._throughput_shown:
-            self.prometheus.tokens_per_second.remove(self.job.id)
+            self.prometheus.tokens_per_second.remove(self.worker_id)
         if self.wandb is not None:
             self.wandb.finish(failed)
