@@ -53,6 +53,9 @@ class Fake:
         raise NotImplementedError
     def unreachable(self) -> None:
         """`get` gets no answer."""
+    def garbles(self) -> bool:
+        """`get` is answered 200 with a gateway's HTML page; False where the fake cannot answer so."""
+        return False
     def requests(self) -> int | None:
         """How many HTTP requests reached the fake provider (None where the fake cannot count them)."""
         return None
@@ -86,6 +89,11 @@ class _Respx(Fake):
 
     def unreachable(self) -> None:
         self.router.get(self.get_path).mock(side_effect=httpx.ConnectError("connection refused"))
+
+    def garbles(self) -> bool:
+        self.on_get(httpx.Response(200, text="<html><body>502 Bad Gateway</body></html>",
+                                   headers={"content-type": "text/html"}))
+        return True
 
     def requests(self) -> int | None:
         return self.route.call_count

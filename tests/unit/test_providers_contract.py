@@ -219,6 +219,15 @@ def test_no_answer_is_worth_retrying(hosted: Fake) -> None:
     assert raised.value.retryable and raised.value.status is None
 
 
+def test_an_answer_that_is_not_json_is_a_provider_error_naming_the_provider(hosted: Fake) -> None:
+    if not hosted.garbles():
+        pytest.skip("botocore's Stubber answers parsed objects only")
+    with pytest.raises(ProviderError, match="not JSON|not a JSON object") as raised:
+        hosted.provider.get(hosted.remote)
+    assert raised.value.status_code == 502 and raised.value.retryable
+    assert hosted.provider.name in raised.value.message.lower() and "Bad Gateway" in raised.value.message
+
+
 def test_capabilities_are_the_operations_the_adapter_has(hosted: Fake) -> None:
     capabilities = hosted.provider.capabilities()
     assert {flag: getattr(capabilities, flag) for flag in OPERATIONS} == hosted.operations

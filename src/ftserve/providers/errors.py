@@ -41,6 +41,18 @@ class Failure:
     code: str | None = None
     answered: bool = True
     """False: no answer came (a refused connection, a timeout), which is always worth retrying."""
+    retry: bool | None = None
+    """Whether to retry, where the status alone does not say (an answer that is not JSON)."""
+
+
+class NotJson(Exception):
+    """A provider's successful answer whose body is not a JSON object or array: a proxy's error page, a
+    truncated reply. Raised by the SDK client's response hook (`clients.json_only`), read as a failed answer."""
+
+    def __init__(self, status: int, body: bytes, content_type: str):
+        self.status = status
+        text = body[:200].decode(errors="replace").strip()
+        super().__init__(f"a body that is not a JSON object ({content_type or 'no content type'}): {text!r}")
 
 
 Reader = Callable[[Exception], Failure | None]
@@ -74,8 +86,9 @@ def _error(who: str, failure: Failure) -> ProviderError:
         return ProviderError(f"{who} could not be reached: {failure.message}", retryable=True)
     if failure.status is None:  # the client's own check refused the call before sending it
         return ProviderError(f"{who}: {failure.message}", code=failure.code)
+    again = retryable(failure.status, failure.code) if failure.retry is None else failure.retry
     return ProviderError(f"{who} answered {failure.status}: {failure.message}",
-                         retryable=retryable(failure.status, failure.code), status=failure.status, code=failure.code)
+                         retryable=again, status=failure.status, code=failure.code)
 
 
 def sdk(package: ModuleType) -> Reader:
@@ -86,6 +99,10 @@ def sdk(package: ModuleType) -> Reader:
         if isinstance(error, package.APIStatusError):
             message, code = body_message(error.body, error.message)
             return Failure(message, error.status_code, code)
+        if isinstance(error, package.APIConnectionError) and isinstance(error.__cause__, NotJson):
+            # The SDK reports any exception from its HTTP client as "could not connect"; this one is an answer.
+            # Worth retrying: a gateway's error page or a cut-off body is usually gone on the next poll.
+            return Failure(str(error.__cause__), error.__cause__.status, "invalid_response", retry=True)
         if isinstance(error, package.APIConnectionError):  # timeouts included
             cause = f" ({error.__cause__})" if error.__cause__ else ""
             return Failure(f"{error.message}{cause}", answered=False)
