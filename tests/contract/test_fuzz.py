@@ -209,7 +209,7 @@ def seeded(
     catalogue = model_dir.parent / f"{TINY}.json"
     catalogue.write_text(json.dumps([{"id": TINY, "path": str(model_dir)}]))
     settings = settings_for(tmp_path_factory.mktemp("fuzz"), databases.new(), catalogue_file=catalogue,
-                            inference_max_tokens=8)
+                            inference_max_tokens=8, webhook_allow="127.0.0.1")  # the seeded endpoints' port 9
     live, server, thread = start_server(settings)
     try:
         ids = _seed(live.url)

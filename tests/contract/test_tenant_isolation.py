@@ -211,7 +211,7 @@ def walk(beta: OpenAI, api: httpx.Client, own: Own) -> dict[str, list[Probe]]:
                   code="model_not_found", note=" streamed"),
         ],
         "POST /v1/webhook_endpoints": [listing("beta's own endpoint", lambda i: call(
-            hooks.create, name="beta", url="http://127.0.0.1:9/beta", event_types=["fine_tuning.job.failed"]))],
+            hooks.create, name="beta", url="http://hooks.invalid/beta", event_types=["fine_tuning.job.failed"]))],
         "GET /v1/webhook_endpoints": [
             listing("beta's endpoints", lambda i: call(hooks.list)),
             hidden("page after alpha's endpoint", lambda i: call(hooks.list, after=i["webhook"])),
@@ -273,8 +273,8 @@ def _alpha_estate(alpha: OpenAI) -> dict[str, str]:
         {"role": "user", "content": f"{SECRET} {n}"}, {"role": "assistant", "content": str(n)}]}).encode() + b"\n"
         for n in range(4))
     ids = {"file": upload(alpha, data, name=f"{SECRET}.jsonl"), "idempotency_key": f"key-{SECRET}"}
-    # Port 9 refuses at once, so the job's end is a delivery that fails and stays in the log.
-    ids["webhook"] = alpha.webhooks.create(name=SECRET, url=f"http://127.0.0.1:9/{SECRET}",
+    # A name that never resolves (RFC 2606), so the job's end is a delivery that fails and stays in the log.
+    ids["webhook"] = alpha.webhooks.create(name=SECRET, url=f"http://hooks.invalid/{SECRET}",
                                            event_types=["fine_tuning.job.succeeded"]).id
     jobs = alpha.fine_tuning.jobs
     job = jobs.create(**job_args(ids["file"]), extra_headers={"Idempotency-Key": ids["idempotency_key"]})
@@ -383,7 +383,7 @@ def _beta_estate(beta: OpenAI) -> Own:
         file=file, job=job.id,
         checkpoint=beta.fine_tuning.jobs.checkpoints.list(job.id).data[0].fine_tuned_model_checkpoint,
         upload=beta.uploads.create(bytes=10, filename="b.jsonl", purpose="fine-tune", mime_type="text/jsonl").id,
-        webhook=beta.webhooks.create(name="beta", url="http://127.0.0.1:9/", event_types=["fine_tuning.job.failed"]).id,
+        webhook=beta.webhooks.create(name="beta", url="http://hooks.invalid/", event_types=["fine_tuning.job.failed"]).id,
     )
 
 

@@ -63,12 +63,18 @@ class DeletedWebhookEndpoint(Wire):
     deleted: bool
 
 
+# What a test reports, and no more: the receiver's own status, or why a try failed, would turn tests into a
+# scanner of whatever the server can reach.
+TEST_DELIVERED, TEST_FAILED = 200, 0
+
+
 class WebhookEndpointTestResult(Wire):
     object: Literal["webhook_endpoint.test"] = "webhook_endpoint.test"
     webhook_endpoint_id: str
     event_type: str
     success: Literal[True] = True
-    status_code: int = Field(description="What the endpoint answered; 0 when it could not be reached.")
+    status_code: int = Field(description=f"{TEST_DELIVERED} when the endpoint took the event (answered 2xx), "
+                                         f"{TEST_FAILED} when it did not, whatever the reason.")
 
 
 class WebhookEventTypeList(Wire):

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from ftserve import testing
 from ftserve.catalogue import load_catalogue
 from ftserve.config import Settings, TrainerName
+from ftserve.domain.webhook_targets import Allow
 from ftserve.domain.webhooks import Retry
 from ftserve.files.storage import LocalBlobStore
 from ftserve.graders import PythonLimits
@@ -32,7 +33,7 @@ from ftserve.services.jobs import JobService
 from ftserve.services.lifecycle import Lifecycle
 from ftserve.services.models import ModelService
 from ftserve.services.providers import ProviderService
-from ftserve.services.webhooks import WebhookService
+from ftserve.services.webhooks import Sending, WebhookService
 from ftserve.store.database import create_engine, migrate
 
 # What trains a worker's local jobs, by FTSERVE_TRAINER. The fakes live in `testing` and are wired in
@@ -122,6 +123,8 @@ def build(settings: Settings) -> Runtime:
         graders=graders,
         exports=exports,
         providers=providers,
-        webhooks=WebhookService(engine, Retry(settings.webhook_retry_seconds, give_up=settings.webhook_give_up_seconds)),
+        webhooks=WebhookService(engine, Retry(settings.webhook_retry_seconds, give_up=settings.webhook_give_up_seconds),
+                                Sending(settings.webhook_timeout_seconds, settings.webhook_senders,
+                                        settings.webhook_endpoint_concurrency, Allow.parse(settings.webhook_allow))),
         metrics=Metrics(),
     )

@@ -15,6 +15,9 @@ from ftserve.store.pages import Page, select_page
 from ftserve.store.tables import webhook_deliveries, webhook_endpoints
 
 
+_CLAIM_LOCK = 7_104_218  # the advisory lock webhook claims take turns on (PostgreSQL)
+
+
 def _endpoint(row: sa.Row) -> Endpoint:
     return Endpoint(**{k: v for k, v in row._mapping.items() if k != "seq"})
 
@@ -71,16 +74,30 @@ def enqueue(conn: sa.Connection, project: str, event_type: str, data: dict[str, 
     ])
 
 
-def claim_due(conn: sa.Connection, now: float, hold_until: float, holder: str) -> tuple[Delivery, Endpoint] | None:
+def claim_due(
+    conn: sa.Connection, now: float, hold_until: float, holder: str, per_endpoint: int,
+) -> tuple[Delivery, Endpoint] | None:
     """The delivery most overdue, with its endpoint, held by `holder` until `hold_until`: no other worker sends it
-    meanwhile, and if this one dies, it is tried again once the hold runs out."""
+    meanwhile, and if this one dies, it is tried again once the hold runs out. Endpoints that already have
+    `per_endpoint` tries held by any worker are passed over, so a slow receiver ties up no more senders than that."""
+    if conn.dialect.name == "postgresql":
+        # Claims take turns, so each counts the tries the ones before it hold and the limit is exact across
+        # workers (SQLite's write transactions take turns already). A claim is one short statement.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CLAIM_LOCK})
+    candidate, held = webhook_deliveries.alias("candidate"), webhook_deliveries.alias("held")
+    in_flight = (
+        sa.select(sa.func.count()).select_from(held)
+        .where(held.c.endpoint_id == candidate.c.endpoint_id, held.c.status == "pending",
+               held.c.claimed_by.is_not(None), held.c.next_attempt_at > now)
+        .correlate(candidate).scalar_subquery()
+    )
     due = (
-        sa.select(webhook_deliveries.c.seq)
-        .where(webhook_deliveries.c.status == "pending", webhook_deliveries.c.next_attempt_at <= now)
-        .order_by(webhook_deliveries.c.next_attempt_at).limit(1)
+        sa.select(candidate.c.seq)
+        .where(candidate.c.status == "pending", candidate.c.next_attempt_at <= now, in_flight < per_endpoint)
+        .order_by(candidate.c.next_attempt_at).limit(1)
     )
     if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
+        due = due.with_for_update(skip_locked=True, of=candidate)
     row = conn.execute(
         webhook_deliveries.update().where(webhook_deliveries.c.seq == due.scalar_subquery())
         .values(next_attempt_at=hold_until, claimed_by=holder).returning(*webhook_deliveries.c)

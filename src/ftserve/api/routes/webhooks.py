@@ -4,6 +4,7 @@
 from typing import Annotated, Callable
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.concurrency import run_in_threadpool
 
 from ftserve.domain.webhooks import EVENT_TYPES, Delivery, Endpoint, secret_hint
 from ftserve.schemas import webhooks as wire
@@ -38,9 +39,14 @@ def router(webhooks: WebhookService, project: Callable[..., str]) -> APIRouter:
     Project = Annotated[str, Depends(project)]
     Limit = Annotated[int, Query(ge=1, le=100)]
 
+    # Routes that check a URL or send are async: a name lookup or a receiver that takes its time waits on the
+    # event loop, not on the thread pool every other project's requests need.
     @api.post("/webhook_endpoints", response_model=wire.WebhookEndpointWithSecret)
-    def create_webhook_endpoint(body: wire.CreateWebhookEndpointRequest, owner: Project) -> wire.WebhookEndpointWithSecret:
-        return _with_secret(webhooks.create(owner, body.name, body.url, body.event_types))
+    async def create_webhook_endpoint(
+        body: wire.CreateWebhookEndpointRequest, owner: Project,
+    ) -> wire.WebhookEndpointWithSecret:
+        await webhooks.check_url(body.url)
+        return _with_secret(await run_in_threadpool(webhooks.create, owner, body.name, body.url, body.event_types))
 
     @api.get("/webhook_endpoints", response_model=wire.ListWebhookEndpointsResponse)
     def list_webhook_endpoints(owner: Project, after: OptionalQuery = None, limit: Limit = 20) -> wire.ListWebhookEndpointsResponse:
@@ -54,11 +60,13 @@ def router(webhooks: WebhookService, project: Callable[..., str]) -> APIRouter:
         return _endpoint(webhooks.get(owner, webhook_endpoint_id))
 
     @api.post("/webhook_endpoints/{webhook_endpoint_id}", response_model=wire.WebhookEndpoint)
-    def update_webhook_endpoint(
+    async def update_webhook_endpoint(
         webhook_endpoint_id: str, body: wire.UpdateWebhookEndpointRequest, owner: Project,
     ) -> wire.WebhookEndpoint:
-        return _endpoint(webhooks.update(owner, webhook_endpoint_id, name=body.name, url=body.url,
-                                         event_types=body.event_types))
+        if body.url is not None:
+            await webhooks.check_url(body.url)
+        return _endpoint(await run_in_threadpool(lambda: webhooks.update(
+            owner, webhook_endpoint_id, name=body.name, url=body.url, event_types=body.event_types)))
 
     @api.delete("/webhook_endpoints/{webhook_endpoint_id}", response_model=wire.DeletedWebhookEndpoint)
     def delete_webhook_endpoint(webhook_endpoint_id: str, owner: Project) -> wire.DeletedWebhookEndpoint:
@@ -73,12 +81,13 @@ def router(webhooks: WebhookService, project: Callable[..., str]) -> APIRouter:
         return _with_secret(webhooks.rotate_secret(owner, webhook_endpoint_id, keep_old=keep))
 
     @api.post("/webhook_endpoints/{webhook_endpoint_id}/test", response_model=wire.WebhookEndpointTestResult)
-    def test_webhook_endpoint(
+    async def test_webhook_endpoint(
         webhook_endpoint_id: str, body: wire.TestWebhookEndpointRequest, owner: Project,
     ) -> wire.WebhookEndpointTestResult:
-        status = webhooks.test(owner, webhook_endpoint_id, body.event_type)
+        endpoint = await run_in_threadpool(webhooks.get, owner, webhook_endpoint_id)
+        delivered = await webhooks.test(endpoint, body.event_type)
         return wire.WebhookEndpointTestResult(webhook_endpoint_id=webhook_endpoint_id, event_type=body.event_type,
-                                              status_code=status)
+                                              status_code=wire.TEST_DELIVERED if delivered else wire.TEST_FAILED)
 
     @api.get("/webhook_event_types", response_model=wire.WebhookEventTypeList)
     def list_webhook_event_types(owner: Project) -> wire.WebhookEventTypeList:
