@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -98,6 +98,13 @@ class BedrockOptions(Options):
     early_stopping_threshold: float | None = Field(None, ge=0)
     early_stopping_patience: int | None = Field(None, ge=1)
     eval_percentage: float | None = Field(None, gt=0, lt=100)
+
+    # Operator's: vpc_config and custom_model_kms_key_id reach the account's networks and keys; tags feed its
+    # cost allocation and tag-based access policies.
+    TENANT: ClassVar[frozenset[str]] = frozenset({
+        "customization_type", "learning_rate_warmup_steps", "early_stopping_threshold", "early_stopping_patience",
+        "eval_percentage",
+    })
 
 
 # Options that become hyperParameters, by their Bedrock key.

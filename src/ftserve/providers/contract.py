@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel as Record
@@ -42,10 +43,36 @@ Serving = Literal["ready", "needs_deployment", "external"]
 (`needs_deployment`), or by serving the weights yourself (`external`)."""
 
 
+@dataclass(frozen=True)
+class Reference:
+    """An option that names something in the provider account (a job, a model): the account holds every
+    tenant's work, so a tenant may name only what this server's database shows its own project made there."""
+
+    what: str
+    """What it names, for the refusal: `job or model`, `model`."""
+    jobs: bool = True
+    """A remote job id of the project's jobs counts."""
+    models: bool = True
+    """A remote model id of the project's models and checkpoints counts."""
+    step: bool = False
+    """The id may end in `:<step>`, naming a checkpoint of it."""
+
+
 class Options(Record):
-    """Base of each provider's typed options block: unknown keys are an error, not silently dropped."""
+    """Base of each provider's typed options block: unknown keys are an error, not silently dropped.
+
+    Who may set what is data beside the fields: a tenant (`ftserve.provider_options.<kind>`) only the
+    options in `TENANT`, and the `REFERENCES` to its own jobs and models; every other option reaches the
+    operator's account (repositories, keys, networks, code) and is the operator's, set in the provider's
+    configuration (`options`), which applies to every job under what the tenant sets.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    TENANT: ClassVar[frozenset[str]] = frozenset()
+    REFERENCES: ClassVar[Mapping[str, Reference]] = {}
+    TENANT_KEYS: ClassVar[Mapping[str, frozenset[str]]] = {}
+    """Free-form options (objects sent on as they are) whose keys a tenant may set only from this list."""
 
 
 class Connection(Record):

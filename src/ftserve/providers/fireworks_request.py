@@ -8,7 +8,7 @@ reports each conversion. The settings both kinds share sit at the top of a super
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -18,6 +18,7 @@ from ftserve.providers.contract import (
     JobRequest,
     Options,
     ProviderUnsupported,
+    Reference,
     Staged,
     chosen,
     no_reinforcement,
@@ -70,6 +71,13 @@ class FireworksOptions(Options):
     gradient_accumulation_steps: int | None = Field(None, ge=1)
     optimizer_weight_decay: float | None = Field(None, ge=0)
     dpo_loss: Literal["DPO", "ORPO"] | None = None
+
+    # Operator's: region places the job (and the data) in the account's capacity where the operator chooses.
+    TENANT: ClassVar[frozenset[str]] = frozenset({
+        "jinja_template", "is_turbo", "nodes", "early_stop", "eval_auto_carveout", "batch_size_samples",
+        "gradient_accumulation_steps", "optimizer_weight_decay", "dpo_loss",
+    })
+    REFERENCES: ClassVar[dict[str, Reference]] = {"warm_start_from": Reference("model", jobs=False)}
 
 
 

@@ -71,6 +71,8 @@ class OpenAICompatibleOptions(Options):
     training_type: Literal["Standard", "GlobalStandard", "Developer"] | None = None
     """Azure's training tier (`trainingType`); Developer is cheaper, on capacity that may pause."""
 
+    TENANT: ClassVar[frozenset[str]] = frozenset({"training_type"})
+
 
 class OpenAICompatibleProvider:
     kind: ClassVar[Literal["openai_compatible"]] = "openai_compatible"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -47,26 +48,32 @@ class Route:
     provider: Provider
     name: str | None
     model: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """The operator's provider options (the configuration's `options`), applied to every job under the tenant's."""
 
 
 class Providers:
     """The local provider plus every configured hosted one, by name."""
 
-    def __init__(self, local: LocalProvider, hosted: dict[str, HostedProvider], catalogue: dict[str, CatalogueEntry]):
+    def __init__(self, local: LocalProvider, hosted: dict[str, HostedProvider], catalogue: dict[str, CatalogueEntry],
+                 options: dict[str, dict[str, Any]] | None = None):
         self.local = local
         self.hosted = hosted
         self.catalogue = catalogue
+        self.options = options or {}
+        """The operator's provider options, by provider name."""
 
     def route(self, model: str) -> Route:
         """Where `model` trains. Raises `InvalidRequest` naming the providers when a prefix is not configured."""
         entry = self.catalogue.get(model)
         if entry is not None and entry.provider is not None:
-            return Route(self.get(entry.provider, param="model"), entry.provider, entry.provider_model or model)
+            return Route(self.get(entry.provider, param="model"), entry.provider, entry.provider_model or model,
+                         self.options.get(entry.provider, {}))
         if entry is not None or "/" not in model:
             return Route(self.local, None, model)
         prefix, rest = model.split("/", 1)
         if prefix in self.hosted:
-            return Route(self.hosted[prefix], prefix, rest)
+            return Route(self.hosted[prefix], prefix, rest, self.options.get(prefix, {}))
         if prefix in HOSTED or prefix.startswith("remote-"):
             raise InvalidRequest(
                 f"Model '{model}' names the provider '{prefix}', which this server does not configure. "
@@ -101,13 +108,15 @@ def providers_for(settings: Settings, catalogue: dict[str, CatalogueEntry]) -> P
         wall_seconds=settings.python_grader_wall_seconds, memory_mb=settings.python_grader_memory_mb,
     )
     local = LocalProvider(catalogue, settings.resolved_models_dir, settings.device, python_graders)
-    hosted = {name: build(name, config) for name, config in connections(settings).items()}
+    configured = connections(settings)
+    hosted = {name: build(name, config) for name, config in configured.items()}
+    options = {name: operator_options(name, config) for name, config in configured.items()}
     for entry in catalogue.values():
         if entry.provider is not None and entry.provider not in hosted:
             raise ProviderConfigError(
                 f"catalogue entry '{entry.id}' runs on provider '{entry.provider}', which FTSERVE_PROVIDERS does not configure"
             )
-    return Providers(local, hosted, catalogue)
+    return Providers(local, hosted, catalogue, options)
 
 
 def kind_of(name: str, config: dict[str, Any]) -> ProviderKind:
@@ -126,7 +135,7 @@ def build(name: str, config: dict[str, Any]) -> HostedProvider:
     kind = kind_of(name, config)
     module, _, attribute = HOSTED[kind].partition(":")
     adapter = getattr(import_module(module), attribute)
-    settings = {key: value for key, value in config.items() if key != "kind"}
+    settings = {key: value for key, value in config.items() if key not in ("kind", "options")}
     try:
         connection = adapter.Connection.model_validate(settings)
     except ValidationError as error:
@@ -134,6 +143,23 @@ def build(name: str, config: dict[str, Any]) -> HostedProvider:
         where = ".".join(str(part) for part in first["loc"])
         raise ProviderConfigError(f"provider '{name}' ({kind}): {where}: {first['msg']}") from error
     return adapter(name, connection)
+
+
+def operator_options(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The provider options the operator set for every job (`options`), checked like a job's, but free of the
+    tenant allowlist: the operator's own account is theirs to point at."""
+    options = config.get("options") or {}
+    if not isinstance(options, dict):
+        raise ProviderConfigError(f"provider '{name}': options must be an object of provider options")
+    kind = kind_of(name, config)
+    module, _, attribute = HOSTED[kind].partition(":")
+    try:
+        getattr(import_module(module), attribute).Options.model_validate(options)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ProviderConfigError(f"provider '{name}' ({kind}): options.{where}: {first['msg']}") from error
+    return options
 
 
 def _read_file(path: Path) -> dict[str, dict[str, Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -61,6 +61,19 @@ OWNED: dict[str, str] = {
 }
 
 
+# Axolotl keys a tenant may set in `provider_options.runpod.axolotl`: training knobs that take numbers, flags or
+# the names of Axolotl's built-in choices. Every other key is the operator's: many load code (trust_remote_code,
+# plugins, a custom chat template), read or write repositories and buckets with the worker's tokens (hub_*,
+# dataset paths), or change what the worker does with its volume.
+AXOLOTL_TENANT = frozenset({
+    "optimizer", "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon", "cosine_min_lr_ratio",
+    "gradient_checkpointing", "flash_attention", "sdp_attention", "sample_packing", "eval_sample_packing",
+    "pad_to_sequence_len", "train_on_inputs", "group_by_length", "bf16", "fp16", "tf32", "logging_steps",
+    "early_stopping_patience", "neftune_noise_alpha", "max_steps", "save_total_limit", "eval_batch_size",
+    "lora_fan_in_fan_out", "loraplus_lr_ratio", "peft_use_dora", "peft_use_rslora",
+})
+
+
 class RunpodOptions(Options):
     hub_model_id: str | None = None
     """Push the weights to this Hugging Face repo (the connection's hf_token needs write access)."""
@@ -75,6 +88,13 @@ class RunpodOptions(Options):
     """RunPod stops a request after its endpoint's execution timeout, 10 minutes unless this overrides it."""
     axolotl: dict[str, Any] = Field(default_factory=dict)
     """Further Axolotl config keys, sent as they are; keys ftserve's own fields set are refused."""
+
+    # Operator's: hub_model_id pushes the weights to Hugging Face with the worker's hf_token.
+    TENANT: ClassVar[frozenset[str]] = frozenset({
+        "micro_batch_size", "gradient_accumulation_steps", "lora_target_modules", "load_in_4bit", "lr_scheduler",
+        "execution_timeout_hours", "axolotl",
+    })
+    TENANT_KEYS: ClassVar[dict[str, frozenset[str]]] = {"axolotl": AXOLOTL_TENANT}
 
 
 # The caller's fields that go to Axolotl under its own names, or nowhere.

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from ftserve.domain.errors import InvalidRequest
-from ftserve.providers.contract import Change, JobRequest, Options, Staged, chosen
+from ftserve.providers.contract import Change, JobRequest, Options, Reference, Staged, chosen
 from ftserve.providers.plan import Mapped, Plan, dropped, epochs_of, steps
 
 # What `fine_tuning.create` sends for arguments it is not given (together 3.1.1); a test reads them
@@ -63,6 +63,16 @@ class TogetherOptions(Options):
     early_stopping_patience: int | None = Field(None, ge=1)
     early_stopping_min_delta: float | None = Field(None, ge=0)
     early_stopping_warmup_evals: int | None = Field(None, ge=0)
+
+    # Operator's: from_hf_model and hf_model_revision read, and hf_output_repo_name writes, Hugging Face with the
+    # connection's hf_api_token.
+    TENANT: ClassVar[frozenset[str]] = frozenset({
+        "n_checkpoints", "n_evals", "lr_scheduler_type", "min_lr_ratio", "scheduler_num_cycles", "weight_decay",
+        "max_grad_norm", "gradient_accumulation_steps", "train_on_inputs", "packing", "lora_trainable_modules",
+        "train_vision", "dpo_normalize_logratios_by_length", "rpo_alpha", "simpo_gamma", "early_stopping_enabled",
+        "early_stopping_patience", "early_stopping_min_delta", "early_stopping_warmup_evals",
+    })
+    REFERENCES: ClassVar[dict[str, Reference]] = {"from_checkpoint": Reference("job or model", step=True)}
 
 
 def create_body(request: JobRequest, options: TogetherOptions, staged: Staged | None, *,

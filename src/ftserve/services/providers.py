@@ -4,14 +4,21 @@
 runs, the exact native request, every converted and dropped parameter, and an estimate. A hosted
 job is refused when the provider would drop something the caller set; silently training with
 different settings is the failure this contract exists to prevent.
+
+A provider account is the operator's, shared by every tenant: a tenant's options block holds only the
+options its adapter lists as the tenant's (`Options.TENANT`), and an option naming a job or model in
+that account (`Options.REFERENCES`) only one this project made, as its own rows show. The operator's
+options (the provider configuration's `options`) apply to every job, under the tenant's.
 """
 
 from __future__ import annotations
 
 import builtins  # the service's own `list` method shadows the type inside its class
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from pydantic import ValidationError
 
 from ftserve.domain.errors import InvalidRequest, NotFound
@@ -24,13 +31,16 @@ from ftserve.providers.contract import (
     Deployment,
     Estimate,
     JobRequest,
+    Options,
     Provider,
     ProviderUnsupported,
+    Reference,
     Resolved,
     lacking,
 )
 from ftserve.providers.registry import HOSTED, Providers, Route
 from ftserve.services.files import FileService
+from ftserve.store import provider_resources
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,7 @@ def job_request(job: Job, route: Route, files: FileService, blobs: BlobStore) ->
         job_id=job.id, model=route.model, method=job.method, hyperparameters=job.hyperparameters,
         method_config=job.method_config, seed=job.seed, suffix=job.suffix, metadata=job.metadata,
         integrations=job.integrations, options=options,
-        provider_options=provider_block(route.provider, provider_options),
+        provider_options=merged(route.options, provider_block(route.provider, provider_options)),
         training_file=blobs.path(training.storage_key), training_examples=training.examples or 0,
         validation_file=blobs.path(validation.storage_key) if validation else None,
         validation_examples=validation.examples or 0 if validation else 0,
@@ -76,19 +86,58 @@ def provider_block(provider: Provider, options: dict[str, Any]) -> dict[str, Any
             f"ftserve.provider_options has no provider kind {', '.join(map(repr, unknown))}; "
             f"kinds are {', '.join(HOSTED)}.", param=f"ftserve.provider_options.{unknown[0]}",
         )
-    return options.get(provider.kind, {})
+    block = options.get(provider.kind, {})
+    allowed: type[Options] | None = getattr(provider, "Options", None)
+    if allowed is not None and isinstance(block, dict):
+        _tenant_only(provider.kind, allowed, block)
+    return block
+
+
+def _tenant_only(kind: str, options: type[Options], block: dict[str, Any]) -> None:
+    """Refuses an option the tenant may not set: one of the operator's, or a free-form key not on the list."""
+    for key, value in block.items():
+        where = f"ftserve.provider_options.{kind}.{key}"
+        if key not in options.model_fields or key in options.REFERENCES:
+            continue  # an unknown key is refused by the options' validation; a reference by `_owned`
+        if key not in options.TENANT:
+            raise _operators(where)
+        keys = options.TENANT_KEYS.get(key)
+        if keys is not None and isinstance(value, dict):
+            for inner in value:
+                if inner not in keys:
+                    raise _operators(f"{where}.{inner}", f" (a tenant may set {', '.join(sorted(keys))})")
+
+
+def _operators(where: str, allowed: str = "") -> InvalidRequest:
+    return InvalidRequest(
+        f"{where} is an operator setting: it reaches the provider account this server shares between projects, "
+        f"so only the server's operator sets it, in the provider's configuration (options){allowed}.", param=where,
+    )
+
+
+def merged(operator: Mapping[str, Any], tenant: dict[str, Any]) -> dict[str, Any]:
+    """The tenant's options over the operator's; an object both set (RunPod's `axolotl`) is merged key by key."""
+    result = {**operator, **tenant}
+    for key, value in tenant.items():
+        if isinstance(value, dict) and isinstance(operator.get(key), dict):
+            result[key] = {**operator[key], **value}
+    return result
 
 
 class ProviderService:
-    def __init__(self, providers: Providers, files: FileService, blobs: BlobStore):
+    def __init__(self, providers: Providers, files: FileService, blobs: BlobStore, engine: sa.Engine | None = None):
         self.providers = providers
         self.files = files
         self.blobs = blobs
+        self.engine = engine
+        """Where a tenant's jobs and models are recorded; without it, no option may name one."""
 
     def plan(self, job: Job, *, estimate: bool = True) -> Plan:
         """Resolve and estimate `job` (not yet stored) on the provider its model routes to."""
         route = self.providers.route(job.model)
         request = job_request(job, route, self.files, self.blobs)
+        if route.name is not None:
+            self._owned(job, route)
         try:
             if route.name is not None:
                 route.provider.Options.model_validate(request.provider_options)  # type: ignore[attr-defined]  # hosted adapters declare Options
@@ -103,6 +152,43 @@ class ProviderService:
         except ProviderUnsupported as error:
             raise InvalidRequest(error.message, param=error.param or "model", code=error.code) from None
         return Plan(route, request, resolved, route.provider.estimate(request) if estimate else None)
+
+    def _owned(self, job: Job, route: Route) -> None:
+        """Refuses a tenant's option naming a provider-side job or model its project did not make there.
+
+        Another project's resource and one that does not exist get the same answer, so the refusal tells
+        nothing of what other tenants have.
+        """
+        assert route.name is not None
+        options: type[Options] | None = getattr(route.provider, "Options", None)
+        block = (job.extensions.get("provider_options") or {}).get(route.provider.kind) or {}
+        if options is None or not isinstance(block, dict):
+            return
+        for key, reference in options.REFERENCES.items():
+            value = block.get(key)
+            if not isinstance(value, str):
+                continue  # absent, or of a type the options' validation refuses
+            if not self._made(job.project, route.name, value, reference):
+                where = f"ftserve.provider_options.{route.provider.kind}.{key}"
+                raise InvalidRequest(
+                    f"{where}: {value!r} is not a {reference.what} that a job of this project made at {route.name}; "
+                    "only those may be named here.",
+                    param=where,
+                )
+
+    def _made(self, project: str, provider: str, value: str, reference: Reference) -> bool:
+        if self.engine is None:
+            return False
+        names = [value]
+        head, colon, step = value.rpartition(":")
+        if reference.step and colon and step.isdigit():
+            names.append(head)
+        with self.engine.connect() as conn:
+            return any(
+                (reference.jobs and provider_resources.made_job(conn, project, provider, name))
+                or (reference.models and provider_resources.made_model(conn, project, provider, name))
+                for name in names
+            )
 
     def check(self, job: Job, explicit: set[str]) -> Plan:
         """The plan of a hosted job about to be created, refused if it would drop a parameter the caller set."""

@@ -105,7 +105,7 @@ def build(settings: Settings) -> Runtime:
     exports = ExportService(resolve, pool, blobs, catalogue)
     generator = generation_engine(settings, pool)
     models.on_delete += [pool.evict, generator.forget, exports.forget]
-    providers = ProviderService(providers_for(settings, catalogue), files, blobs)
+    providers = ProviderService(providers_for(settings, catalogue), files, blobs, engine)
     inference = InferenceService(resolve, pool, generator, files, blobs, Limits(
         settings.inference_max_tokens, settings.inference_max_choices, settings.inference_max_prompt_bytes,
         settings.inference_max_per_project, settings.inference_max_queue),
