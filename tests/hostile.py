@@ -25,7 +25,7 @@ PREFERENCE = {
     "non_preferred_output": [{"role": "assistant", "content": "5"}],
 }
 ROLES = "system, developer, user, assistant, tool, function"
-LINE_LIMIT = 64 * 1024 * 1024  # JsonlValidator's default longest line
+LINE_LIMIT = 4 * 1024 * 1024  # the longest line a server takes by default (FTSERVE_MAX_LINE_BYTES)
 TINY_LINE = b'{"prompt":"","completion":"x"}\n'
 
 

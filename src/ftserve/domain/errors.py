@@ -72,6 +72,13 @@ class Conflict(FtserveError):
     code = "invalid_state"
 
 
+class InUse(Conflict):
+    """The object is in use and cannot be deleted now."""
+
+    status_code = 409
+    code = "in_use"
+
+
 class PayloadTooLarge(FtserveError):
     """The request body is larger than allowed."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -54,15 +55,27 @@ class DatasetSummary:
     item_fields: frozenset[str] = frozenset()
 
 
+# A validator buffers an unfinished line longer than this only while it holds one of the `long_lines` slots.
+LONG_LINE_BYTES = 256 * 1024
+
+
 class JsonlValidator:
     """Validates a JSONL dataset fed as bytes in arbitrary chunks.
 
     Raises `InvalidFileFormat(reason, line=N)` at the first bad line. Memory stays flat: only the
     unfinished last line is buffered, and never more than `max_line_bytes` of it.
+
+    Validators that share `long_lines` take turns with long lines: one buffers (and parses) a line past
+    `LONG_LINE_BYTES` only while it holds a slot of that semaphore, so many uploads of huge lines at once
+    hold a few of them in memory, not one each. A slot is held from the line's first long chunk until
+    the line is checked, so feed such a validator from local data (a spooled upload, a stored blob), never
+    from a slow client, and `close` it when the validation stops early.
     """
 
-    def __init__(self, max_line_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, max_line_bytes: int = 64 * 1024 * 1024, long_lines: threading.Semaphore | None = None) -> None:
         self._max_line_bytes = max_line_bytes
+        self._long_lines = long_lines
+        self._holding = False  # one of the `long_lines` slots
         self._partial = bytearray()
         self._lines = 0
         self._examples = 0
@@ -72,25 +85,58 @@ class JsonlValidator:
         self._item_fields: frozenset[str] | None = None  # None: no reinforcement example yet
 
     def feed(self, chunk: bytes) -> None:
-        """Validate every line that `chunk` completes and buffer the rest."""
-        lines = chunk.split(b"\n")
-        rest = lines.pop()
-        if lines and self._partial:
-            lines[0] = bytes(self._partial + lines[0])
-            self._partial.clear()
-        for line in lines:
-            self._check_line(line)
-        # One byte of slack: the line may still turn out to end in "\r\n".
-        if len(self._partial) + len(rest) > self._max_line_bytes + 1:
+        """Validate every line that `chunk` completes and buffer the rest.
+
+        A line is refused as too long before its bytes join the buffer, so the buffer never holds more than
+        the limit (plus the one byte of slack a line ending in "\r\n" needs)."""
+        try:
+            if b"\n" not in chunk:  # the middle of a long line: no copy of the chunk but the buffer's
+                self._buffer(chunk)
+                return
+            lines = chunk.split(b"\n")
+            rest = lines.pop()
+            if lines and self._partial:
+                self._buffer(lines[0])
+                joined, self._partial = self._partial, bytearray()
+                self._check_line(joined)
+                del joined
+                self._release()
+                lines = lines[1:]
+            for line in lines:
+                self._check_line(line)
+            self._buffer(rest)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let go of the buffered line and of a long-line slot; the validator takes no more chunks."""
+        self._partial = bytearray()
+        self._release()
+
+    def _buffer(self, piece: bytes) -> None:
+        size = len(self._partial) + len(piece)
+        if size > self._max_line_bytes + 1:
             raise self._too_long(self._lines + 1)
-        self._partial += rest
+        if size > LONG_LINE_BYTES and self._long_lines is not None and not self._holding:
+            self._long_lines.acquire()
+            self._holding = True
+        self._partial += piece
+
+    def _release(self) -> None:
+        if self._holding:
+            self._holding = False
+            assert self._long_lines is not None  # only a validator with slots holds one
+            self._long_lines.release()
 
     def finish(self) -> DatasetSummary:
         """Validate a last line without a trailing newline and summarise the file."""
-        if self._partial:
-            line = bytes(self._partial)
-            self._partial.clear()
-            self._check_line(line)
+        try:
+            if self._partial:
+                line, self._partial = self._partial, bytearray()
+                self._check_line(line)
+        finally:
+            self.close()
         if self._format is None:
             raise InvalidFileFormat("the file has no examples")
         if self._format == "chat" and not self._trains:
@@ -100,7 +146,7 @@ class JsonlValidator:
         return DatasetSummary(format=self._format, examples=self._examples, first_line=self._first_example_line,
                               item_fields=self._item_fields or frozenset())
 
-    def _check_line(self, raw: bytes) -> None:
+    def _check_line(self, raw: bytes | bytearray) -> None:
         self._lines += 1
         number = self._lines
         line = raw[:-1] if raw.endswith(b"\r") else raw
@@ -159,7 +205,7 @@ class _Invalid(Exception):
     """A reason a line is invalid; `validate_example` adds the line number."""
 
 
-def _parse(line: bytes, number: int) -> object:
+def _parse(line: bytes | bytearray, number: int) -> object:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -75,7 +75,7 @@ class LocalBlobStore:
             path.unlink(missing_ok=True)
 
 
-def iter_blob(store: BlobStore, key: str) -> Iterator[bytes]:
+def iter_blob(store: BlobStore, key: str, size: int = CHUNK) -> Iterator[bytes]:
     with store.open(key) as handle:
-        while chunk := handle.read(CHUNK):
+        while chunk := handle.read(size):
             yield chunk

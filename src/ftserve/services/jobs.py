@@ -25,10 +25,12 @@ from ftserve.services.graders import GraderService
 from ftserve.services.lifecycle import Lifecycle
 from ftserve.services.providers import Plan, ProviderService
 from ftserve.store import events as event_rows
+from ftserve.store import files as file_rows
 from ftserve.store import jobs as job_rows
 from ftserve.store import models as model_rows
-from ftserve.store.database import storable
+from ftserve.store.columns import check_fits
 from ftserve.store.pages import Page
+from ftserve.store.tables import jobs as job_table
 
 # When none of a project's active jobs has an estimated finish yet, try again after this long.
 QUOTA_RETRY_SECONDS = 30.0
@@ -63,6 +65,8 @@ class JobService:
         `Idempotency-Key` a retry (x-stainless-retry-count > 0) whose body matches a job created
         within the dedup window gets that job back instead of a second one.
         """
+        if context.idempotency_key is not None:
+            check_fits(job_table.c.idempotency_key, context.idempotency_key, "Idempotency-Key")
         request_hash = _hash(request)
         with self.engine.connect() as conn:
             if context.idempotency_key is not None:
@@ -77,6 +81,7 @@ class JobService:
         try:
             with self.engine.begin() as conn:
                 self._check_quota(conn, project)
+                self._hold_files(conn, job)
                 self.lifecycle.create(conn, job, request_hash=request_hash, idempotency_key=context.idempotency_key)
         except sa.exc.IntegrityError:
             # Two requests with one Idempotency-Key raced; the other one's job is the answer.
@@ -87,16 +92,22 @@ class JobService:
             return _same_request(found, request_hash)
         return job
 
+    def _hold_files(self, conn: sa.Connection, job: Job) -> None:
+        """The job's files still exist, and stay until it is in: a file being deleted meanwhile either
+        waits for the job (and is then refused as in use) or is gone, and the job is refused."""
+        for param, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
+            if file_id is not None and file_rows.lock_file(conn, job.project, file_id, shared=True) is None:
+                raise InvalidRequest(f"File '{file_id}' does not exist.", param=param, code="file_not_found")
+
     def preview(self, project: str, request: CreateFineTuningJobRequest) -> Plan:
         """What creating this job would send where, without creating it."""
         return self.providers.plan(self._new_job(project, request, check=False))
 
     def _new_job(self, project: str, request: CreateFineTuningJobRequest, check: bool = True) -> Job:
-        stored = [("suffix", request.suffix or "")] + [(f"metadata.{k}", f"{k}{v}") for k, v in (request.metadata or {}).items()]
-        for param, text in stored:
-            if not storable(text):
-                raise InvalidRequest(f"{param} holds a NUL character or half a surrogate pair, which cannot be stored.",
-                                     param=param)
+        check_fits(job_table.c.model, request.model, "model")
+        check_fits(job_table.c.suffix, request.suffix or "", "suffix")
+        for key, value in (request.metadata or {}).items():
+            check_fits(job_table.c.metadata, key + value, f"metadata.{key}")
         route = self.providers.providers.route(request.model)
         base = self._base_model(project, request.model) if route.name is None else request.model
         if route.name is None and request.ftserve and request.ftserve.provider_options:

@@ -15,8 +15,10 @@ from ftserve.domain.ids import new_id
 from ftserve.files.storage import BlobStore
 from ftserve.services.clock import now
 from ftserve.store import models as rows
+from ftserve.store.columns import check_fits
 from ftserve.store.models import ModelRow, Permission
 from ftserve.store.pages import Page
+from ftserve.store.tables import checkpoint_permissions
 
 
 @dataclass(frozen=True)
@@ -114,9 +116,10 @@ class ModelService:
         self._owned(project, name, "fine_tuned_model_checkpoint")
         granted = []
         with self.engine.begin() as conn:
-            for project_id in project_ids:
+            for index, project_id in enumerate(project_ids):
                 if not project_id:
                     raise InvalidRequest("project_ids must not contain empty strings.", param="project_ids")
+                check_fits(checkpoint_permissions.c.project_id, project_id, f"project_ids[{index}]")
                 permission = Permission(new_id("cp_"), name, project_id, now())
                 granted.append(rows.add_permission(conn, permission, project))
         return granted

@@ -98,7 +98,8 @@ def build(settings: Settings) -> Runtime:
     migrate(engine)
     blobs = LocalBlobStore(settings.data_dir / "blobs")
     catalogue = load_catalogue(settings.catalogue_file)
-    files = FileService(engine, blobs, settings.max_file_bytes)
+    files = FileService(engine, blobs, settings.max_file_bytes, max_line_bytes=settings.max_line_bytes,
+                        storage_quota=settings.project_storage_bytes)
     models = ModelService(engine, blobs, catalogue)
     pool = ModelPool(settings.resolved_models_dir, settings.device, settings.inference_cache_mb << 20)
     resolve = resolver(catalogue, models.artifact)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 
 import sqlalchemy as sa
 
 from ftserve.domain.files import StoredFile, Upload
 from ftserve.store.database import storable
+from ftserve.store.jobs import live_use
 from ftserve.store.pages import Page, select_page
 from ftserve.store.tables import files, upload_parts, uploads
 
@@ -41,13 +43,49 @@ def list_files(
     return Page([_file(r) for r in page.items], page.has_more)
 
 
+def lock_file(conn: sa.Connection, project: str, file_id: str, *, shared: bool = False) -> StoredFile | None:
+    """Read a file's row and hold it until the transaction ends: shared by a job being created on the file,
+    exclusively by its deletion, so that neither misses the other. (On PostgreSQL; SQLite's write
+    transactions take turns anyway.)"""
+    if not storable(file_id):
+        return None
+    query = sa.select(files).where(files.c.id == file_id, files.c.project == project)
+    row = conn.execute(query.with_for_update(read=shared)).first()
+    return _file(row) if row else None
+
+
 def delete_file(conn: sa.Connection, project: str, file_id: str) -> bool:
     return conn.execute(files.delete().where(files.c.id == file_id, files.c.project == project)).rowcount > 0
 
 
 def expired_files(conn: sa.Connection, now: int) -> list[StoredFile]:
-    rows = conn.execute(sa.select(files).where(files.c.expires_at.is_not(None), files.c.expires_at <= now)).all()
+    """Files past their expiry, less those a live job still reads: they go when the job ends."""
+    in_use = sa.exists().where(live_use(files.c.project, files.c.id))
+    rows = conn.execute(
+        sa.select(files).where(files.c.expires_at.is_not(None), files.c.expires_at <= now, ~in_use)
+    ).all()
     return [_file(r) for r in rows]
+
+
+def lock_storage(conn: sa.Connection, project: str) -> None:
+    """Make the project's other uploads wait at their commit until this transaction ends, so that each
+    sees the bytes the one before stored. PostgreSQL takes a lock named after the project; SQLite's
+    write transactions begin IMMEDIATE and take turns already."""
+    if conn.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.blake2b(f"ftserve-storage:{project}".encode(), digest_size=8).digest(), "big",
+                             signed=True)
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def storage_used(conn: sa.Connection, project: str) -> int:
+    """Bytes the project keeps: its files (job results included) and the parts of its pending uploads."""
+    in_files = sa.select(sa.func.coalesce(sa.func.sum(files.c.bytes), 0)).where(files.c.project == project)
+    in_parts = (
+        sa.select(sa.func.coalesce(sa.func.sum(upload_parts.c.bytes), 0))
+        .join(uploads, uploads.c.id == upload_parts.c.upload_id)
+        .where(uploads.c.project == project, uploads.c.status == "pending")
+    )
+    return int(conn.execute(sa.select(in_files.scalar_subquery() + in_parts.scalar_subquery())).scalar_one())
 
 
 def insert_upload(conn: sa.Connection, record: Upload) -> None:
@@ -59,6 +97,18 @@ def get_upload(conn: sa.Connection, project: str, upload_id: str) -> Upload | No
         return None
     row = conn.execute(sa.select(uploads).where(uploads.c.id == upload_id, uploads.c.project == project)).first()
     return _upload(row) if row else None
+
+
+def lock_upload(conn: sa.Connection, upload_id: str) -> Upload | None:
+    """Read an upload and hold it until the transaction ends, so that a part is not added to an upload that
+    is being completed, cancelled or expired meanwhile."""
+    row = conn.execute(sa.select(uploads).where(uploads.c.id == upload_id).with_for_update()).first()
+    return _upload(row) if row else None
+
+
+def expired_uploads(conn: sa.Connection, now: int) -> list[Upload]:
+    rows = conn.execute(sa.select(uploads).where(uploads.c.status == "pending", uploads.c.expires_at <= now)).all()
+    return [_upload(r) for r in rows]
 
 
 def set_upload_status(conn: sa.Connection, upload_id: str, status: str, *, expected: str, file_id: str | None = None) -> bool:

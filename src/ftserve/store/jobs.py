@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from ftserve.domain.jobs import ACTIVE, Job, JobError, JobStatus, can_move
+from ftserve.domain.jobs import ACTIVE, LIVE, Job, JobError, JobStatus, can_move
 from ftserve.domain.webhooks import JOB_EVENTS
 from ftserve.store import webhooks
 from ftserve.store.database import storable
@@ -139,6 +139,20 @@ def active(conn: sa.Connection, project: str) -> tuple[int, int | None]:
         .where(jobs.c.project == project, jobs.c.status.in_([s.value for s in ACTIVE]))
     ).one()
     return int(row[0]), row[1]
+
+
+def live_use(project: sa.ColumnElement[str] | str, file_id: sa.ColumnElement[str] | str) -> sa.ColumnElement[bool]:
+    """A live job of `project` trains on or validates with `file_id`: such a file is kept until the job ends."""
+    return sa.and_(
+        jobs.c.project == project, jobs.c.status.in_([s.value for s in LIVE]),
+        sa.or_(jobs.c.training_file == file_id, jobs.c.validation_file == file_id),
+    )
+
+
+def using_file(conn: sa.Connection, project: str, file_id: str) -> list[Job]:
+    """The live jobs that read `file_id`, oldest first."""
+    rows = conn.execute(sa.select(jobs).where(live_use(project, file_id)).order_by(jobs.c.seq)).all()
+    return [_job(r) for r in rows]
 
 
 def status_counts(conn: sa.Connection) -> dict[JobStatus, tuple[int, int]]:
