@@ -1,6 +1,6 @@
-"""One project's slow webhook receiver costs the others nothing: project alpha floods `/test` at a receiver that
-trickles its headers forever while alpha's own deliveries to it are in flight, and project beta's requests and
-webhook deliveries go on as if alpha were not there."""
+"""One project's slow webhook receiver costs the others nothing: project alpha floods `/test` at receivers that
+trickle their headers forever while alpha's own deliveries to one of them are in flight, and project beta's
+requests and webhook deliveries go on as if alpha were not there."""
 
 from __future__ import annotations
 
@@ -51,6 +51,10 @@ def test_a_flood_of_tests_and_deliveries_to_a_trickling_receiver_delays_no_other
 ) -> None:
     alpha, beta = client(server, "alpha"), client(server, "beta")
     slow = alpha.webhooks.create(name="slow", url=receiver.url("trickle-alpha"), event_types=EVERYTHING)
+    # More endpoints, for tests only: two tests of each run at once, 44 in all, more than the API's 40 worker
+    # threads, so a /test that held a thread while it waited would starve beta's requests.
+    probes = [alpha.webhooks.create(name=f"probe-{n}", url=receiver.url(f"trickle-probe-{n}"),
+                                    event_types=["fine_tuning.job.cancelled"]) for n in range(21)]
     fast = beta.webhooks.create(name="fast", url=receiver.url("beta"), event_types=["fine_tuning.job.succeeded"])
     try:
         # Alpha's jobs leave a queue of deliveries (each checkpoint, each end) that its receiver never takes.
@@ -63,13 +67,16 @@ def test_a_flood_of_tests_and_deliveries_to_a_trickling_receiver_delays_no_other
         flood = ThreadPoolExecutor(45)
         with httpx.Client(base_url=server.base_url, headers={"authorization": f"Bearer {KEYS['alpha']}"},
                           timeout=30) as http:
-            def test_alpha() -> tuple[int, int | None, str | None, float]:
+            def test_alpha(endpoint_id: str) -> tuple[str, int, int | None, str | None, float]:
                 started = time.time()
-                answer = http.post(f"/webhook_endpoints/{slow.id}/test", json={"event_type": "fine_tuning.job.failed"})
+                answer = http.post(f"/webhook_endpoints/{endpoint_id}/test", json={"event_type": "fine_tuning.job.failed"})
                 code = answer.json().get("status_code") if answer.status_code == 200 else None
-                return answer.status_code, code, answer.headers.get("retry-after"), time.time() - started
+                return endpoint_id, answer.status_code, code, answer.headers.get("retry-after"), time.time() - started
 
-            tests = [flood.submit(test_alpha) for _ in range(45)]
+            # Three at the slow endpoint (one too many), two at each probe.
+            targets = [slow.id] * 3 + [probe.id for probe in probes for _ in range(2)]
+            assert len(targets) == 45
+            tests = [flood.submit(test_alpha, endpoint_id) for endpoint_id in targets]
             time.sleep(0.5)
             for _ in range(5):  # beta, meanwhile
                 started = time.time()
@@ -81,10 +88,12 @@ def test_a_flood_of_tests_and_deliveries_to_a_trickling_receiver_delays_no_other
             results = [test.result() for test in tests]
         flood.shutdown()
 
-        # Two tests of alpha's endpoint at a time; they end at the deadline and say only that they failed.
-        ran = [r for r in results if r[0] == 200]
-        assert len(ran) == 2 and all(code == 0 and DEADLINE <= took < DEADLINE + 1 for _, code, _, took in ran)
-        assert all(status == 429 and retry_after for status, _, retry_after, _ in results if status != 200)
+        # Two tests of an endpoint at a time, the third refused at once; those that ran ended at the deadline and
+        # say only that they failed.
+        ran = [r for r in results if r[1] == 200]
+        assert len(ran) == 44 and all(code == 0 and DEADLINE <= took < DEADLINE + 1 for _, _, code, _, took in ran)
+        [refused] = [r for r in results if r[1] != 200]
+        assert refused[0] == slow.id and refused[1] == 429 and refused[3] and refused[4] < 1.0
 
         # Beta's job ends while alpha's deliveries still trickle: its event arrives at once all the same.
         job = beta.fine_tuning.jobs.create(model="SmolLM2-135M-Instruct", training_file=upload(beta, chat_jsonl()))
@@ -100,7 +109,8 @@ def test_a_flood_of_tests_and_deliveries_to_a_trickling_receiver_delays_no_other
         assert tried and all(d["error"] == "timed out" and d["status"] == "pending" for d in tried)
         assert receiver.peak["/trickle-alpha"] <= 2 + 2  # two deliveries and two tests
     finally:
-        alpha.webhooks.delete(slow.id)
+        for endpoint in [slow, *probes]:
+            alpha.webhooks.delete(endpoint.id)
         beta.webhooks.delete(fast.id)
 
 
