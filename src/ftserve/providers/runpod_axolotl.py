@@ -94,7 +94,8 @@ class RunpodOptions(Options):
         "micro_batch_size", "gradient_accumulation_steps", "lora_target_modules", "load_in_4bit", "lr_scheduler",
         "execution_timeout_hours", "axolotl",
     })
-    TENANT_KEYS: ClassVar[dict[str, frozenset[str]]] = {"axolotl": AXOLOTL_TENANT}
+    # Keys ftserve's own fields set pass the list, so that `_provider_options` refuses them naming the field to use.
+    TENANT_KEYS: ClassVar[dict[str, frozenset[str]]] = {"axolotl": AXOLOTL_TENANT | frozenset(OWNED)}
 
 
 # The caller's fields that go to Axolotl under its own names, or nowhere.
