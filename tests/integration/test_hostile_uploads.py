@@ -357,3 +357,27 @@ def test_a_permission_for_a_project_id_longer_than_its_column_is_a_400(live: Liv
         client.fine_tuning.checkpoints.permissions.create(job.fine_tuned_model, project_ids=["proj_ok", "p" * 129])
     assert refused.value.param == "project_ids[1]" and "at most 128 are allowed" in refused.value.message
     assert list(client.fine_tuning.checkpoints.permissions.list(job.fine_tuned_model)) == []
+
+
+def test_an_upload_cancelled_while_it_is_completed_is_a_400_not_a_500(
+    quota: LiveServer, quota_client: OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pending = quota_client.uploads.create(bytes=68, filename="two.jsonl", mime_type="text/jsonl", purpose="fine-tune")
+    first = quota_client.uploads.parts.create(pending.id, data=jsonl_of(64)[:34])
+    second = quota_client.uploads.parts.create(pending.id, data=jsonl_of(64)[34:] + b"\n\n\n\n")
+    store, opened = quota.runtime.files.blobs, quota.runtime.files.blobs.open
+    listed, stored = {f.id for f in quota_client.files.list()}, blobs(quota)
+
+    def open_then_cancel(key: str) -> Any:
+        # The second part is about to be read when another request cancels the upload, taking its parts.
+        if key.endswith(second.id):
+            quota.runtime.files.cancel_upload(PROJECT, pending.id)
+        return opened(key)
+
+    monkeypatch.setattr(store, "open", open_then_cancel)
+    with pytest.raises(openai.BadRequestError) as refused:
+        quota_client.uploads.complete(pending.id, part_ids=[first.id, second.id])
+    assert refused.value.param == "upload_id"
+    assert f"Upload {pending.id} was cancelled while it was being completed." in refused.value.message
+    assert {f.id for f in quota_client.files.list()} == listed
+    assert blobs(quota) == {b for b in stored if not b.startswith(f"uploads/{pending.id}/")}

@@ -292,7 +292,18 @@ class FileService:
 
         def assembled() -> Iterator[bytes]:
             for part_id in part_ids:
-                yield from iter_blob(self.blobs, parts[part_id][1], PIECE_BYTES)
+                try:
+                    handle = self.blobs.open(parts[part_id][1])
+                except FileNotFoundError:  # a cancel, or the expiry sweep, took the parts while we read them
+                    with self.engine.connect() as conn:
+                        taken = getattr(rows.get_upload(conn, project, upload.id), "status", "deleted")
+                    raise InvalidRequest(
+                        f"Upload {upload_id} was {taken} while it was being completed.", param="upload_id",
+                        code="upload_expired" if taken == "expired" else "invalid_state",
+                    ) from None
+                with handle:
+                    while piece := handle.read(PIECE_BYTES):
+                        yield piece
 
         def give_up_parts(conn: sa.Connection, file_id: str) -> None:
             # In the transaction that inserts the file: the parts' bytes become the file's, counted once.
