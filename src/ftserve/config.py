@@ -215,7 +215,8 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="The least severe level logged.")
     metrics: bool = Field(
-        True, description="Serve Prometheus metrics at `GET /metrics`, without auth, like /health (docs/observability.md).",
+        True, description="Serve Prometheus metrics at `GET /metrics`: open without API keys, only to `metrics_key` "
+        "with them (docs/observability.md).",
     )
     worker_metrics_port: int | None = Field(
         None, ge=1, le=65535, description="A port on which a process that runs a worker also serves its metrics, for "
@@ -228,8 +229,8 @@ class Settings(BaseSettings):
         "so a web page cannot reach an open server through DNS rebinding. Ignored when keys are configured.",
     )
     auth_failures_per_minute: int = Field(
-        20, ge=1, description="Requests with a wrong or missing API key one client address may make per minute; "
-        "past it, 429 with Retry-After.",
+        20, ge=1, description="Requests with a wrong API key (a missing one is not counted) one client address, or "
+        "IPv6 /64, may make per minute; past it, every request from it gets 429 with Retry-After until one is back.",
     )
     metrics_key: str | None = Field(
         None, description="A key for `GET /metrics` alone, for a Prometheus scraper. With API keys configured, "

@@ -58,7 +58,7 @@ def test_a_finished_job_shows_in_the_counts_the_step_times_and_the_latencies(ser
                                          hyperparameters={"n_epochs": 2, "batch_size": 2})
     assert wait_for(client, job.id).status == "succeeded"
     steps = max(e.data["total_steps"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
-                if e.type == "metrics" and e.data and "total_steps" in e.data)
+                if e.type == "metrics" and isinstance(e.data, dict) and "total_steps" in e.data)
     after = scrape(server.url)
 
     assert value(after, "ftserve_jobs", status="succeeded") == (value(before, "ftserve_jobs", status="succeeded") or 0) + 1
@@ -103,9 +103,15 @@ def test_on_a_server_with_keys_only_the_metrics_key_reads_metrics(tmp_path: Path
         assert scraped.status_code == 200 and "ftserve_jobs" in scraped.text
         assert "/metrics" not in http.get("/openapi.json", headers={"authorization": "Bearer sk-a-0000000000000"}).json()["paths"]
     keyed.engine.dispose()
-    unset = build(settings_for(tmp_path / "unset", database_url, api_keys="sk-a-0000000000000=a"))
+    unset = build(settings_for(tmp_path / "unset", database_url, api_keys="sk-a-0000000000000=a",
+                               auth_failures_per_minute=3))
     with TestClient(create_app(unset)) as http:  # keys but no metrics key: nobody reads the cross-project counts
-        assert http.get("/metrics", headers={"authorization": "Bearer sk-a-0000000000000"}).status_code == 401
+        for _ in range(3):
+            answer = http.get("/metrics", headers={"authorization": "Bearer sk-a-0000000000000"})
+            assert answer.status_code == 401 and "has none set" in answer.json()["error"]["message"]
+        # Guessing the metrics key spends the same allowance as guessing a project key.
+        throttled = http.get("/v1/files", headers={"authorization": "Bearer sk-a-0000000000000"})
+        assert throttled.status_code == 429 and "retry-after" in throttled.headers
     unset.engine.dispose()
 
 

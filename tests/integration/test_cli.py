@@ -148,6 +148,19 @@ def test_serve_refuses_a_public_address_without_api_keys(monkeypatch: pytest.Mon
     assert "refusing to serve on 0.0.0.0 without API keys" in capsys.readouterr().err
 
 
+def test_a_short_api_key_stops_the_server_without_printing_the_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("FTSERVE_API_KEYS", "sk-long-enough-0000000=a,sk-abc123=b")
+    monkeypatch.setenv("FTSERVE_DATA_DIR", str(tmp_path))
+    with socket.socket() as taken:  # were the key let through, the server would stop at once, not serve
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
+    out, err = capsys.readouterr()
+    assert "1 API key(s) shorter than 16 characters" in err and "sk-abc123" not in out + err
+
+
 def test_invalid_settings_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("FTSERVE_LEASE_SECONDS", "-1")
     assert main(["worker"]) == 2

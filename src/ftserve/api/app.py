@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from ftserve import __version__, dashboard
 from ftserve.api import errors
-from ftserve.api.auth import project_resolver
+from ftserve.api.auth import metrics_guard, project_resolver
 from ftserve.api.limits import MULTIPART_FRAMING, BodyLimit, RateLimiter
 from ftserve.api.metrics import Observed, expose
 from ftserve.api.middleware import RequestId
@@ -46,7 +46,8 @@ def create_app(runtime: Runtime, *, beside: AbstractContextManager[object] | Non
     app.add_middleware(Observed, seconds=runtime.metrics.http_seconds)  # inside RequestId: its log line has the id
     app.add_middleware(RequestId)
     limiter = RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
-    project = project_resolver(settings.api_keys, limiter, RateLimiter(settings.auth_failures_per_minute))
+    failures = RateLimiter(settings.auth_failures_per_minute)  # wrong keys per client, for every key the server checks
+    project = project_resolver(settings.api_keys, limiter, failures)
     app.include_router(files.router(runtime.files, project), prefix="/v1")
     app.include_router(fine_tuning.router(runtime.jobs, runtime.models, project), prefix="/v1")
     app.include_router(graders.router(runtime.graders, project), prefix="/v1")
@@ -62,8 +63,8 @@ def create_app(runtime: Runtime, *, beside: AbstractContextManager[object] | Non
         return {"status": "ok"}
 
     if settings.metrics:
-        expose(app, runtime.metrics, runtime.engine, key=settings.metrics_key if settings.api_keys else None,
-               closed=bool(settings.api_keys))
+        expose(app, runtime.metrics, runtime.engine,
+               metrics_guard(settings.metrics_key, failures) if settings.api_keys else None)
 
     dashboard.mount(app)
     openai_style(app)

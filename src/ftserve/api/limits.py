@@ -1,10 +1,12 @@
-"""What one caller may ask of the server: requests per minute per project, and bytes per request body."""
+"""What one caller may ask of the server: requests per minute per project (and wrong keys per client
+address, api/auth.py), and bytes per request body."""
 
 from __future__ import annotations
 
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
@@ -13,7 +15,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ftserve.api import errors
 from ftserve.domain.errors import PayloadTooLarge, RateLimited
 
-# Buckets kept before full ones are forgotten, so many client addresses cannot grow the table without bound.
+# Buckets kept before the least recently used is forgotten, so many client addresses cannot grow the table
+# without bound. A forgotten bucket starts full again, which a client with that many addresses gets anyway.
 MAX_BUCKETS = 10_000
 # Room for the multipart framing around the largest file a route accepts.
 MULTIPART_FRAMING = 1024 * 1024
@@ -29,7 +32,7 @@ class RateLimiter:
         self.capacity = float(per_minute)
         self.refill = per_minute / 60.0
         self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def take(self, project: str) -> None:
@@ -37,14 +40,14 @@ class RateLimiter:
         with self._lock:
             tokens, now = self._tokens(project)
             if tokens < 1.0:
-                self._buckets[project] = (tokens, now)
+                self._store(project, tokens, now)
                 wait = (1.0 - tokens) / self.refill
                 raise RateLimited(
                     f"Rate limit reached for requests: {int(self.capacity)} per minute for project {project}. "
                     f"Try again in {wait:.1f}s.",
                     retry_after=wait,
                 )
-            self._buckets[project] = (tokens - 1.0, now)
+            self._store(project, tokens - 1.0, now)
 
     def wait(self, key: str) -> float:
         """Seconds until `key` has one to spend again (0: it has one now); spends nothing."""
@@ -56,10 +59,13 @@ class RateLimiter:
         """Spend one of `key`'s allowance, going no lower than empty."""
         with self._lock:
             tokens, now = self._tokens(key)
-            self._buckets[key] = (max(0.0, tokens - 1.0), now)
-            if len(self._buckets) > MAX_BUCKETS:  # full buckets are the default: forgetting them changes nothing
-                for full in [k for k, (t, _) in self._buckets.items() if t >= self.capacity - 1.0 and k != key]:
-                    del self._buckets[full]
+            self._store(key, max(0.0, tokens - 1.0), now)
+
+    def _store(self, key: str, tokens: float, now: float) -> None:
+        self._buckets[key] = (tokens, now)
+        self._buckets.move_to_end(key)
+        if len(self._buckets) > MAX_BUCKETS:
+            self._buckets.popitem(last=False)
 
     def _tokens(self, key: str) -> tuple[float, float]:
         now = self.clock()

@@ -3,16 +3,15 @@ request, and `GET /metrics`, which also reads the job counts from the database w
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
+from collections.abc import Callable
 
 import sqlalchemy as sa
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ftserve.domain.errors import AuthenticationFailed
 from ftserve.metrics import JobCounts, Metrics
 
 access = logging.getLogger("ftserve.access")
@@ -82,20 +81,12 @@ class Observed:
             )
 
 
-def expose(app: FastAPI, metrics: Metrics, engine: sa.Engine, *, key: str | None, closed: bool) -> None:
-    """`GET /metrics` in Prometheus' text format. On an open server it is open, like the rest; on a `closed` one
-    (API keys configured) it answers only `key`, the operator's metrics key, since the job counts cover every
-    project (docs/observability.md). A closed server without a metrics key answers no one."""
+def expose(app: FastAPI, metrics: Metrics, engine: sa.Engine, guard: Callable[[Request], None] | None) -> None:
+    """`GET /metrics` in Prometheus' text format, behind `guard` when there is one: on a server with API keys,
+    the job counts cover every project, so only the operator's metrics key reads them (docs/observability.md)."""
     counts = CollectorRegistry()
     counts.register(JobCounts(engine))
 
-    @app.get("/metrics", include_in_schema=False)
-    def scrape(request: Request) -> Response:  # a plain def: FastAPI runs it in a thread, off the event loop, for the query
-        if closed:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            if key is None or scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-                raise AuthenticationFailed(
-                    "/metrics covers every project, so on a server with API keys it answers only the metrics key "
-                    "(FTSERVE_METRICS_KEY), sent as `Authorization: Bearer <key>`; project keys are refused."
-                )
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(guard)] if guard else [])
+    def scrape() -> Response:  # a plain def: FastAPI runs it in a thread, off the event loop, for the query
         return Response(generate_latest(metrics.registry) + generate_latest(counts), media_type=CONTENT_TYPE_LATEST)
