@@ -17,6 +17,7 @@ from rich.table import Table
 
 from ftserve.cli.settings import INVALID_SETTINGS, read_settings
 from ftserve.cli.show import duration, output
+from ftserve.config import Settings
 from ftserve.domain.errors import InvalidFileFormat
 from ftserve.files.jsonl import DatasetSummary, JsonlValidator
 
@@ -74,8 +75,9 @@ def validate(
 
 def _check_lines(path: Path) -> tuple[DatasetSummary | None, list[InvalidFileFormat]]:
     """Every bad line, not just the first the server stops at: a line that fails leaves the validator
-    ready for the next one."""
-    validator = JsonlValidator()
+    ready for the next one. Lines are held to the server's default limit (FTSERVE_MAX_LINE_BYTES), so a file that
+    passes here is not refused there for a long line."""
+    validator = JsonlValidator(Settings.model_fields["max_line_bytes"].default)
     errors = []
     with path.open("rb") as lines:
         for line in lines:
