@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +258,28 @@ def fake(name: str) -> Iterator[Fake]:
 def hosted(request: pytest.FixtureRequest) -> Iterator[Fake]:
     with fake(request.param) as built:
         yield built
+
+
+# What ProviderService's planning reads of files and blobs (`job_request`): a file's storage key and example
+# count, and a key's path. Tests that plan jobs without the file service hand it these.
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    storage_key: str
+    examples: int
+
+
+class PlanningFiles:
+    """The two files a job names, as `job_request` reads them."""
+
+    def get(self, project: str, file_id: str) -> PlannedFile:
+        return PlannedFile(f"files/{file_id}.jsonl", 8)
+
+
+class PlanningBlobs:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        return self.root / key

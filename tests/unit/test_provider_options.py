@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ftserve.store import jobs as job_rows
 from ftserve.store import models as model_rows
 from ftserve.store.database import create_engine, migrate
 from tests.conftest import Databases
+from tests.unit.provider_fakes import PlanningBlobs, PlanningFiles
 from tests.unit.test_providers_contract import CONFIGS, MODELS
 
 TOGETHER_API = "https://api.together.test"
@@ -45,23 +46,6 @@ OPERATORS = [
 ]
 
 
-@dataclass(frozen=True)
-class _Record:
-    storage_key: str
-    examples: int
-
-
-class _Files:
-    def get(self, project: str, file_id: str) -> _Record:
-        return _Record(f"files/{file_id}.jsonl", 8)
-
-
-class _Blobs:
-    def __init__(self, root: Path):
-        self.root = root
-
-    def path(self, key: str) -> Path:
-        return self.root / key
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +74,7 @@ def service(tmp_path: Path, engine: sa.Engine | None, configs: dict[str, dict[st
     hosted = {name: registry.build(name, config) for name, config in configs.items()}
     options = {name: registry.operator_options(name, config) for name, config in configs.items()}
     routes = registry.Providers(LocalProvider(catalogue, tmp_path / "models"), hosted, catalogue, options)
-    return ProviderService(routes, _Files(), _Blobs(tmp_path), engine)  # type: ignore[arg-type]  # the two calls job_request makes
+    return ProviderService(routes, PlanningFiles(), PlanningBlobs(tmp_path), engine)  # type: ignore[arg-type]  # the two calls job_request makes
 
 
 def stored_job(job_id: str, project: str, provider: str, options: dict[str, Any], **ftserve: Any) -> Job:

@@ -4,7 +4,6 @@ Bedrock and RunPod, which cannot run OpenAI graders, refuse the job in the dry r
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from ftserve.providers.contract import JobRequest, Provider, ProviderUnsupported
 from ftserve.providers.local import LocalProvider
 from ftserve.providers.openai_compatible_api import OpenAICompatibleConnection, OpenAICompatibleProvider
 from ftserve.services.providers import ProviderService
+from tests.unit.provider_fakes import PlanningBlobs, PlanningFiles
 from tests.unit.test_providers_contract import CONFIGS, MODELS
 
 GRADER = {
@@ -108,31 +108,12 @@ def test_providers_without_openai_graders_refuse_reinforcement_against_method_sa
 # The dry run (POST /v1/ftserve/fine_tuning/resolve) and create both plan the job through ProviderService.
 
 
-@dataclass(frozen=True)
-class _Record:
-    storage_key: str
-    examples: int
-
-
-class _Files:
-    """The two files a job names, as `job_request` reads them."""
-
-    def get(self, project: str, file_id: str) -> _Record:
-        return _Record(f"files/{file_id}.jsonl", 8)
-
-
-class _Blobs:
-    def __init__(self, root: Path):
-        self.root = root
-
-    def path(self, key: str) -> Path:
-        return self.root / key
 
 
 def service(providers: dict[str, Provider], tmp_path: Path) -> ProviderService:
     catalogue = load_catalogue()
     routes = registry.Providers(LocalProvider(catalogue, tmp_path / "models"), providers, catalogue)  # type: ignore[arg-type]  # the hosted ones, typed as Provider
-    return ProviderService(routes, _Files(), _Blobs(tmp_path))  # type: ignore[arg-type]  # the two calls job_request makes
+    return ProviderService(routes, PlanningFiles(), PlanningBlobs(tmp_path))  # type: ignore[arg-type]  # the two calls job_request makes
 
 
 def stored_job(tmp_path: Path, provider: str) -> Job:
