@@ -24,8 +24,9 @@ from ftserve.services.clock import now
 from ftserve.services.webhook_http import NETWORK_ERRORS, post
 from ftserve.services.webhook_targets import Refused, check, resolve, target
 from ftserve.store import webhooks as rows
-from ftserve.store.database import storable
+from ftserve.store.columns import check_fits
 from ftserve.store.pages import Page
+from ftserve.store.tables import webhook_endpoints
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +238,7 @@ class WebhookService:
 
 
 def _text(value: str, param: str) -> str:
-    if not storable(value):
-        raise InvalidRequest(f"{param} holds a NUL character or half a surrogate pair.", param=param)
+    check_fits(webhook_endpoints.c[param], value, param)
     return value
 
 
