@@ -29,7 +29,8 @@ from ftserve.engine.events import (
     encode,
 )
 from ftserve.providers.base import StopReason, TrainingOutcome
-from ftserve.providers.local import _Session
+from ftserve.providers.engine_session import Session
+from ftserve.providers.local import ProcessChannel
 
 FINISHED = Finished(step=8, trained_tokens=4096, model_dir=Path("/jobs/ftjob-1/model"),
                     evaluation={"examples": 4, "base": {"loss": 2.0}, "fine_tuned": {"loss": 0.5}})
@@ -77,14 +78,14 @@ class Recorder:
         return None
 
 
-def session(tmp_path: Path, lines: list[str]) -> tuple[_Session, Recorder]:
+def session(tmp_path: Path, lines: list[str]) -> tuple[Session, Recorder]:
     """A worker's session with a child that writes `lines` on its stdout and exits, as an engine would."""
     child = subprocess.Popen(
         [sys.executable, "-I", "-c", "import sys; sys.stdout.write(sys.argv[1])", "".join(f"{line}\n" for line in lines)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
     )
     reporter = Recorder()
-    return _Session(child, reporter, tmp_path / "engine.log"), reporter
+    return Session(ProcessChannel(child, tmp_path / "engine.log"), reporter), reporter
 
 
 def same(a: object, b: object) -> bool:

@@ -9,24 +9,20 @@ state it saved in the job's output dir, so a requeued job continues where it sto
 from __future__ import annotations
 
 import logging
-import queue
 import subprocess
 import sys
-import threading
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, ClassVar, assert_never
+from typing import Any, ClassVar
 
 from ftserve.catalogue import CatalogueEntry
-from ftserve.domain.errors import TrainingFailed
 from ftserve.domain.jobs import MethodType
 from ftserve.domain.hyperparameters import resolve as resolve_auto
 from ftserve.engine import events
 from ftserve.engine.spec import Device, JobSpec, LoraOptions, ModelSource, PythonGraderLimits, Reinforcement
-from ftserve.providers.base import (
-    Reporter,
-    TrainingOutcome,
-)
+from ftserve.providers.base import Reporter, TrainingOutcome
+from ftserve.providers.engine_session import Session
 from ftserve.providers.contract import (
     BaseModelInfo,
     Capabilities,
@@ -56,9 +52,6 @@ REINFORCEMENT_LORA_LR_FACTOR = 5.0
 # Graders the engine runs itself; a model grader needs a judge the engine process cannot reach.
 ENGINE_GRADERS = ("string_check", "text_similarity", "python", "multi")
 
-POLL_SECONDS = 0.2
-# How long a child that was asked to cancel may take to stop before it is killed.
-CANCEL_GRACE_SECONDS = 30.0
 LOG_TAIL_LINES = 20
 
 
@@ -86,7 +79,7 @@ class LocalTrainer:
                 [self.python, "-m", self.engine_module, str(spec_path)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1,
             )
-            return _Session(child, reporter, log_path).run()
+            return Session(ProcessChannel(child, log_path), reporter).run()
 
 
 class LocalProvider:
@@ -229,99 +222,46 @@ def _check_local_grader(grader: dict[str, Any]) -> None:
             )
 
 
-class _Session:
-    """One engine child: its events become reporter calls; the reporter's stop requests become commands."""
+class ProcessChannel:
+    """The engine as a child process of the worker: its stdin and stdout are the protocol, stderr its log."""
 
-    def __init__(self, child: subprocess.Popen[str], reporter: Reporter, log_path: Path):
+    def __init__(self, child: subprocess.Popen[str], log_path: Path):
         self.child = child
-        self.reporter = reporter
         self.log_path = log_path
-        self.inbox: queue.Queue[events.Event | None] = queue.Queue()
-        self.sent: events.Command | None = None
-        threading.Thread(target=self._read, args=(child.stdout,), daemon=True).start()
 
-    def run(self) -> TrainingOutcome:
-        try:
-            while True:
-                try:
-                    event = self.inbox.get(timeout=POLL_SECONDS)
-                except queue.Empty:
-                    pass
-                else:
-                    if event is None:  # the child closed stdout: it is exiting
-                        break
-                    outcome = self._handle(event)
-                    if outcome is not None:
-                        return outcome
-                lost = self._relay_stop()
-                if lost is not None:
-                    return lost
-        finally:
-            self._reap()
-        raise TrainingFailed(f"The training engine exited with status {self.child.returncode}. {self._log_tail()}")
+    def lines(self) -> Iterator[str]:
+        assert self.child.stdout is not None
+        yield from self.child.stdout
 
-    def _handle(self, event: events.Event) -> TrainingOutcome | None:
-        match event:
-            case events.Started():
-                self.reporter.started(event.step, event.total_steps)
-            case events.Metrics():
-                self.reporter.metrics(event.step, event.total_steps, event.metrics, event.tokens_per_second)
-            case events.Checkpoint():
-                self.reporter.checkpoint(event.step, event.metrics, event.path)
-            case events.Message():
-                self.reporter.message(event.text, event.level)
-            case events.StateSaved():
-                self.reporter.state_saved(event.step)
-            case events.Finished():
-                return TrainingOutcome(None, event.trained_tokens, event.model_dir, event.step, event.evaluation)
-            case events.Stopped():
-                return TrainingOutcome(event.reason, event.trained_tokens, None, event.step)
-            case events.Failed():
-                raise TrainingFailed(event.message)
-            case _:  # the type check fails here when an event is added without its case
-                assert_never(event)
-        return None
-
-    def _relay_stop(self) -> TrainingOutcome | None:
-        stop = self.reporter.should_stop()
-        if stop == "lost":  # another worker owns the job now: stop writing at once
-            self.child.kill()
-            return TrainingOutcome("lost")
-        if stop is not None and self.sent is None:
-            self._command(stop)
-            self.sent = stop
-        return None
-
-    def _command(self, word: events.Command) -> None:
+    def send(self, word: events.Command) -> None:
         try:
             assert self.child.stdin is not None
             self.child.stdin.write(word + "\n")
             self.child.stdin.flush()
         except (BrokenPipeError, OSError):
-            pass  # the child is already gone; its exit is handled by run()
+            pass  # the child is already gone; its exit is handled by the session
 
-    def _reap(self) -> None:
-        if self.child.poll() is None:
-            try:
-                self.child.wait(CANCEL_GRACE_SECONDS if self.sent == "cancel" else 5.0)
-            except subprocess.TimeoutExpired:
-                self.child.kill()
-                self.child.wait()
+    def kill(self) -> None:
+        self.child.kill()
+        self.child.wait()
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            status = self.child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
         if self.child.stdin:
             self.child.stdin.close()
+        return status
 
-    def _read(self, stream: IO[str] | None) -> None:
-        assert stream is not None
-        for line in stream:
-            try:
-                self.inbox.put(events.decode(line))
-            except events.ProtocolError as error:  # an engine of another version, or a bug: the job goes on
-                log.warning("The training engine wrote a line the worker cannot read, ignored: %s", error)
-        self.inbox.put(None)
+    def log_tail(self) -> str:
+        return log_tail(self.log_path)
 
-    def _log_tail(self) -> str:
-        try:
-            lines = deque(self.log_path.read_text(errors="replace").splitlines(), maxlen=LOG_TAIL_LINES)
-        except OSError:
-            return ""
-        return "Last lines of its log:\n" + "\n".join(lines) if lines else ""
+
+def log_tail(path: Path) -> str:
+    """The last lines of an engine's log, introduced for a failure's message; empty when there are none."""
+    try:
+        lines = deque(path.read_text(errors="replace").splitlines(), maxlen=LOG_TAIL_LINES)
+    except OSError:
+        return ""
+    return "Last lines of its log:\n" + "\n".join(lines) if lines else ""
