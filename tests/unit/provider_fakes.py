@@ -261,7 +261,7 @@ def hosted(request: pytest.FixtureRequest) -> Iterator[Fake]:
 
 
 # What ProviderService's planning reads of files and blobs (`job_request`): a file's storage key and example
-# count, and a key's path. Tests that plan jobs without the file service hand it these.
+# count, and a key's local path. Tests that plan jobs without the file service hand it these.
 
 
 @dataclass(frozen=True)
@@ -281,5 +281,8 @@ class PlanningBlobs:
     def __init__(self, root: Path):
         self.root = root
 
-    def path(self, key: str) -> Path:
+    def local(self, key: str) -> Path:
+        return self.root / key
+
+    def workdir(self, key: str) -> Path:
         return self.root / key

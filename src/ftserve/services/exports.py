@@ -1,7 +1,8 @@
 """Use cases of ftserve's export extension: a served model as a vLLM adapter, merged weights or GGUF.
 
 Exports are made once and kept under `exports/` in the blob store, so a second download of the
-same model and format is a file copy; deleting the model deletes them.
+same model and format is a file copy (with an object store, from the local cache or fetched into it once);
+deleting the model deletes them.
 """
 
 from __future__ import annotations
@@ -41,21 +42,30 @@ class ExportService:
                 f"'{model}' has no LoRA adapter ({'it is a base model' if target.kind is None else 'it was fully fine-tuned'}); "
                 "export it as merged or gguf.", param="format",
             )
-        root = self.blobs.path(export_key(model))
         base_dir = self.pool.base_dir(target.base)
+        if format == "adapter":
+            name = "adapter-with-embeddings" if include_embeddings else "adapter"
+        else:
+            name = "merged" if format == "merged" else f"{_file_stem(model)}.{quantization}.gguf"
+        key = f"{export_key(model)}/{name}"
+        try:
+            return self.blobs.local(key)  # made before, here or by another server sharing the store
+        except FileNotFoundError:
+            pass
+        out = self.blobs.workdir(key)
         try:
             if format == "adapter" and target.artifact is not None:
-                out = root / ("adapter-with-embeddings" if include_embeddings else "adapter")
-                return out if out.exists() else engine.export_adapter(target.artifact, out, include_embeddings=include_embeddings)
-            if format == "merged":
-                out = root / "merged"
-                return out if out.exists() else engine.export_merged(base_dir, target.artifact, out)
-            out = root / f"{_file_stem(model)}.{quantization}.gguf"
-            return out if out.exists() else engine.export_gguf(
-                base_dir, target.artifact, out, quantization, source_gguf=engine.source_gguf(target.base), name=model,
-            )
+                made = engine.export_adapter(target.artifact, out, include_embeddings=include_embeddings)
+            elif format == "merged":
+                made = engine.export_merged(base_dir, target.artifact, out)
+            else:
+                made = engine.export_gguf(
+                    base_dir, target.artifact, out, quantization, source_gguf=engine.source_gguf(target.base), name=model,
+                )
         except engine.ExportError as error:
             raise InvalidRequest(f"Cannot export '{model}' as {format}: {error}", param="format") from error
+        self.blobs.put(made, key, move=True)  # on the local store it was made in place
+        return self.blobs.local(key)
 
     def forget(self, model: str) -> None:
         self.blobs.delete(export_key(model))

@@ -109,7 +109,7 @@ class InferenceService:
             raise InvalidRequest(
                 f"File {file_id} is not a chat, prompt/completion or preference file uploaded for fine-tuning.", param="file"
             )
-        examples = engine.read_examples(self.blobs.path(record.storage_key), max_examples)
+        examples = engine.read_examples(self.blobs.local(record.storage_key), max_examples)
         text = self.pool.text(target)
 
         def answers(prompts: list[list[int]], limits: list[int]) -> list[str]:

@@ -69,7 +69,10 @@ class ModelService:
             )
         if not model.path:
             return None
-        directory = self.blobs.path(model.path)
+        try:
+            directory = self.blobs.local(model.path)  # with an object store, fetched into the cache once
+        except FileNotFoundError:
+            return None
         return directory if directory.is_dir() else None
 
     def _visible(self, project: str, name: str) -> ModelRow:

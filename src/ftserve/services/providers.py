@@ -60,8 +60,8 @@ class ProviderInfo:
 
 
 def job_request(job: Job, route: Route, files: FileService, blobs: BlobStore) -> JobRequest:
-    """A job as its provider sees it: files on local disk, `ftserve` split into common options and the
-    provider's own options block."""
+    """A job as its provider sees it: files on local disk (copies, with an object store), `ftserve` split into
+    common options and the provider's own options block."""
     training = files.get(job.project, job.training_file)
     validation = files.get(job.project, job.validation_file) if job.validation_file else None
     options = dict(job.extensions)
@@ -71,10 +71,10 @@ def job_request(job: Job, route: Route, files: FileService, blobs: BlobStore) ->
         method_config=job.method_config, seed=job.seed, suffix=job.suffix, metadata=job.metadata,
         integrations=job.integrations, options=options,
         provider_options=merged(route.options, provider_block(route.provider, provider_options)),
-        training_file=blobs.path(training.storage_key), training_examples=training.examples or 0,
-        validation_file=blobs.path(validation.storage_key) if validation else None,
+        training_file=blobs.local(training.storage_key), training_examples=training.examples or 0,
+        validation_file=blobs.local(validation.storage_key) if validation else None,
         validation_examples=validation.examples or 0 if validation else 0,
-        output_dir=blobs.path(f"artifacts/{job.id}"),
+        output_dir=blobs.workdir(f"artifacts/{job.id}"),
     )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import shutil
 import socket
 import threading
 import time
@@ -249,7 +248,7 @@ class Worker:
             for result in results:
                 self.blobs.delete(result.storage_key)
             return
-        shutil.rmtree(request_dir / "state", ignore_errors=True)  # resumable state is dead weight now
+        self.blobs.delete(self.blobs.key_of(request_dir / "state"))  # resumable state is dead weight now
 
     def _fail(self, job: Job, error: JobError) -> None:
         self.lifecycle.fail(job, error, self.id)
