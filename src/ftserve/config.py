@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 TrainerName = Literal["local", "fake", "fake-engine"]
@@ -44,6 +44,27 @@ class Settings(BaseSettings):
     )
     models_dir: Path | None = Field(
         None, description="Where base models converted from GGUF are cached as safetensors. Unset: `models` in the data dir."
+    )
+    blob_store: Literal["local", "s3"] = Field(
+        "local", description="Where files, checkpoints, models and exports are kept: `local`, under the data dir; "
+        "`s3`, in an S3-compatible object store (`s3_bucket`, docs/storage.md), so that servers and workers on "
+        "other machines share no directory.",
+    )
+    s3_bucket: str | None = Field(None, description="The bucket of the `s3` blob store (it must exist).")
+    s3_prefix: str = Field("", description="A prefix for every object ftserve writes to the bucket (`ftserve/`).")
+    s3_endpoint_url: str | None = Field(
+        None, description="The S3 endpoint of a store other than AWS (MinIO, Ceph, R2...): `http://minio:9000`. "
+        "Unset: AWS S3.",
+    )
+    s3_region: str | None = Field(None, description="The bucket's region. Unset: boto3's usual configuration.")
+    s3_access_key_id: SecretStr | None = Field(
+        None, description="The store's access key id. Unset: boto3's usual credential chain (AWS_* variables, "
+        "shared config files, an instance or pod role).",
+    )
+    s3_secret_access_key: SecretStr | None = Field(None, description="The secret of `s3_access_key_id`.")
+    blob_cache_dir: Path | None = Field(
+        None, description="With the `s3` store, where local copies of blobs (training files, models being served "
+        "or exported) and the scratch of running jobs are kept. Unset: `cache` in the data dir.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the local engine trains and models are served: CUDA when present."
@@ -276,6 +297,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _store_named(self) -> Settings:
+        if self.blob_store == "s3" and not self.s3_bucket:
+            raise ValueError("blob_store=s3 needs s3_bucket (FTSERVE_S3_BUCKET), the bucket to keep blobs in")
+        if self.blob_store == "s3" and importlib.util.find_spec("boto3") is None:
+            raise ValueError("blob_store=s3 needs boto3: pip install 'ftserve[cluster]'")
+        return self
+
+    @property
+    def resolved_blob_cache_dir(self) -> Path:
+        return (self.blob_cache_dir or self.data_dir / "cache").resolve()
 
     @property
     def resolved_models_dir(self) -> Path:

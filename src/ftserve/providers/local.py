@@ -9,8 +9,10 @@ state it saved in the job's output dir, so a requeued job continues where it sto
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,8 @@ from ftserve.domain.hyperparameters import resolve as resolve_auto
 from ftserve.engine import events
 from ftserve.engine.spec import Device, JobSpec, LoraOptions, ModelSource, PythonGraderLimits, Reinforcement
 from ftserve.providers.base import Reporter, TrainingOutcome
-from ftserve.providers.engine_session import Session
+from ftserve.providers.engine_session import ChannelLost, Session
+from ftserve.providers.engine_staging import StagedChannel, Staging
 from ftserve.providers.contract import (
     BaseModelInfo,
     Capabilities,
@@ -65,21 +68,44 @@ def source_of(base: CatalogueEntry) -> ModelSource:
 class LocalTrainer:
     """Runs a job's `JobSpec` in its own engine process."""
 
-    def __init__(self, python: str = sys.executable, engine_module: str = "ftserve.engine"):
+    def __init__(self, python: str = sys.executable, engine_module: str = "ftserve.engine",
+                 staging: Staging | None = None, scratch_dir: Path | None = None):
         self.engine_module = engine_module  # the crash tests run ftserve.testing_engine, which fakes the training
         self.python = python
+        # With an object store, each run's files are fetched to, and stored from, a directory of its own under
+        # `scratch_dir`, removed when the run ends. Without, the engine works in the store's own directory.
+        self.staging = staging
+        self.scratch_dir = scratch_dir
 
     def train(self, spec: JobSpec, reporter: Reporter) -> TrainingOutcome:
+        if self.staging is None:
+            return self._run(spec, reporter, spec.output_dir)
+        if self.scratch_dir is not None:
+            self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="ftserve-run-", dir=self.scratch_dir))
+        try:
+            try:
+                staged = self.staging.prepare(spec, scratch)
+            except Exception as error:  # the store could not be reached: not the job's fault, it runs again
+                raise ChannelLost(f"the job's files could not be fetched ({type(error).__name__}: {error})") from error
+            return self._run(staged, reporter, spec.output_dir)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _run(self, spec: JobSpec, reporter: Reporter, log_dir: Path) -> TrainingOutcome:
+        """The engine on `spec`, logging into `log_dir` (the worker's output dir, which outlives a scratch one)."""
         spec.output_dir.mkdir(parents=True, exist_ok=True)
         spec_path = spec.output_dir / "spec.json"
         spec_path.write_text(spec.model_dump_json(indent=2))
-        log_path = spec.output_dir / "engine.log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / "engine.log"
         with log_path.open("ab") as log_file:
             child = subprocess.Popen(
                 [self.python, "-m", self.engine_module, str(spec_path)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1,
             )
-            return Session(ProcessChannel(child, log_path), reporter).run()
+            channel = ProcessChannel(child, log_path)
+            return Session(channel if self.staging is None else StagedChannel(channel, self.staging), reporter).run()
 
 
 class LocalProvider:

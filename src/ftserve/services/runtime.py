@@ -13,7 +13,8 @@ from ftserve.catalogue import load_catalogue
 from ftserve.config import Settings, TrainerName
 from ftserve.domain.webhook_targets import Allow
 from ftserve.domain.webhooks import Retry
-from ftserve.files.storage import LocalBlobStore
+from ftserve.files.storage import BlobStore, LocalBlobStore
+from ftserve.files.workspace import Workspace
 from ftserve.graders import PythonLimits
 from ftserve.inference.interface import Engine
 from ftserve.inference.pool import ModelPool
@@ -39,11 +40,36 @@ from ftserve.store.database import create_engine, migrate
 # What trains a worker's local jobs, by FTSERVE_TRAINER. The fakes live in `testing` and are wired in
 # here, at the root, so that nothing below it depends on them.
 TRAINERS: dict[TrainerName, Callable[[Settings], Trainer]] = {
-    "local": lambda settings: LocalTrainer(),
+    "local": lambda settings: local_trainer(settings, "ftserve.engine"),
     "fake": lambda settings: testing.FakeTrainer(step_seconds=settings.fake_step_seconds),
     # The local trainer's process and protocol, around an engine that fakes the training (crash tests).
-    "fake-engine": lambda settings: LocalTrainer(engine_module="ftserve.testing_engine"),
+    "fake-engine": lambda settings: local_trainer(settings, "ftserve.testing_engine"),
 }
+
+
+def local_trainer(settings: Settings, module: str) -> LocalTrainer:
+    """The engine `module` in a child process. With an object store it works in a scratch dir of its own,
+    its files fetched and what it saves stored through the store."""
+    if settings.blob_store == "s3":
+        return LocalTrainer(engine_module=module, staging=Workspace(blob_store(settings), on_worker=True),
+                            scratch_dir=settings.resolved_blob_cache_dir / "runs")
+    return LocalTrainer(engine_module=module)
+
+
+def blob_store(settings: Settings) -> BlobStore:
+    """The data dir's `blobs`, or the S3-compatible store the settings name (docs/storage.md)."""
+    if settings.blob_store == "local":
+        return LocalBlobStore(settings.data_dir / "blobs")
+    from ftserve.files.s3_store import S3BlobStore, S3Location  # boto3, installed with the `cluster` extra
+
+    assert settings.s3_bucket is not None  # Settings refuses s3 without a bucket
+    secret = settings.s3_secret_access_key
+    return S3BlobStore(S3Location(
+        bucket=settings.s3_bucket, prefix=settings.s3_prefix, endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id.get_secret_value() if settings.s3_access_key_id else None,
+        secret_access_key=secret.get_secret_value() if secret else None,
+    ), settings.resolved_blob_cache_dir)
 
 
 def generation_engine(settings: Settings, pool: ModelPool) -> Engine:
@@ -79,7 +105,7 @@ def trainer_for(settings: Settings) -> Trainer | None:
 class Runtime:
     settings: Settings
     engine: sa.Engine
-    blobs: LocalBlobStore
+    blobs: BlobStore
     files: FileService
     jobs: JobService
     models: ModelService
@@ -96,7 +122,7 @@ def build(settings: Settings) -> Runtime:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.resolved_database_url)
     migrate(engine)
-    blobs = LocalBlobStore(settings.data_dir / "blobs")
+    blobs = blob_store(settings)
     catalogue = load_catalogue(settings.catalogue_file)
     files = FileService(engine, blobs, settings.max_file_bytes, max_line_bytes=settings.max_line_bytes,
                         storage_quota=settings.project_storage_bytes)
