@@ -3,7 +3,8 @@ server (tests/object_store.py), and against a real endpoint when the environment
 
 A file uploaded, a job trained on it by the engine's child process (the fake engine: its protocol, files and
 adapter, no training) and its model served and exported leave nothing on the server's disk but the database and
-the cache; with the cache deleted, listing, serving and downloads still work, fetching what they need again."""
+the cache; with the cache deleted, listing, serving and downloads still work, fetching what they need again. A
+paused job resumes from the state it stored in the bucket."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from openai import OpenAI
 
 from ftserve.files.s3_store import S3Location
 from tests.conftest import TINY_MODEL_ID, Databases, serving, settings_for
-from tests.helpers import upload, wait_for
+from tests.helpers import TERMINAL, upload, wait_for
 from tests.object_store import moto_s3, objects, real_s3_location, s3_location, settings_of  # noqa: F401
 from tests.tasks import chat_examples, jsonl
 
@@ -76,6 +77,41 @@ def a_job_keeps_its_files_in_the_store(location: S3Location, data_dir: Path, dat
         left = objects(location)
         assert not any(f"artifacts/{job.id}/checkpoint-2/" in name or "/exports/" in f"/{name}" for name in left), left
         assert f"{prefix}files/{training}" not in left
+
+
+def test_a_paused_job_resumes_from_its_state_in_the_store(
+        s3_location: S3Location, tmp_path: Path, databases: Databases, tiny_catalogue: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each run of the engine works in a scratch dir of its own, gone when it stops: what the resumed run starts
+    # from can only have come from the bucket.
+    monkeypatch.setenv("FTSERVE_FAKE_ENGINE_STEP_SECONDS", "0.3")
+    data_dir = tmp_path / "data"
+    settings = settings_for(data_dir, databases.new(), trainer="fake-engine", catalogue_file=tiny_catalogue,
+                            **settings_of(s3_location))
+    with serving(settings) as live:
+        client = OpenAI(base_url=live.base_url, api_key="unused")
+        job = client.fine_tuning.jobs.create(
+            model=TINY_MODEL_ID, training_file=upload(client, jsonl(chat_examples(8))),
+            hyperparameters={"n_epochs": 2, "batch_size": 2}, extra_body={"ftserve": {"checkpoint_interval": 2}})
+        wait_for(client, job.id, ("running",))
+        deadline = time.monotonic() + 30
+        while not [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"
+                   and e.data and e.data.get("step", 0) >= 3]:
+            assert time.monotonic() < deadline, "the job never reached step 3"
+            time.sleep(0.1)
+        client.fine_tuning.jobs.pause(job.id)
+        paused = wait_for(client, job.id, ("paused",) + TERMINAL)
+        assert paused.status == "paused"
+        saved = [name for name in objects(s3_location) if f"/artifacts/{job.id}/state/" in f"/{name}"]
+        steps = {int(name.split("/state/step-")[1].split("/")[0]) for name in saved}
+        assert steps and min(steps) >= 2, saved
+        assert not any((data_dir / "cache" / "runs").iterdir())  # no run's scratch is left on this machine
+
+        client.fine_tuning.jobs.resume(job.id)
+        done = wait_for(client, job.id, timeout=60)
+        assert done.status == "succeeded", done.error
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
+        assert f"Resuming from step {max(steps)}" in messages
 
 
 def test_on_moto(s3_location: S3Location, tmp_path: Path, databases: Databases, tiny_catalogue: Path) -> None:
