@@ -176,6 +176,15 @@ class Settings(BaseSettings):
         None, description="How this process's worker names itself in job events and logs, followed by a random "
         "suffix. Unset: the host name.",
     )
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where a worker runs a local job's engine: `local`, a child process on the worker's "
+        "machine; `ray`, an actor on the Ray cluster at `ray_address`, given the job's CPUs, GPUs and memory "
+        "(docs/cluster.md). With `ray`, set `blob_store=s3` unless every node sees the data dir at the same path.",
+    )
+    ray_address: str = Field(
+        "auto", description="The Ray cluster the `ray` executor places jobs on: `host:port` of its head (as "
+        "`ray start --head` prints), `ray://host:10001` for Ray Client, or `auto`: the cluster this machine belongs to.",
+    )
     worker_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for work.")
     lease_seconds: float = Field(30.0, gt=0, description="A worker that misses its heartbeat this long loses its job.")
     fake_step_seconds: float = Field(0.2, ge=0, description="How long each step of the fake trainer takes.")

@@ -11,7 +11,7 @@ from typing import Any
 
 from ftserve.domain.errors import TrainingFailed
 from ftserve.engine.spec import JobSpec
-from ftserve.providers.base import Reporter, TrainingOutcome
+from ftserve.providers.base import Placement, Reporter, TrainingOutcome
 from ftserve.testing_rewards import Candidates, FakeRewards, Refused
 
 MANIFEST = "ftserve_fake.json"
@@ -29,7 +29,7 @@ class FakeTrainer:
     def __init__(self, step_seconds: float = 0.2):
         self.step_seconds = step_seconds
 
-    def train(self, spec: JobSpec, reporter: Reporter) -> TrainingOutcome:
+    def train(self, spec: JobSpec, reporter: Reporter, placement: Placement | None = None) -> TrainingOutcome:
         examples = sum(1 for line in spec.training_file.read_bytes().splitlines() if line.strip())
         steps_per_epoch = max(1, math.ceil(examples / spec.batch_size))
         total = steps_per_epoch * spec.n_epochs

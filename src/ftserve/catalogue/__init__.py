@@ -32,6 +32,9 @@ class CatalogueEntry(Record):
     hub: str | None = None
     revision: str | None = None
     gguf_file: str | None = None
+    train_memory_gb: float | None = Field(None, gt=0)
+    """Memory one engine process needs to train this model (LoRA, default settings), which the Ray executor asks
+    the cluster for; unset: it asks for none."""
     provider: str | None = None
     """A configured hosted provider's name: jobs on this model run there, not here."""
     provider_model: str | None = None

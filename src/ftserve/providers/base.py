@@ -23,6 +23,18 @@ class TrainingOutcome:
     """The before/after comparison on the validation file, when the trainer made one."""
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where and as what one attempt of a job runs: its run id (the job id and its run number, the same on every
+    ask, so an executor can make submission idempotent) and what it needs of a machine. The local executor runs
+    on the worker's own machine and uses none of it; the Ray executor asks the cluster for it."""
+
+    run_id: str
+    cpus: float = 1.0
+    gpus: float = 0.0
+    memory_bytes: int | None = None
+
+
 class Reporter(Protocol):
     """Where a trainer sends what it does; the worker turns each call into rows."""
 
@@ -42,6 +54,7 @@ class Reporter(Protocol):
 
 
 class Trainer(Protocol):
-    def train(self, spec: JobSpec, reporter: Reporter) -> TrainingOutcome:
-        """Train, reporting as it goes. Raises `TrainingFailed` (or anything) when training fails."""
+    def train(self, spec: JobSpec, reporter: Reporter, placement: Placement) -> TrainingOutcome:
+        """Train, reporting as it goes. Raises `TrainingFailed` (or anything) when training fails, and
+        `ChannelLost` when the machine it ran on went away (the job runs again from its saved state)."""
         ...

@@ -23,7 +23,7 @@ from ftserve.domain.jobs import MethodType
 from ftserve.domain.hyperparameters import resolve as resolve_auto
 from ftserve.engine import events
 from ftserve.engine.spec import Device, JobSpec, LoraOptions, ModelSource, PythonGraderLimits, Reinforcement
-from ftserve.providers.base import Reporter, TrainingOutcome
+from ftserve.providers.base import Placement, Reporter, TrainingOutcome
 from ftserve.providers.engine_session import ChannelLost, Session
 from ftserve.providers.engine_staging import StagedChannel, Staging
 from ftserve.providers.contract import (
@@ -77,7 +77,7 @@ class LocalTrainer:
         self.staging = staging
         self.scratch_dir = scratch_dir
 
-    def train(self, spec: JobSpec, reporter: Reporter) -> TrainingOutcome:
+    def train(self, spec: JobSpec, reporter: Reporter, placement: Placement) -> TrainingOutcome:
         if self.staging is None:
             return self._run(spec, reporter, spec.output_dir)
         if self.scratch_dir is not None:
@@ -101,7 +101,7 @@ class LocalTrainer:
         log_path = log_dir / "engine.log"
         with log_path.open("ab") as log_file:
             child = subprocess.Popen(
-                [self.python, "-m", self.engine_module, str(spec_path)],
+                engine_command(self.python, self.engine_module, spec_path, getattr(spec, "processes", 1)),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1,
             )
             channel = ProcessChannel(child, log_path)
@@ -146,6 +146,15 @@ class LocalProvider:
             if hp.get("eval_samples", "auto") == "auto":
                 hp["eval_samples"] = min(MAX_AUTO_EVAL_SAMPLES, max(1, request.validation_examples))
         return hp
+
+    def placement(self, spec: JobSpec, run_id: str) -> Placement:
+        """What one attempt of `spec` asks of a machine: a CPU (and, training on CUDA, a GPU) per engine process,
+        and the catalogue's memory per process where it gives one."""
+        base = self.catalogue.get(spec.model.id)
+        processes = getattr(spec, "processes", 1)
+        memory = base.train_memory_gb if base is not None else None
+        return Placement(run_id, cpus=float(processes), gpus=float(processes) if self.device == "cuda" else 0.0,
+                         memory_bytes=int(memory * processes * (1 << 30)) if memory else None)
 
     def spec(self, request: JobRequest) -> JobSpec:
         """The engine's spec for `request`. Raises `ProviderUnsupported` naming what the local engine cannot train."""
@@ -246,6 +255,16 @@ def _check_local_grader(grader: dict[str, Any]) -> None:
                 "graders/run only; pick another metric for a local job.",
                 param=f"method.reinforcement.grader.{key}evaluation_metric",
             )
+
+
+def engine_command(python: str, module: str, spec_path: Path, processes: int = 1) -> list[str]:
+    """The command line that runs the engine module on a spec: itself for one process, or torchrun starting
+    `processes` of it on this machine (`--standalone`: its rendezvous on a free local port), which train as one
+    job (engine/distributed.py). Rank 0's stdin and stdout are the protocol; every process's stderr is the log."""
+    if processes == 1:
+        return [python, "-m", module, str(spec_path)]
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+            "-m", module, str(spec_path)]
 
 
 class ProcessChannel:

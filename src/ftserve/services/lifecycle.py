@@ -104,6 +104,12 @@ class Lifecycle:
                 event_rows.append(conn, job.id, at, message)
             return event_rows.last_metrics_step(conn, job.id)
 
+    def run_number(self, job: Job) -> int:
+        """How many times the job has started training, the current start included: with the job id, it names one
+        run of it, the same however often it is asked for, and never the same for two runs."""
+        with self.engine.connect() as conn:
+            return event_rows.count_messages(conn, job.id, (STARTED, RESTARTED))
+
     def paused(self, job: Job, worker_id: str | None, step: int | None = None) -> bool:
         """pausing -> paused: the trainer stopped and kept its state (or the provider paused the job)."""
         message = f"Fine-tuning job paused at step {step}" if step is not None else "Fine-tuning job paused"
@@ -117,10 +123,11 @@ class Lifecycle:
                           worker_id=worker_id, release=True, values={"attempts": max(0, job.attempts - 1)},
                           level="info")
 
-    def lost(self, job: Job) -> None:
-        """The worker holding `job` stopped renewing its lease. A death counts against the job's attempts only when
-        that attempt saved no newer state than the one it started from: a job that keeps moving survives any number
-        of deaths, one that crashes its worker without progress fails after `max_attempts`."""
+    def lost(self, job: Job, why: str = "The worker stopped responding") -> None:
+        """The worker holding `job` stopped renewing its lease, or the machine its engine ran on went away (`why`
+        says which). A death counts against the job's attempts only when that attempt saved no newer state than the
+        one it started from: a job that keeps moving survives any number of deaths, one that crashes its worker
+        without progress fails after `max_attempts`."""
         with self.engine.begin() as conn:
             if job.provider is not None or job.status not in RUNNING:
                 # A hosted job runs at its provider, and a job checking files restarts its check: only the lease was lost.
@@ -144,7 +151,7 @@ class Lifecycle:
             if job_rows.move(conn, job.id, JobStatus.QUEUED, source=source, worker_id=holder, release=True,
                              values=values):
                 note = f" after saving its state at step {job.saved_step}" if progressed else ""
-                event_rows.append(conn, job.id, now(), f"The worker stopped responding{note}; job requeued", level="warn")
+                event_rows.append(conn, job.id, now(), f"{why}{note}; job requeued", level="warn")
 
     def succeed(self, job: Job, worker_id: str, result: Result) -> bool:
         """running or pausing -> succeeded, with the model registered, the result files listed and the evaluation

@@ -24,6 +24,7 @@ from ftserve.inference.vllm_server import VllmOptions
 from ftserve.metrics import Metrics
 from ftserve.providers.base import Trainer
 from ftserve.providers.local import LocalTrainer
+from ftserve.providers.ray_executor import RayTrainer
 from ftserve.providers.registry import providers_for
 from ftserve.services.embeddings import Embedder
 from ftserve.services.exports import ExportService
@@ -40,11 +41,20 @@ from ftserve.store.database import create_engine, migrate
 # What trains a worker's local jobs, by FTSERVE_TRAINER. The fakes live in `testing` and are wired in
 # here, at the root, so that nothing below it depends on them.
 TRAINERS: dict[TrainerName, Callable[[Settings], Trainer]] = {
-    "local": lambda settings: local_trainer(settings, "ftserve.engine"),
+    "local": lambda settings: engine_trainer(settings, "ftserve.engine"),
     "fake": lambda settings: testing.FakeTrainer(step_seconds=settings.fake_step_seconds),
     # The local trainer's process and protocol, around an engine that fakes the training (crash tests).
-    "fake-engine": lambda settings: local_trainer(settings, "ftserve.testing_engine"),
+    "fake-engine": lambda settings: engine_trainer(settings, "ftserve.testing_engine"),
 }
+
+
+def engine_trainer(settings: Settings, module: str) -> Trainer:
+    """The engine `module` run by the worker's executor: a child process, or an actor on a Ray cluster."""
+    if settings.executor == "ray":
+        # Without an object store the nodes must see the data dir at the same path (one machine, a shared mount).
+        staging = Workspace(blob_store(settings)) if settings.blob_store == "s3" else None
+        return RayTrainer(settings.ray_address, staging, engine_module=module)
+    return local_trainer(settings, module)
 
 
 def local_trainer(settings: Settings, module: str) -> LocalTrainer:

@@ -72,6 +72,11 @@ def has_message(conn: sa.Connection, job_id: str, message: str) -> bool:
     return conn.execute(query).first() is not None
 
 
+def count_messages(conn: sa.Connection, job_id: str, messages: tuple[str, ...]) -> int:
+    query = sa.select(sa.func.count()).where(job_events.c.job_id == job_id, job_events.c.message.in_(messages))
+    return int(conn.execute(query).scalar_one())
+
+
 def checkpoint_steps(conn: sa.Connection, job_id: str) -> set[int]:
     return set(conn.execute(sa.select(checkpoints.c.step_number).where(checkpoints.c.job_id == job_id)).scalars())
 

@@ -28,6 +28,7 @@ from ftserve.files.storage import BlobStore, iter_blob
 from ftserve.metrics import Metrics
 from ftserve.catalogue import load_catalogue
 from ftserve.providers.base import Trainer, TrainingOutcome
+from ftserve.providers.engine_session import ChannelLost
 from ftserve.providers.local import LocalProvider
 from ftserve.providers.registry import Providers, Route
 from ftserve.services import wandb_runs
@@ -204,15 +205,27 @@ class Worker:
         beat = threading.Thread(target=contextvars.copy_context().run, args=(self._heartbeat, job, reporter, done),
                                 daemon=True)
         beat.start()
+        placement = self.local.placement(spec, f"{job.id}-{self.lifecycle.run_number(job)}")
         outcome = None
         try:
-            outcome = self.trainer.train(spec, reporter)
+            outcome = self.trainer.train(spec, reporter, placement)
+        except ChannelLost as error:
+            log.warning("the job's engine was lost: %s", error)
+            self._lost(job, f"The machine training the job went away ({error})")
+            return
         finally:
             done.set()
             beat.join()
             reporter.close(failed=outcome is None)
         log.info("training ended at step %d (%s)", outcome.step, outcome.stopped or "finished")
         self._finish(job, outcome, spec.output_dir)
+
+    def _lost(self, job: Job, why: str) -> None:
+        """Hands the job back as the reaper does for a dead worker: requeued to resume from its last saved state."""
+        with self.engine.connect() as conn:
+            current = job_rows.get(conn, job.id)
+        if current is not None and current.worker_id == self.id:
+            self.lifecycle.lost(current, why)
 
     def _heartbeat(self, job: Job, reporter: JobReporter, done: threading.Event) -> None:
         # Renew often enough that two missed beats still leave the lease alive; the status it reads
