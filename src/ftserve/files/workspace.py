@@ -25,6 +25,7 @@ from ftserve.files.storage import BlobStore, inside
 STATE = "state"
 STATE_NAME = re.compile(r"step-(\d+)")
 CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")
+STORE_TRIES = 3
 
 
 @dataclass
@@ -115,7 +116,19 @@ class Workspace:
                 self.store.delete(key)
                 job.stored.discard(key)
         name = f"step-{step}"
-        self.store.put(job.out / STATE / name, f"{job.key}/{STATE}/{name}")
+        source = job.out / STATE / name
+        # The engine runs ahead of its reports: while this state is stored it may save the same step again (a pause
+        # right after a periodic save replaces the directory), or save a newer state and drop this one, whose report
+        # follows and is stored then.
+        for attempt in range(STORE_TRIES):
+            try:
+                self.store.put(source, f"{job.key}/{STATE}/{name}")
+                break
+            except Exception:
+                if not source.exists():
+                    return
+                if attempt == STORE_TRIES - 1:
+                    raise
         # The engine keeps its newest few states; the store keeps the same ones.
         kept = {p.name for p in (job.out / STATE).iterdir()}
         for old in self.store.children(f"{job.key}/{STATE}"):
