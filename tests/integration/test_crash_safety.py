@@ -176,8 +176,8 @@ def no_orphaned_engines(root: Path) -> bool:
 # Worker kills run in the PostgreSQL pass and server kills in the SQLite pass, as each is deployed. Most kill
 # points land on the fake engine (the real protocol and files, a sleep per step); two on the real one.
 RUNS = [
-    pytest.param(False, "fake-engine", 10, id="kill-worker", marks=pytest.mark.database),
-    pytest.param(True, "fake-engine", 10, id="kill-server"),
+    pytest.param(False, "fake-engine", 6, id="kill-worker", marks=pytest.mark.database),
+    pytest.param(True, "fake-engine", 6, id="kill-server"),
     pytest.param(True, "local", 2, id="kill-server-real-engine"),
 ]
 
