@@ -20,7 +20,7 @@ ifeq ($(VLLM),1)
 GENERATION := $(VLLM_STAMP)
 endif
 
-.PHONY: install install-vllm run lint test test-sqlite test-postgres quickstart benchmark benchmark-grpo benchmark-serving clean
+.PHONY: install install-vllm run lint test test-sqlite test-postgres quickstart benchmark benchmark-grpo benchmark-serving benchmark-placement clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -103,6 +103,10 @@ benchmark-grpo: $(STAMP)
 
 benchmark-serving: $(STAMP) $(GENERATION)
 	$(BIN)/python -m benchmarks.serving
+
+# Create-to-first-step on a local child process against a Ray actor (a Ray cluster and moto's S3 started for it).
+benchmark-placement: $(TEST_STAMP)
+	$(BIN)/python -m benchmarks.placement
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .ftserve .cache tests/llama_cpp/node_modules tests/browser/node_modules tests/artifacts
