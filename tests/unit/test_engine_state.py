@@ -31,10 +31,12 @@ def test_a_saved_state_loads_back_with_every_recipes_extra(tmp_path: Path) -> No
     reference = torch.randn(3, 2)
     extra = {"reference": reference,  # DPO's reference log-probabilities
              "candidates": [{"step": 4, "metrics": {"valid_reward_mean": np.float64(0.5)}}]}  # GRPO's kept rounds
-    saved = state.save(tmp_path, 4, 100, weights, optimizer, scheduler, extra, ['{"type": "metrics"}'])
+    saved = state.save(tmp_path, 4, 100, weights, optimizer.state_dict(), scheduler.state_dict(), extra,
+                       ['{"type": "metrics"}'])
 
     fresh, fresh_optimizer, fresh_scheduler = training(seed=1)
-    loaded = state.load(saved, fresh, fresh_optimizer, fresh_scheduler)
+    loaded = state.read(saved)
+    state.restore(loaded, fresh, fresh_optimizer, fresh_scheduler)
     assert (loaded.step, loaded.trained_tokens, loaded.reported) == (4, 100, ['{"type": "metrics"}'])
     assert torch.equal(fresh["layer.weight"], weights["layer.weight"])
     assert torch.equal(loaded.extra["reference"], reference)
@@ -51,7 +53,8 @@ def test_a_state_saved_before_weights_only_loading_still_resumes(tmp_path: Path)
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
         "extra": {"candidates": [{"step": 2, "metrics": {"valid_reward_mean": 0.25}}]}, "reported": [],
     }, tmp_path / "step-2" / state.FILE)
-    loaded = state.load(tmp_path / "step-2", *training(seed=1))
+    loaded = state.read(tmp_path / "step-2")
+    state.restore(loaded, *training(seed=1))
     assert (loaded.step, loaded.extra["candidates"][0]["step"]) == (2, 2)
 
 
@@ -70,13 +73,15 @@ def test_a_state_that_would_run_code_is_refused_and_nothing_runs(tmp_path: Path)
     (tmp_path / "step-9").mkdir()
     torch.save({"step": 9, "extra": Planted(marker)}, tmp_path / "step-9" / state.FILE)
     with pytest.raises(state.UnsafeState, match=r"more than tensors and plain values.*; it is refused"):
-        state.load(tmp_path / "step-9", *training())
+        state.read(tmp_path / "step-9")
     assert not marker.exists()
     torch.load(tmp_path / "step-9" / state.FILE, weights_only=False)  # what loading it used to do
     assert marker.exists()
 
 
 def test_saving_an_object_that_would_not_load_back_fails_at_once(tmp_path: Path) -> None:
+    weights, optimizer, scheduler = training()
     with pytest.raises(TypeError, match="cannot hold Planted"):
-        state.save(tmp_path, 1, 1, *training(), {"oops": Planted(tmp_path / "x")}, [])
+        state.save(tmp_path, 1, 1, weights, optimizer.state_dict(), scheduler.state_dict(),
+                   {"oops": Planted(tmp_path / "x")}, [])
     assert state.saved_states(tmp_path) == []

@@ -2,6 +2,9 @@
 
 Exit status 0 means the job finished or stopped as asked; 1 means it failed, and the last line
 on stdout is a `failed` event with the reason.
+
+Started by torchrun (`providers.local.engine_command`) as several processes, the job trains across them; rank 0
+alone reports on stdout and reads the commands on stdin, which all the processes inherit.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from ftserve.engine import dpo, grpo, sft
+from ftserve.engine import distributed, dpo, grpo, sft
 from ftserve.engine.data import DataError
 from ftserve.engine.events import Failed
 from ftserve.engine.models import ModelUnavailable
@@ -45,7 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     events = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    return run(spec, JsonLinesSink(events, sys.stdin))
+    try:
+        ranks = distributed.join(spec.device)
+    except distributed.Unplaceable as error:
+        if error.main:
+            JsonLinesSink(events).emit(Failed(message=str(error)))
+        return 1
+    status = run(spec, distributed.SharedStop(JsonLinesSink(events, sys.stdin) if ranks.main else None, ranks))
+    if status == 0:  # a failed process leaves the others to torchrun, which stops them
+        ranks.close()
+    return status
 
 
 if __name__ == "__main__":

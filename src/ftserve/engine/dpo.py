@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from ftserve.engine import loop, models
+from ftserve.engine import distributed, loop, models
 from ftserve.engine.batching import collate
 from ftserve.engine.data import Pair
 from ftserve.engine.events import Message
@@ -41,8 +41,8 @@ class PreferenceTask:
         self.validation_size = len(validation)
         self.reference: dict[str, torch.Tensor] | None = None
 
-    def loss(self, model: PreTrainedModel, indices: list[int]) -> tuple[torch.Tensor, Stats, int]:
-        reference = self._reference(model)["train"]
+    def loss(self, model: torch.nn.Module, indices: list[int]) -> tuple[torch.Tensor, Stats, int]:
+        reference = self._reference(distributed.unwrapped(model))["train"]
         return self._score(model, self.train, reference, indices)
 
     def evaluate(self, model: PreTrainedModel, indices: list[int]) -> Stats:
@@ -58,7 +58,7 @@ class PreferenceTask:
     def restore(self, saved: dict[str, Any]) -> None:
         self.reference = saved["reference"]
 
-    def _score(self, model: PreTrainedModel, pairs: list[Pair], reference: torch.Tensor,
+    def _score(self, model: torch.nn.Module, pairs: list[Pair], reference: torch.Tensor,
                indices: list[int]) -> tuple[torch.Tensor, Stats, int]:
         batch = collate([pairs[i].chosen for i in indices] + [pairs[i].rejected for i in indices], self.pad_id, self.device)
         logps, _ = sequence_logps(model, batch)
@@ -79,6 +79,9 @@ class PreferenceTask:
                 self.reference = {
                     "train": self._logps(model, self.train), "validation": self._logps(model, self.validation),
                 }
+            # Asked from inside a training step's autocast: the weights it cast without grad must not be reused by
+            # that step's forward (FSDP2 gathers a layer into the same tensor each time, so they would be).
+            torch.clear_autocast_cache()
             model.train(was_training)
         return self.reference
 
@@ -100,7 +103,7 @@ def run(spec: JobSpec, sink: Sink) -> loop.Result:
         f"Training {spec.model.id} ({spec.training_type}, DPO β={spec.beta}) on {len(train)} preference pairs "
         f"on {ready.hardware.describe()}"
     )))
-    model = models.load_for_training(ready.model_path, spec, ready.hardware)
+    model = models.load_for_training(ready.model_path, spec, ready.hardware, ready.ranks)
     task = PreferenceTask(train, validation, spec.beta, ready.tokenizer.pad_token_id, ready.hardware.device, spec.batch_size)
     return loop.train(spec, model, ready, task, sink)
 

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 
 from ftserve.engine.batching import collate
 from ftserve.engine.data import DataError, Encoder, Pair, Sequence, read_jsonl
+from ftserve.engine.distributed import Ranks
 from ftserve.engine.events import Message
 from ftserve.engine.hardware import Hardware
 from ftserve.engine.losses import EMPTY, Stats, sequence_logps, token_loss
@@ -151,16 +152,6 @@ def read_examples(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     return [example for _, example in itertools.islice(read_jsonl(path), limit)]
 
 
-def baseline(output_dir: Path, compute: Callable[[], Scores]) -> Scores:
-    """The base model's scores: read back from an earlier attempt of the job, or computed and kept."""
-    path = output_dir / BASELINE_FILE
-    if path.exists():
-        return Scores(**json.loads(path.read_text()))
-    scores = compute()
-    write_json(path, asdict(scores))
-    return scores
-
-
 def report(output_dir: Path, before: Scores, after: Scores) -> dict[str, Any]:
     """The before/after comparison, written as the job's `evaluation.json`."""
     body = {"examples": after.examples, "generated": after.generated,
@@ -184,9 +175,13 @@ def write_json(path: Path, body: dict[str, Any]) -> None:
 
 
 class HeldOut:
-    """A job's before/after evaluation on its validation file."""
+    """A job's before/after evaluation on its validation file.
 
-    def __init__(self, spec: JobSpec, tokenizer: PreTrainedTokenizerBase, encoder: Encoder, hardware: Hardware, sink: Sink):
+    Across processes every process scores (a sharded model answers only when all run it), and rank 0 alone
+    decides whether the base was scored already, keeps the scores and reports them."""
+
+    def __init__(self, spec: JobSpec, tokenizer: PreTrainedTokenizerBase, encoder: Encoder, hardware: Hardware,
+                 sink: Sink, ranks: Ranks = Ranks()):
         assert spec.validation_file is not None
         self.spec = spec
         self.examples = read_examples(spec.validation_file)
@@ -194,6 +189,7 @@ class HeldOut:
         self.encoder = encoder
         self.hardware = hardware
         self.sink = sink
+        self.ranks = ranks
         self.base: Scores | None = None
 
     def _score(self, model: PreTrainedModel, stopped: Callable[[], bool] = lambda: False) -> Scores:
@@ -204,13 +200,17 @@ class HeldOut:
         """Score the model before its first step (or read the scores an earlier attempt kept, which
         reported them already). A stop asked for meanwhile ends the scoring, keeping nothing: training
         then stops before its first step, and the next attempt scores the base again."""
-        fresh = not (self.spec.output_dir / BASELINE_FILE).exists()
-        try:
-            self.base = baseline(self.spec.output_dir, lambda: self._score(model, self._stop_asked))
-        except Interrupted:
-            return
-        if fresh:
-            self.sink.emit(Message(text=f"Base model on {self.base.examples} held-out examples: {describe(self.base)}"))
+        path = self.spec.output_dir / BASELINE_FILE
+        if not self.ranks.agree(path.exists()):
+            try:
+                self.base = self._score(model, self._stop_asked)
+            except Interrupted:
+                return
+            if self.ranks.main:
+                write_json(path, asdict(self.base))
+                self.sink.emit(Message(text=f"Base model on {self.base.examples} held-out examples: {describe(self.base)}"))
+        elif self.ranks.main:
+            self.base = Scores(**json.loads(path.read_text()))
 
     def _stop_asked(self) -> bool:
         return self.sink.requested_stop() is not None
@@ -218,12 +218,15 @@ class HeldOut:
     def compare(self, model: PreTrainedModel) -> dict[str, Any] | None:
         """Score the trained model and write the comparison; None (with a warning) if scoring fails,
         because a finished training run must not be lost to its evaluation."""
-        assert self.base is not None, "measure_base runs before training"
         try:
-            return report(self.spec.output_dir, self.base, self._score(model))
+            after = self._score(model)
         except (DataError, RuntimeError, ValueError) as error:
             self.sink.emit(Message(level="warn", text=f"The before/after evaluation failed: {error}"))
             return None
+        if not self.ranks.main:
+            return None
+        assert self.base is not None, "measure_base runs before training"
+        return report(self.spec.output_dir, self.base, after)
 
 
 def describe(scores: Scores) -> str:

@@ -12,12 +12,13 @@ from typing import Any, Protocol
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ftserve.engine import models, state
+from ftserve.engine import distributed, models, state
 from ftserve.engine.batching import epoch_batches, steps_per_epoch
 from ftserve.engine.evaluate import HeldOut
 from ftserve.engine.events import Checkpoint, Finished, Message, Metrics, Started, StateSaved, Stopped
 from ftserve.engine.hardware import Hardware
-from ftserve.engine.losses import Stats
+from ftserve.engine.distributed import Ranks
+from ftserve.engine.losses import EMPTY, Stats
 from ftserve.engine.setup import Prepared
 from ftserve.engine.sink import Journal, Sink
 from ftserve.engine.spec import JobSpec
@@ -35,8 +36,9 @@ class Task(Protocol):
     lengths: list[int]
     validation_size: int
 
-    def loss(self, model: PreTrainedModel, indices: list[int]) -> tuple[torch.Tensor, Stats, int]:
-        """Loss to backpropagate, its counts, and the tokens the batch processed."""
+    def loss(self, model: torch.nn.Module, indices: list[int]) -> tuple[torch.Tensor, Stats, int]:
+        """The batch's mean loss to backpropagate, its counts, and the tokens the batch processed. `model` is what
+        the step runs through (`distributed.trainer`): the model, or DDP around it."""
         ...
 
     def evaluate(self, model: PreTrainedModel, indices: list[int]) -> Stats: ...
@@ -54,11 +56,15 @@ class Result:
 
 class Run:
     """What every recipe's steps share: the optimizer and its schedule, the step count, resumable state, the
-    journal of reported events, and stopping when asked. A run resumes from the newest state it can read."""
+    journal of reported events, and stopping when asked. A run resumes from the newest state it can read.
+
+    Across processes (`ranks`), each keeps its own optimizer over its weights (or shards of them); rank 0 chooses
+    the state to resume from and alone writes states, and a stop is shared so that every process stops together."""
 
     def __init__(self, spec: JobSpec, model: PreTrainedModel, total: int, hardware: Hardware, sink: Sink,
-                 task_state: Callable[[], dict[str, Any]], restore: Callable[[dict[str, Any]], None]):
-        self.spec, self.total, self.sink, self.task_state = spec, total, sink, task_state
+                 task_state: Callable[[], dict[str, Any]], restore: Callable[[dict[str, Any]], None],
+                 ranks: Ranks = Ranks()):
+        self.spec, self.total, self.sink, self.task_state, self.ranks = spec, total, sink, task_state, ranks
         self.weights = models.trainable(model)
         self.optimizer = torch.optim.AdamW(self.weights.values(), lr=spec.learning_rate, weight_decay=0.0,
                                            fused=hardware.device.type == "cuda")
@@ -68,20 +74,32 @@ class Run:
         torch.manual_seed(spec.seed)
         self.step, self.tokens = 0, 0
         self.journal = Journal(sink)
-        for resume in state.saved_states(spec.output_dir):
-            try:
-                saved = state.load(resume, self.weights, self.optimizer, self.scheduler)
-            except Exception as error:  # any unreadable state: fall back to the one before it
-                sink.emit(Message(level="warn", text=f"The state saved at {resume.name} could not be read ({error}); "
-                                  "trying the one before it"))
-                continue
+        saved = self._newest_state()
+        if saved is not None:
+            state.restore(ranks.localised(saved, self.weights, self.optimizer), self.weights, self.optimizer,
+                          self.scheduler)
             self.step, self.tokens, self.journal = saved.step, saved.trained_tokens, Journal(sink, saved.reported)
             restore(saved.extra)
             sink.emit(Message(text=f"Resuming from step {self.step}"))
-            break
-        sink.emit(Started(step=self.step, total_steps=total, hardware=hardware.describe()))
+        sink.emit(Started(step=self.step, total_steps=total, hardware=hardware.describe() + ranks.describe(model)))
         self.journal.replay()
         self.started, self.started_tokens = time.monotonic(), self.tokens
+
+    def _newest_state(self) -> state.Saved | None:
+        """The newest state rank 0 can read; every other process reads the same one."""
+        chosen, saved = None, None
+        if self.ranks.main:
+            for resume in state.saved_states(self.spec.output_dir):
+                try:
+                    saved, chosen = state.read(resume), resume
+                    break
+                except Exception as error:  # any unreadable state: fall back to the one before it
+                    self.sink.emit(Message(level="warn", text=f"The state saved at {resume.name} could not be read "
+                                           f"({error}); trying the one before it"))
+        chosen = self.ranks.agree(chosen)
+        if chosen is not None and saved is None:
+            saved = state.read(chosen)
+        return saved
 
     def stopped(self) -> bool:
         """True when a stop was asked for: state is kept first for a pause or a shutdown (both continue later)."""
@@ -113,9 +131,12 @@ class Run:
         self.journal.report(Checkpoint(step=step, metrics=_rounded({"step": step, **metrics}), path=path))
 
     def keep_state(self) -> None:
-        state.save(self.spec.output_dir, self.step, self.tokens, self.weights, self.optimizer, self.scheduler,
-                   self.task_state(), self.journal.lines)
-        self.sink.emit(StateSaved(step=self.step))
+        weights = self.ranks.full(self.weights)  # a sharded model's shards, gathered by all
+        optimizer = self.ranks.full_optimizer(self.optimizer.state_dict())
+        if self.ranks.main:
+            state.save(self.spec.output_dir, self.step, self.tokens, weights, optimizer, self.scheduler.state_dict(),
+                       self.task_state(), self.journal.lines)
+            self.sink.emit(StateSaved(step=self.step))
 
     def keep_state_if_due(self, epoch_end: bool) -> None:
         if self.step < self.total and (epoch_end or self.step % self.save_every == 0):
@@ -123,11 +144,12 @@ class Run:
 
 
 def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
-        hardware: Hardware, sink: Sink) -> Result:
+        hardware: Hardware, sink: Sink, ranks: Ranks = Ranks()) -> Result:
     per_epoch = steps_per_epoch(len(task.lengths), spec.batch_size)
     total = per_epoch * spec.n_epochs
     eval_every = spec.eval_interval or max(1, total // EVALS_PER_RUN)
-    run = Run(spec, model, total, hardware, sink, task.state, task.restore)
+    run = Run(spec, model, total, hardware, sink, task.state, task.restore, ranks)
+    trainer = distributed.trainer(model, ranks)
 
     last_dir: Path | None = None
     for epoch in range(run.step // per_epoch, spec.n_epochs):
@@ -135,10 +157,16 @@ def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         for indices in batches[run.step - epoch * per_epoch :]:
             if run.stopped():
                 return Result(run.step, run.tokens, None)
-            model.train()
+            trainer.train()
+            mine = ranks.shard(indices)
             with hardware.autocast():
-                loss, stats, batch_tokens = task.loss(model, indices)
-            run.update(loss, batch_tokens)
+                # A process left without examples (a batch smaller than the processes) still runs one, weighted 0,
+                # since every process takes part in each step's gradient exchange.
+                loss, own, batch_tokens = task.loss(trainer, mine or indices[:1])
+            if not mine:
+                own, batch_tokens = EMPTY, 0
+            stats, batch_tokens = ranks.total(own, batch_tokens)
+            run.update(loss * ranks.weight(own, stats), batch_tokens)
             step = run.step
 
             metrics = {"train_loss": stats.loss, "train_mean_token_accuracy": stats.accuracy}
@@ -152,21 +180,21 @@ def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
             run.report(metrics)
 
             if epoch_end and epoch >= spec.n_epochs - spec.keep_epoch_checkpoints:
-                last_dir = models.save_model(model, tokenizer, spec.output_dir / f"checkpoint-{step}", spec, step)
+                last_dir = models.save_model(model, tokenizer, spec.output_dir / f"checkpoint-{step}", spec, step, ranks)
                 run.checkpoint(last_dir, metrics)
             run.keep_state_if_due(epoch_end)
 
-    model_dir = last_dir or models.save_model(model, tokenizer, spec.output_dir / "model", spec, run.step)
+    model_dir = last_dir or models.save_model(model, tokenizer, spec.output_dir / "model", spec, run.step, ranks)
     return Result(run.step, run.tokens, model_dir)
 
 
 def train(spec: JobSpec, model: PreTrainedModel, ready: Prepared, task: Task, sink: Sink) -> Result:
     """A recipe's whole run: `fit`, with the model scored before and after when the job has validation
     examples, and a `finished` event (carrying that comparison) when it trained to the end."""
-    held_out = HeldOut(spec, ready.tokenizer, ready.encoder, ready.hardware, sink) if task.validation_size else None
+    held_out = HeldOut(spec, ready.tokenizer, ready.encoder, ready.hardware, sink, ready.ranks) if task.validation_size else None
     if held_out:
         held_out.measure_base(model)
-    result = fit(spec, model, ready.tokenizer, task, ready.hardware, sink)
+    result = fit(spec, model, ready.tokenizer, task, ready.hardware, sink, ready.ranks)
     if result.model_dir is None:  # stopped early: paused or cancelled
         return result
     sink.emit(Finished(step=result.step, trained_tokens=result.trained_tokens, model_dir=result.model_dir,

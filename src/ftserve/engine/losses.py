@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.fsdp import FSDPModule
+from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel
 
 from ftserve.engine.batching import Batch
@@ -49,15 +51,25 @@ class TokenLogits:
     """Which sequence of the batch each trained token belongs to."""
 
 
-def trained_logits(model: PreTrainedModel, batch: Batch) -> TokenLogits:
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]  # PEFT's method, found by hasattr
+def trained_logits(model: torch.nn.Module, batch: Batch) -> TokenLogits:
+    """`model` is the causal LM (or its PEFT wrapper), or, in a step of a job run across processes, what the step
+    runs through: DDP around it, or the FSDP2-sharded model."""
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    causal_lm: PreTrainedModel = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # type: ignore[operator,assignment]  # PEFT's method, found by hasattr; a causal LM either way
     targets = batch.labels[:, 1:]
     keep = targets != IGNORE
-    if _head_is_plain(causal_lm):
-        hidden = causal_lm.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])
-    else:  # models that scale or cap their logits: let them do it
+    if not _head_is_plain(causal_lm):  # models that scale or cap their logits: let them do it
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1][keep]
+    else:
+        if isinstance(model, (DistributedDataParallel, FSDPModule)):
+            # DDP averages gradients, and FSDP2 gathers the root's weights, only in the outer module's forward: it
+            # runs whole, asked for the last position's logits alone, and its final hidden states go through the head.
+            hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1,
+                           output_hidden_states=True).hidden_states[-1]
+        else:
+            hidden = causal_lm.get_decoder()(input_ids=batch.input_ids,
+                                             attention_mask=batch.attention_mask).last_hidden_state
+        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])
     rows = keep.nonzero()[:, 0]
     return TokenLogits(logits.float(), targets[keep], rows)
 
@@ -67,7 +79,7 @@ def _head_is_plain(model: PreTrainedModel) -> bool:
     return not getattr(config, "final_logit_softcapping", None) and getattr(config, "logit_scale", None) in (None, 1.0)
 
 
-def token_loss(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, Stats]:
+def token_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, Stats]:
     """Mean cross-entropy over the batch's trained tokens, and its counts."""
     out = trained_logits(model, batch)
     loss_sum = F.cross_entropy(out.logits, out.targets, reduction="sum")
@@ -76,7 +88,7 @@ def token_loss(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, Stat
     return loss_sum / max(1, tokens), Stats(float(loss_sum.detach()), tokens, correct)
 
 
-def sequence_logps(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, Stats]:
+def sequence_logps(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, Stats]:
     """Each sequence's summed log-probability of its trained tokens, and the token counts."""
     out = trained_logits(model, batch)
     token_logps = -F.cross_entropy(out.logits, out.targets, reduction="none")

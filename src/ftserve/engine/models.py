@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -17,7 +18,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from ftserve.engine import distributed
 from ftserve.engine.artifacts import MANIFEST
+from ftserve.engine.distributed import Ranks
 from ftserve.engine.hardware import Hardware
 from ftserve.engine.spec import JobSpec, LoraOptions, ModelSource
 
@@ -118,11 +121,12 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_for_training(path: Path, spec: JobSpec, hardware: Hardware) -> PreTrainedModel:
+def load_for_training(path: Path, spec: JobSpec, hardware: Hardware, ranks: Ranks = Ranks()) -> PreTrainedModel:
     """The base model, ready to train: LoRA adapters on a frozen base, or every weight trainable.
 
     Under LoRA the frozen base is stored in the compute dtype (bf16 where supported), which saves
-    autocast a cast per matmul per step; trainable weights always stay fp32.
+    autocast a cast per matmul per step; trainable weights always stay fp32. Fully trained across
+    processes, the model is sharded (FSDP2) before it moves to the device, which then holds a shard.
     """
     frozen_dtype = hardware.dtype if spec.training_type == "lora" else torch.float32
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, dtype=frozen_dtype,
@@ -131,6 +135,8 @@ def load_for_training(path: Path, spec: JobSpec, hardware: Hardware) -> PreTrain
     torch.manual_seed(spec.seed)  # LoRA's initial A matrices are random
     if spec.training_type == "lora":
         model = with_lora(model, spec.lora)
+    elif ranks.size > 1:
+        distributed.shard(model, hardware, ranks)
     return model.to(hardware.device)  # type: ignore[arg-type]  # transformers' decorated `to` hides its signature
 
 
@@ -150,22 +156,38 @@ def with_lora(model: PreTrainedModel, options: LoraOptions) -> PreTrainedModel:
     return peft_model  # type: ignore[return-value]  # a PEFT model stands in for the model it wraps
 
 
+def _untied(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """The model's state dict with each weight once, under its first name: a tied head is the embeddings, which
+    transformers saves once. (A sharded state dict holds a tied weight twice, under two names.)"""
+    names = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    return {name: tensor for name, tensor in model.state_dict().items() if name in names}
+
+
 def trainable(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    if isinstance(model, FSDPModule):
+        # While FSDP2 has a module's weights gathered (the root's stay so after a forward without a backward, as
+        # when the base model is scored), its parameters are the whole copies: the optimizer must get the shards.
+        model.reshard()
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path, spec: JobSpec, step: int) -> Path:
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path, spec: JobSpec, step: int,
+               ranks: Ranks = Ranks()) -> Path:
     """Write a usable model: a PEFT adapter (LoRA) or a full checkpoint, with a manifest naming its base.
 
     The directory appears complete or not at all (written aside, then renamed). One that is already
     complete is kept as it is: a run resumed from an earlier state repeats steps, and the checkpoint
-    recorded the first time may already be listed and served.
+    recorded the first time may already be listed and served. Across processes, rank 0 writes it,
+    after every process has handed in its shards of a sharded model.
     """
-    if (directory / MANIFEST).exists():
+    if ranks.agree((directory / MANIFEST).exists()):
+        return directory
+    weights = ranks.full(_untied(model)) if isinstance(model, FSDPModule) else None
+    if not ranks.main:
         return directory
     staging = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
+    model.save_pretrained(staging, state_dict=weights)
     tokenizer.save_pretrained(staging)
     manifest: dict[str, Any] = {
         "base_model": spec.model.id, "training_type": spec.training_type, "method": spec.method,

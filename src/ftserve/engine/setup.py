@@ -9,7 +9,7 @@ from typing import Callable, Sized, TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
-from ftserve.engine import models
+from ftserve.engine import distributed, models
 from ftserve.engine.data import DataError, Encoder, read_jsonl
 from ftserve.engine.events import Message
 from ftserve.engine.hardware import Hardware, detect
@@ -25,6 +25,8 @@ class Prepared:
     model_path: Path
     tokenizer: PreTrainedTokenizerBase
     encoder: Encoder
+    ranks: distributed.Ranks
+    """This process's place among the job's processes (the only one, unless a launcher started several)."""
 
 
 def prepare(spec: JobSpec, sink: Sink) -> Prepared:
@@ -32,7 +34,7 @@ def prepare(spec: JobSpec, sink: Sink) -> Prepared:
     sink.emit(Message(text=f"Loading {spec.model.id}"))
     path = models.local_dir(spec.model, spec.cache_dir)
     tokenizer = models.load_tokenizer(path)
-    return Prepared(hardware, path, tokenizer, Encoder(tokenizer, spec.max_seq_length))
+    return Prepared(hardware, path, tokenizer, Encoder(tokenizer, spec.max_seq_length), distributed.current())
 
 
 def encode_dataset(spec: JobSpec, encode: Callable[[dict], T], trained: Callable[[T], int],

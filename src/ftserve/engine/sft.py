@@ -27,7 +27,7 @@ class SupervisedTask:
         self.lengths = [len(s) for s in train]
         self.validation_size = len(validation)
 
-    def loss(self, model: PreTrainedModel, indices: list[int]) -> tuple[torch.Tensor, Stats, int]:
+    def loss(self, model: torch.nn.Module, indices: list[int]) -> tuple[torch.Tensor, Stats, int]:
         batch = collate([self.train[i] for i in indices], self.pad_id, self.device)
         loss, stats = token_loss(model, batch)
         return loss, stats, batch.tokens
@@ -55,7 +55,7 @@ def run(spec: JobSpec, sink: Sink) -> loop.Result:
         f"Training {spec.model.id} ({spec.training_type}) on {len(train)} examples "
         f"({sum(map(len, train))} tokens, {sum(s.trained for s in train)} trained) on {ready.hardware.describe()}"
     )))
-    model = models.load_for_training(ready.model_path, spec, ready.hardware)
+    model = models.load_for_training(ready.model_path, spec, ready.hardware, ready.ranks)
     task = SupervisedTask(train, validation, ready.tokenizer.pad_token_id, ready.hardware.device, spec.batch_size)
     return loop.train(spec, model, ready, task, sink)
 

@@ -13,6 +13,7 @@ TrainingType = Literal["lora", "full"]
 
 Device = Literal["auto", "cpu", "cuda"]
 
+
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -91,6 +92,8 @@ class JobSpec(Frozen):
     checkpoint_interval: int | None = Field(None, ge=1)
     keep_epoch_checkpoints: int = Field(3, ge=0)
     device: Device = "auto"
+    processes: int = Field(1, ge=1)
+    """Processes the job trains in (torch.distributed; `engine.distributed`), each step's batch split between them."""
     reinforcement: Reinforcement | None = None
     """Set for reinforcement jobs, and only for them."""
 
@@ -98,4 +101,6 @@ class JobSpec(Frozen):
     def _reinforcement_matches_method(self) -> JobSpec:
         if (self.method == "reinforcement") != (self.reinforcement is not None):
             raise ValueError("a reinforcement job's spec has `reinforcement` (its grader), and no other job's does")
+        if self.reinforcement is not None and self.processes > 1:
+            raise ValueError("a reinforcement job trains in one process")
         return self

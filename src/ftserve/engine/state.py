@@ -34,14 +34,20 @@ class Saved:
     extra: dict[str, Any]
     reported: list[str]
     """The metrics and checkpoint events reported up to this step, as protocol lines, replayed on resume."""
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: torch.Tensor
 
 
 def save(output_dir: Path, step: int, trained_tokens: int, weights: dict[str, torch.Tensor],
-         optimizer: torch.optim.Optimizer, scheduler: Any, extra: dict[str, Any], reported: list[str]) -> Path:
+         optimizer: dict[str, Any], scheduler: dict[str, Any], extra: dict[str, Any], reported: list[str]) -> Path:
+    """Keep a state: the whole trainable weights and the optimizer's and schedule's state dicts (a job trained
+    across processes gathers its shards first, so any number of processes saves the same layout)."""
     contents = {
         "step": step, "trained_tokens": trained_tokens,
         "weights": {name: tensor.detach().cpu() for name, tensor in weights.items()},
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "optimizer": optimizer, "scheduler": scheduler,
         "rng": torch.get_rng_state(), "extra": plain(extra), "reported": list(reported),
     }
     root = output_dir / "state"
@@ -79,7 +85,8 @@ def _sync(path: Path) -> None:
         os.close(fd)
 
 
-def load(path: Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any) -> Saved:
+def read(path: Path) -> Saved:
+    """The state saved in `path`; refused (`UnsafeState`) if it names anything but tensors and plain values."""
     try:
         saved = torch.load(path / FILE, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -88,13 +95,18 @@ def load(path: Path, weights: dict[str, torch.Tensor], optimizer: torch.optim.Op
             f"{path / FILE} holds more than tensors and plain values"
             + (f" ({named.group(1)})" if named else "") + "; it is refused, since loading it could run code"
         ) from None
+    return Saved(saved["step"], saved["trained_tokens"], saved["extra"], saved.get("reported", []),
+                 saved["weights"], saved["optimizer"], saved["scheduler"], saved["rng"])
+
+
+def restore(saved: Saved, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """Put a read state back into the run's weights, optimizer, schedule and random generator."""
     with torch.no_grad():
         for name, tensor in weights.items():
-            tensor.copy_(saved["weights"][name])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["rng"])
-    return Saved(saved["step"], saved["trained_tokens"], saved["extra"], saved.get("reported", []))
+            tensor.copy_(saved.weights[name])
+    optimizer.load_state_dict(saved.optimizer)
+    scheduler.load_state_dict(saved.scheduler)
+    torch.set_rng_state(saved.rng)
 
 
 class UnsafeState(ValueError):
