@@ -183,6 +183,11 @@ class LocalProvider:
         learning_rate = base.learning_rate * float(hp.get("learning_rate_multiplier", 1.0))
         reinforcement = None
         if request.method == "reinforcement":
+            if options.num_processes > 1:
+                raise ProviderUnsupported(
+                    "The local engine trains reinforcement jobs in one process (each step samples, grades and trains "
+                    "on its own answers); leave ftserve.num_processes at 1 for them.", param="ftserve.num_processes",
+                )
             if options.training_type == "lora":  # full fine-tuning moves every weight: the catalogue's rate stands
                 learning_rate *= REINFORCEMENT_LORA_LR_FACTOR
             reinforcement = self._reinforcement(request, hp, options)
@@ -196,7 +201,7 @@ class LocalProvider:
             lora=LoraOptions(rank=options.lora_rank, alpha=options.lora_alpha, dropout=options.lora_dropout),
             max_seq_length=options.max_seq_length, warmup_ratio=options.warmup_ratio,
             eval_interval=options.eval_interval, checkpoint_interval=options.checkpoint_interval,
-            device=self.device, reinforcement=reinforcement,
+            device=self.device, processes=options.num_processes, reinforcement=reinforcement,
         )
 
     def _reinforcement(self, request: JobRequest, hp: dict[str, Any], options: FtserveJobOptions) -> Reinforcement:

@@ -103,6 +103,12 @@ class FtserveJobOptions(Request):
     kl_beta: float = Field(
         0.0, ge=0, le=10, description="Reinforcement: weight of the KL penalty against the base model (0: none)."
     )
+    num_processes: int = Field(
+        1, ge=1, le=64,
+        description="Processes one job trains in, under torch.distributed: each step's batch (`batch_size` examples, "
+        "the same ones as in one process) is split between them; LoRA trains under DDP, full fine-tuning under "
+        "FSDP2; on CUDA each process takes a GPU. Supervised and DPO jobs on this server's engine.",
+    )
     provider_options: Omitted[dict[str, dict[str, Any]]] = Field(
         None,
         description="Options only one hosted provider has, by provider kind: "
