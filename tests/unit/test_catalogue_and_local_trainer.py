@@ -60,6 +60,18 @@ def test_a_job_becomes_a_spec_with_the_catalogue_learning_rate_scaled(tmp_path: 
     assert (spec.output_dir, spec.cache_dir) == (tmp_path / "out", tmp_path / "cache")
 
 
+def test_a_run_asks_a_cluster_for_a_cpu_or_gpu_per_process_and_the_catalogues_memory(tmp_path: Path) -> None:
+    extra = tmp_path / "models.json"
+    extra.write_text('[{"id": "sized", "hub": "org/sized", "train_memory_gb": 1.5}]')
+    options = {"num_processes": 2}
+    on_cpu = LocalProvider(load_catalogue(extra), tmp_path)
+    placement = on_cpu.placement(on_cpu.spec(request(tmp_path, model="sized", options=options)), "ftjob-1-3")
+    assert (placement.run_id, placement.cpus, placement.gpus, placement.memory_bytes) == ("ftjob-1-3", 2, 0, 3 << 30)
+    on_gpu = LocalProvider(load_catalogue(extra), tmp_path, device="cuda")
+    default = on_gpu.placement(on_gpu.spec(request(tmp_path)), "ftjob-1-1")
+    assert (default.cpus, default.gpus, default.memory_bytes) == (1, 1, None)  # the default model gives no memory
+
+
 def test_auto_hyperparameters_are_resolved_from_the_training_file_size(tmp_path: Path) -> None:
     auto = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
     spec = LocalProvider(load_catalogue(), tmp_path).spec(request(tmp_path, hyperparameters=auto, training_examples=10))

@@ -101,7 +101,7 @@ class LocalTrainer:
         log_path = log_dir / "engine.log"
         with log_path.open("ab") as log_file:
             child = subprocess.Popen(
-                engine_command(self.python, self.engine_module, spec_path, getattr(spec, "processes", 1)),
+                engine_command(self.python, self.engine_module, spec_path, spec.processes),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1,
             )
             channel = ProcessChannel(child, log_path)
@@ -151,7 +151,7 @@ class LocalProvider:
         """What one attempt of `spec` asks of a machine: a CPU (and, training on CUDA, a GPU) per engine process,
         and the catalogue's memory per process where it gives one."""
         base = self.catalogue.get(spec.model.id)
-        processes = getattr(spec, "processes", 1)
+        processes = spec.processes
         memory = base.train_memory_gb if base is not None else None
         return Placement(run_id, cpus=float(processes), gpus=float(processes) if self.device == "cuda" else 0.0,
                          memory_bytes=int(memory * processes * (1 << 30)) if memory else None)

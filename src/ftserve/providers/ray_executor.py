@@ -59,7 +59,7 @@ class EngineRun:
         with log_path.open("ab") as log_file:
             # The engine dies with this actor's process: a node whose raylet is gone leaves no engine writing on.
             child = subprocess.Popen(
-                engine_command(sys.executable, engine_module, spec_path, getattr(spec, "processes", 1)),
+                engine_command(sys.executable, engine_module, spec_path, spec.processes),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1,
                 preexec_fn=_die_with_parent,
             )
