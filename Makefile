@@ -20,7 +20,7 @@ ifeq ($(VLLM),1)
 GENERATION := $(VLLM_STAMP)
 endif
 
-.PHONY: install install-vllm run lint test test-sqlite test-postgres quickstart benchmark benchmark-grpo benchmark-serving benchmark-placement clean
+.PHONY: install install-vllm run lint test test-sqlite test-postgres quickstart benchmark benchmark-grpo benchmark-serving benchmark-placement benchmark-distributed clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -107,6 +107,10 @@ benchmark-serving: $(STAMP) $(GENERATION)
 # Create-to-first-step on a local child process against a Ray actor (a Ray cluster and moto's S3 started for it).
 benchmark-placement: $(TEST_STAMP)
 	$(BIN)/python -m benchmarks.placement
+
+# One job in 1 process against 2 (torchrun, DDP): trained tokens per second (docs/benchmarks.md).
+benchmark-distributed: $(STAMP)
+	$(BIN)/python -m benchmarks.distributed
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .ftserve .cache tests/llama_cpp/node_modules tests/browser/node_modules tests/artifacts
