@@ -6,8 +6,9 @@ the base model is scored first and validation batches between steps. The tiny st
 keeps each run to seconds.
 
 The losses match within LOSS_TOLERANCE, not exactly: each process pads its share of a batch to its own width, and
-on a CPU with bf16 autocast (as here) the matmuls of different shapes round differently. Measured on this
-machine's 2 cores: at most 3e-4 (supervised, LoRA, losses near 10.8) and 2e-4 (DPO, full, losses near 0.69)."""
+on a CPU with bf16 autocast (as here) the matmuls of different shapes round differently (forced to fp32, the two
+agree to 5 decimals; docs/training.md). Seen on this machine's 2 cores: at most 3.5e-4 (supervised, LoRA, losses
+near 10.8) and 1.6e-4 (DPO, full, losses near 0.69)."""
 
 from __future__ import annotations
 
