@@ -14,10 +14,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ftserve.engine import distributed, models, state
 from ftserve.engine.batching import epoch_batches, steps_per_epoch
+from ftserve.engine.distributed import Ranks
 from ftserve.engine.evaluate import HeldOut
 from ftserve.engine.events import Checkpoint, Finished, Message, Metrics, Started, StateSaved, Stopped
 from ftserve.engine.hardware import Hardware
-from ftserve.engine.distributed import Ranks
 from ftserve.engine.losses import EMPTY, Stats
 from ftserve.engine.setup import Prepared
 from ftserve.engine.sink import Journal, Sink
