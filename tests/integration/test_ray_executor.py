@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from openai import OpenAI
 
 from tests.cluster import TERMINAL, Cluster, attempts, events_of, last_step, resumed_at, wait_until
 from ftserve.files.s3_store import S3Location
@@ -44,13 +45,28 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory, databases: Databases) 
 
 def ftserve_on(ray: RayCluster, root: Path, databases: Databases, trainer: str, catalogue: Path,
                store: S3Location) -> Cluster:
-    return Cluster(root, True, databases.new(), trainer, {
+    """An API server and one with a worker placing jobs on `ray`, both started, their blobs in `store`."""
+    server = Cluster(root, True, databases.new(), trainer, {
         "FTSERVE_EXECUTOR": "ray", "FTSERVE_RAY_ADDRESS": ray.address, "FTSERVE_CATALOGUE_FILE": str(catalogue),
         "FTSERVE_FAKE_ENGINE_STEP_SECONDS": str(FAKE_STEP_SECONDS),
         "FTSERVE_BLOB_STORE": "s3", "FTSERVE_S3_BUCKET": store.bucket, "FTSERVE_S3_PREFIX": store.prefix,
         "FTSERVE_S3_ENDPOINT_URL": str(store.endpoint_url), "FTSERVE_S3_REGION": str(store.region),
         "FTSERVE_S3_ACCESS_KEY_ID": str(store.access_key_id), "FTSERVE_S3_SECRET_ACCESS_KEY": str(store.secret_access_key),
     })
+    try:
+        server.start_observer()
+        server.start_target()
+    except BaseException:
+        server.stop_all()
+        raise
+    return server
+
+
+def fake_engine_job(client: OpenAI, **extra: object) -> str:
+    """A 12-step job on the fake engine (its steps take FAKE_STEP_SECONDS, so stops land mid-job)."""
+    training = client.files.create(file=("train.jsonl", jsonl(chat_examples(12))), purpose="fine-tune").id
+    return client.fine_tuning.jobs.create(model="SmolLM2-135M-Instruct", training_file=training,
+                                          hyperparameters=HYPERPARAMETERS, **extra).id  # type: ignore[arg-type]
 
 
 def placements(events: list) -> list[tuple[str, str]]:
@@ -65,8 +81,6 @@ def test_a_job_trains_on_the_ray_node_and_its_model_answers(
     store = moto_s3.new_bucket()
     server = ftserve_on(ray_cluster, tmp_path, databases, "local", tiny_catalogue, store)
     client = server.client
-    server.start_observer()
-    server.start_target()
     try:
         training = client.files.create(file=("train.jsonl", jsonl(chat_examples(8))), purpose="fine-tune").id
         job = client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=training,
@@ -82,7 +96,8 @@ def test_a_job_trains_on_the_ray_node_and_its_model_answers(
         # Everything the job made is in the store, and nothing of it under the server's data dir: the node fetched
         # the training file and stored the model, the server fetched the model from the store to serve it.
         stored = objects(store)
-        assert f"{store.prefix}artifacts/{job.id}/checkpoint-4/ftserve_model.json" in stored  # the last epoch's checkpoint is the model
+        # The last epoch's checkpoint is the model.
+        assert f"{store.prefix}artifacts/{job.id}/checkpoint-4/ftserve_model.json" in stored
         data = tmp_path / "data"
         assert [p for p in data.rglob("*") if job.id in str(p) and p.relative_to(data).parts[0] != "cache"] == []
     finally:
@@ -93,12 +108,8 @@ def test_pause_resume_and_cancel_reach_the_engine_on_the_node(
         ray_cluster: RayCluster, tmp_path: Path, databases: Databases, tiny_catalogue: Path, moto_s3: MotoS3) -> None:
     server = ftserve_on(ray_cluster, tmp_path, databases, "fake-engine", tiny_catalogue, moto_s3.new_bucket())
     client = server.client
-    server.start_observer()
-    server.start_target()
     try:
-        training = client.files.create(file=("train.jsonl", jsonl(chat_examples(12))), purpose="fine-tune").id
-        job_id = client.fine_tuning.jobs.create(model="SmolLM2-135M-Instruct", training_file=training,
-                                                hyperparameters=HYPERPARAMETERS).id
+        job_id = fake_engine_job(client)
         wait_until(client, job_id, lambda _, events: last_step(events) >= 2, "step 2")
         client.fine_tuning.jobs.pause(job_id)
         job = wait_until(client, job_id, lambda job, _: job.status == "paused", "paused")
@@ -123,14 +134,8 @@ def test_a_node_lost_mid_job_requeues_it_and_it_resumes_from_its_saved_step(
         ray_cluster: RayCluster, tmp_path: Path, databases: Databases, tiny_catalogue: Path, moto_s3: MotoS3) -> None:
     server = ftserve_on(ray_cluster, tmp_path, databases, "fake-engine", tiny_catalogue, moto_s3.new_bucket())
     client = server.client
-    server.start_observer()
-    server.start_target()
     try:
-        training = client.files.create(file=("train.jsonl", jsonl(chat_examples(12))), purpose="fine-tune").id
-        job_id = client.fine_tuning.jobs.create(
-            model="SmolLM2-135M-Instruct", training_file=training, hyperparameters=HYPERPARAMETERS,
-            extra_body={"ftserve": {"checkpoint_interval": 2}},
-        ).id
+        job_id = fake_engine_job(client, extra_body={"ftserve": {"checkpoint_interval": 2}})
         wait_until(client, job_id, lambda _, events: last_step(events) >= 5, "step 5")  # past the state of step 4
         ray_cluster.kill_node(ray_cluster.nodes[-1])
         # Requeued, and at once claimed again: the next attempt waits (running, its lease held) for a node with a CPU.
