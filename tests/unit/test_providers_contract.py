@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import typing
 from pathlib import Path
@@ -107,6 +108,21 @@ def test_the_same_job_resolves_on_every_provider_without_a_network_call(
     assert all(c.native for c in resolved.converted) and not any(c.native for c in resolved.dropped)
     assert ("seed" in dropped) == (name in ("fireworks", "bedrock")), f"{name} dropped {dropped}"
     assert estimate.epochs == 3 and estimate.trained_tokens > 0 and estimate.basis
+
+
+@pytest.mark.parametrize("name", [name for name in MODELS if name != "local"])
+def test_a_process_count_is_reported_dropped_where_the_provider_chooses_the_machines(
+    name: str, providers: dict[str, Provider], tmp_path: Path,
+) -> None:
+    request = job(tmp_path, MODELS[name])
+    request = dataclasses.replace(request, options={**request.options, "num_processes": 2})
+    with respx.mock(assert_all_mocked=True, assert_all_called=False):
+        resolved = providers[name].resolve(request)
+    dropped = {c.field: c.reason for c in resolved.dropped}
+    if name == "remote-lab":  # another ftserve: the option travels on, as the caller set it
+        assert "ftserve.num_processes" not in dropped
+    else:
+        assert dropped.get("ftserve.num_processes"), f"{name} ignores ftserve.num_processes without saying so"
 
 
 def test_resolve_shows_placeholders_for_files_until_they_are_staged(providers: dict[str, Provider], tmp_path: Path) -> None:

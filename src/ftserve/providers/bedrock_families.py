@@ -76,6 +76,7 @@ UNSUPPORTED: dict[str, Mapped] = {
         "the context length is fixed by the base model id (the :128k in amazon.nova-micro-v1:0:128k)"),
     "ftserve.eval_interval": dropped("Bedrock evaluates on its own schedule"),
     "ftserve.checkpoint_interval": dropped("Bedrock keeps no intermediate checkpoints"),
+    "ftserve.num_processes": dropped("Bedrock chooses the machines a job trains on"),
     "seed": dropped("Bedrock customization jobs take no seed"),
     "integrations": dropped("Bedrock has no Weights & Biases integration; its metrics land in the output S3 prefix"),
 }

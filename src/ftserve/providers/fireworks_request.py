@@ -53,6 +53,7 @@ LORA_AND_STEPS: dict[str, Mapped] = {
 NOT_KEPT: dict[str, Mapped] = {
     "seed": dropped("Fireworks' fine-tuning jobs have no seed"),
     "metadata": dropped("Fireworks' fine-tuning jobs have no metadata"),
+    "ftserve.num_processes": dropped("Fireworks chooses the machines a job trains on"),
 }
 
 

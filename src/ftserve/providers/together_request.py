@@ -32,6 +32,7 @@ DPO_ONLY = ("rpo_alpha", "simpo_gamma", "dpo_normalize_logratios_by_length")
 RENAMED: dict[str, Mapped] = {
     "seed": Mapped("random_seed", "Together's name for the seed"),
     "metadata": dropped("Together jobs carry no metadata"),
+    "ftserve.num_processes": dropped("Together chooses the machines a job trains on"),
 }
 
 
