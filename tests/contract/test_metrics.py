@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ftserve.api.app import create_app
 from ftserve.engine.spec import JobSpec
-from ftserve.providers.base import Reporter, TrainingOutcome
+from ftserve.providers.base import Placement, Reporter, TrainingOutcome
 from ftserve.schemas.fine_tuning import CreateFineTuningJobRequest
 from ftserve.services.jobs import CreateContext
 from ftserve.services.runtime import build
@@ -136,7 +136,7 @@ class Throughput:
         self.worker = ""
         self.shown: list[float | None] = []
 
-    def train(self, spec: JobSpec, reporter: Reporter) -> TrainingOutcome:
+    def train(self, spec: JobSpec, reporter: Reporter, placement: Placement) -> TrainingOutcome:
         for step in (1, 2):
             reporter.metrics(step, 2, {"train_loss": 1.0}, tokens_per_second=100.0 * step)
             shown = {dict(labels).get("worker"): v for (name, labels), v in self.samples().items()
