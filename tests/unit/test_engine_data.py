@@ -37,7 +37,7 @@ def test_only_assistant_turns_train_and_each_ends_with_eos(encoder: Encoder) -> 
         {"role": "user", "content": "And of Italy?"},
         {"role": "assistant", "content": "Rome."},
     ]})
-    assert trained_text(encoder, seq) == "Paris.<|im_end|>\nRome.<|im_end|>\n"
+    assert trained_text(encoder, seq) == "Paris.<|im_end|>Rome.<|im_end|>"  # not the template's newline after
     assert sum(label == encoder.tokenizer.eos_token_id for label in seq.labels) == 2
     assert seq.labels == [t if label != IGNORE else IGNORE for t, label in zip(seq.input_ids, seq.labels)]
 
@@ -49,7 +49,7 @@ def test_weight_zero_assistant_messages_carry_no_loss(encoder: Encoder) -> None:
         {"role": "user", "content": "Again"},
         {"role": "assistant", "content": "Good answer.", "weight": 1},
     ]})
-    assert trained_text(encoder, seq) == "Good answer.<|im_end|>\n"
+    assert trained_text(encoder, seq) == "Good answer.<|im_end|>"
 
 
 def test_tool_calls_are_trained_even_when_the_template_has_no_tool_syntax(encoder: Encoder) -> None:
@@ -82,8 +82,8 @@ def test_preference_sides_share_the_prompt_and_train_only_their_answer(encoder: 
         "preferred_output": [{"role": "assistant", "content": "Hi!"}],
         "non_preferred_output": [{"role": "assistant", "content": "No."}],
     })
-    assert trained_text(encoder, pair.chosen) == "Hi!<|im_end|>\n"
-    assert trained_text(encoder, pair.rejected) == "No.<|im_end|>\n"
+    assert trained_text(encoder, pair.chosen) == "Hi!<|im_end|>"
+    assert trained_text(encoder, pair.rejected) == "No.<|im_end|>"
     prompt_len = pair.chosen.labels.index(next(label for label in pair.chosen.labels if label != IGNORE))
     assert pair.chosen.input_ids[:prompt_len] == pair.rejected.input_ids[:prompt_len]
 
