@@ -21,7 +21,7 @@ def test_a_user_catalogue_adds_local_and_hub_models(tmp_path: Path) -> None:
     extra.write_text('[{"id": "mine", "path": "/models/mine", "learning_rate": 5e-5},'
                      ' {"id": "Qwen/Qwen2.5-0.5B-Instruct", "hub": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "main"}]')
     models = load_catalogue(extra)
-    assert set(models) == {"SmolLM2-135M-Instruct", "mine", "Qwen/Qwen2.5-0.5B-Instruct"}
+    assert set(models) - set(load_catalogue()) == {"mine", "Qwen/Qwen2.5-0.5B-Instruct"}
     assert models["mine"].path == Path("/models/mine") and models["mine"].learning_rate == 5e-5
 
 
@@ -70,6 +70,43 @@ def test_a_run_asks_a_cluster_for_a_cpu_or_gpu_per_process_and_the_catalogues_me
     on_gpu = LocalProvider(load_catalogue(extra), tmp_path, device="cuda")
     default = on_gpu.placement(on_gpu.spec(request(tmp_path)), "ftjob-1-1")
     assert (default.cpus, default.gpus, default.memory_bytes) == (1, 1, None)  # the default model gives no memory
+
+
+FAMILIES = {"qwen2.5": 4, "qwen3": 4, "llama3.1": 1, "llama3.2": 2, "mistral": 1, "gemma3": 2, "phi3": 2}
+
+
+def test_the_catalogue_has_each_family_pinned_with_its_context_and_lora_targets() -> None:
+    hub = [base for base in load_catalogue().values() if base.hub is not None]
+    assert {family: sum(base.family == family for base in hub) for family in FAMILIES} == FAMILIES
+    for base in hub:
+        assert base.revision and base.context_length and base.chat_template_notes, base.id
+    models = load_catalogue()
+    assert models["Qwen3-0.6B"].context_length == 40960 and models["Llama-3.1-8B-Instruct"].context_length == 131072
+    assert models["Phi-4-mini-instruct"].lora_target_modules == ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+    assert "q_proj" in (models["Mistral-7B-Instruct-v0.3"].lora_target_modules or ())
+
+
+def test_lora_targets_come_from_the_catalogue_and_default_to_every_linear_layer(tmp_path: Path) -> None:
+    provider = LocalProvider(load_catalogue(), tmp_path)
+    phi = provider.spec(request(tmp_path, model="Phi-3.5-mini-instruct", options={}))
+    assert phi.lora.target_modules == ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+    assert provider.spec(request(tmp_path, options={})).lora.target_modules == "all-linear"  # the default model
+
+
+def test_max_seq_length_past_the_context_is_refused_and_the_default_shrinks_to_a_short_context(tmp_path: Path) -> None:
+    short = tmp_path / "short"
+    short.mkdir()
+    (short / "config.json").write_text('{"max_position_embeddings": 1024}')
+    extra = tmp_path / "models.json"
+    extra.write_text(f'[{{"id": "short", "path": "{short}"}}, {{"id": "told", "hub": "a/b", "context_length": 512}}]')
+    provider = LocalProvider(load_catalogue(extra), tmp_path)
+    assert provider.spec(request(tmp_path, model="short", options={})).max_seq_length == 1024
+    assert provider.spec(request(tmp_path, model="told", options={})).max_seq_length == 512
+    assert provider.spec(request(tmp_path, model="short", options={"max_seq_length": 1024})).max_seq_length == 1024
+    for model, context in (("short", 1024), ("told", 512), ("SmolLM2-135M-Instruct", 8192)):
+        with pytest.raises(ProviderUnsupported, match=f"longer than the {context}-token context of {model}") as refused:
+            provider.spec(request(tmp_path, model=model, options={"max_seq_length": context + 1}))
+        assert refused.value.param == "ftserve.max_seq_length"
 
 
 def test_auto_hyperparameters_are_resolved_from_the_training_file_size(tmp_path: Path) -> None:

@@ -35,6 +35,15 @@ class CatalogueEntry(Record):
     train_memory_gb: float | None = Field(None, gt=0)
     """Memory one engine process needs to train this model (LoRA, default settings), which the Ray executor asks
     the cluster for; unset: it asks for none."""
+    family: str | None = None
+    """The model family (qwen2.5, qwen3, llama3.1, llama3.2, mistral, gemma3, phi3, ...): docs/models.md."""
+    context_length: int | None = Field(None, gt=0)
+    """The longest sequence the model was trained for (its config's max_position_embeddings): the ceiling of
+    `ftserve.max_seq_length`. Unset: read from a `path` model's config.json, else no ceiling."""
+    lora_target_modules: tuple[str, ...] | None = None
+    """The projections LoRA adapts, by module name; unset: every linear layer but the output head."""
+    chat_template_notes: str | None = None
+    """What the model's chat template does that a trainer must know (docs/models.md)."""
     provider: str | None = None
     """A configured hosted provider's name: jobs on this model run there, not here."""
     provider_model: str | None = None

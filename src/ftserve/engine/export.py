@@ -26,7 +26,9 @@ MergedDtype = Literal["auto", "float32", "bfloat16", "float16"]
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # The projections vLLM applies LoRA to in decoder-only models (it packs q/k/v and gate/up itself).
-VLLM_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+# Phi-3's fused projections (qkv_proj, gate_up_proj) are among vLLM's packed LoRA modules.
+VLLM_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                          "qkv_proj", "gate_up_proj"})
 EMBEDDING_MODULES = frozenset({"embed_tokens", "lm_head"})
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 

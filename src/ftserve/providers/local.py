@@ -8,6 +8,7 @@ state it saved in the job's output dir, so a requeued job continues where it sto
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
@@ -179,6 +180,7 @@ class LocalProvider:
             raise ValueError("a local job request needs its output_dir")
         hp = self.hyperparameters(request)
         options = FtserveJobOptions.model_validate(request.options)  # its defaults are the documented ones
+        max_seq_length = _within_context(base, options.max_seq_length, "max_seq_length" in request.options)
         n_epochs, batch_size = int(hp["n_epochs"]), int(hp["batch_size"])
         learning_rate = base.learning_rate * float(hp.get("learning_rate_multiplier", 1.0))
         reinforcement = None
@@ -198,8 +200,9 @@ class LocalProvider:
             n_epochs=n_epochs, batch_size=batch_size, learning_rate=learning_rate,
             beta=float(hp.get("beta", 0.1)), seed=request.seed or 0,
             training_type=options.training_type,
-            lora=LoraOptions(rank=options.lora_rank, alpha=options.lora_alpha, dropout=options.lora_dropout),
-            max_seq_length=options.max_seq_length, warmup_ratio=options.warmup_ratio,
+            lora=LoraOptions(rank=options.lora_rank, alpha=options.lora_alpha, dropout=options.lora_dropout,
+                             target_modules=base.lora_target_modules or "all-linear"),
+            max_seq_length=max_seq_length, warmup_ratio=options.warmup_ratio,
             eval_interval=options.eval_interval, checkpoint_interval=options.checkpoint_interval,
             device=self.device, processes=options.num_processes, reinforcement=reinforcement,
         )
@@ -237,6 +240,32 @@ class LocalProvider:
             tokens_of(request.training_file) * epochs, epochs,
             basis="text of the training file at 4 characters per token, times the epochs; training here costs no fees",
         )
+
+
+def _within_context(base: CatalogueEntry, max_seq_length: int, asked: bool) -> int:
+    """`max_seq_length` within the model's context: asked for past it, a refusal naming both; the default past
+    it (a model shorter than 2048 tokens), the context itself."""
+    context = base.context_length or _configured_context(base.path)
+    if context is None or max_seq_length <= context:
+        return max_seq_length
+    if not asked:
+        return context
+    raise ProviderUnsupported(
+        f"ftserve.max_seq_length is {max_seq_length}, longer than the {context}-token context of {base.id}; "
+        f"ask for at most {context}.", param="ftserve.max_seq_length",
+    )
+
+
+def _configured_context(path: Path | None) -> int | None:
+    """A local model's context from its config.json (a multimodal model's from its text config), if it says."""
+    if path is None:
+        return None
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # no readable config: the engine says what is wrong when it loads the model
+    context = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
+    return context if isinstance(context, int) and context > 0 else None
 
 
 def _check_local_grader(grader: dict[str, Any]) -> None:
