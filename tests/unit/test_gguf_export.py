@@ -278,7 +278,7 @@ def test_an_unsupported_architecture_is_refused_by_name_and_leaves_no_file(
     (model_dir / "config.json").write_text(json.dumps({**config, "architectures": ["PhiForCausalLM"]}))
     out = tmp_path / "out"
 
-    with pytest.raises(GgufExportError, match=r"PhiForCausalLM.*supported: LlamaForCausalLM, MistralForCausalLM"):
+    with pytest.raises(GgufExportError, match=r"PhiForCausalLM.*supported: Gemma3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, Phi3ForCausalLM"):
         write_gguf(model_dir, out / "model.gguf")
 
     assert not out.exists() or not any(out.iterdir())
@@ -308,7 +308,7 @@ def test_a_failure_while_writing_leaves_the_previous_file_untouched_and_no_parti
     assert target.read_bytes() == b"the previous export"
 
 
-def test_a_tokenizer_that_is_not_byte_level_bpe_needs_the_base_gguf(
+def test_a_tokenizer_neither_byte_level_nor_sentencepiece_needs_the_base_gguf(
     tiny: Callable[[str], tuple[Path, PreTrainedModel]], tmp_path: Path,
 ) -> None:
     directory, _ = tiny("llama")
@@ -318,6 +318,6 @@ def test_a_tokenizer_that_is_not_byte_level_bpe_needs_the_base_gguf(
     spec["decoder"] = {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}]}
     (model_dir / "tokenizer.json").write_text(json.dumps(spec))
 
-    with pytest.raises(GgufExportError, match="not a byte-level BPE tokenizer.*source_gguf"):
+    with pytest.raises(GgufExportError, match="neither a byte-level BPE nor a SentencePiece.*source_gguf"):
         write_gguf(model_dir, tmp_path / "model.gguf")
     assert not (tmp_path / "model.gguf").exists()

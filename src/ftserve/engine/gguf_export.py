@@ -2,7 +2,8 @@
 
 This follows llama.cpp's own `convert_hf_to_gguf.py` for the architectures it supports, so the file
 reads as if llama.cpp had converted it: the same tensor names and storage types, the same
-hyperparameter keys, and llama's q/k weights re-ordered for llama.cpp's rotary embedding.
+hyperparameter keys, llama's q/k weights re-ordered for llama.cpp's rotary embedding, Gemma's norms
+with their +1 folded in, and the rotary frequency factors (Llama 3.1, Phi-3) as tensors.
 Tensors are streamed one at a time from safetensors into the file, so a model never has to fit
 in memory twice. Nothing is written under `out_file` until the whole file is complete.
 """
@@ -10,25 +11,26 @@ in memory twice. Nothing is written under `out_file` until the whole file is com
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from hashlib import sha256
 from itertools import groupby
 from math import prod
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import gguf
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType
+from gguf import GGMLQuantizationType
 from gguf.quants import quant_shape_to_byte_shape, quantize
 
 from ftserve.engine.artifacts import GgufType
+from ftserve.engine.gguf_vocab import GgufExportError, add_tokenizer_from_gguf, add_tokenizer_from_json
 
+__all__ = ["GgufExportError", "write_gguf"]
 
-class GgufExportError(Exception):
-    """The model cannot be written as GGUF (names why)."""
+_MODEL_ARCH = gguf.MODEL_ARCH
 
 
 @dataclass(frozen=True)
@@ -37,14 +39,19 @@ class _Arch:
 
     gguf_arch: gguf.MODEL_ARCH
     # llama.cpp's llama graph uses interleaved ("normal") rotary embedding, Hugging Face's the
-    # rotate-half layout; qwen2 runs NeoX rotary embedding in llama.cpp, which matches Hugging Face.
-    permute_qk: bool
+    # rotate-half layout; the others run NeoX rotary embedding in llama.cpp, which matches Hugging Face.
+    permute_qk: bool = False
+    # Gemma's RMSNorm multiplies by (1 + weight); llama.cpp's by the weight, so the file holds 1 + weight.
+    norm_offset: float = 0.0
 
 
 _ARCHITECTURES: dict[str, _Arch] = {
-    "LlamaForCausalLM": _Arch(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
-    "MistralForCausalLM": _Arch(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
-    "Qwen2ForCausalLM": _Arch(gguf.MODEL_ARCH.QWEN2, permute_qk=False),
+    "LlamaForCausalLM": _Arch(_MODEL_ARCH.LLAMA, permute_qk=True),
+    "MistralForCausalLM": _Arch(_MODEL_ARCH.LLAMA, permute_qk=True),
+    "Qwen2ForCausalLM": _Arch(_MODEL_ARCH.QWEN2),
+    "Qwen3ForCausalLM": _Arch(_MODEL_ARCH.QWEN3),
+    "Gemma3ForCausalLM": _Arch(_MODEL_ARCH.GEMMA3, norm_offset=1.0),
+    "Phi3ForCausalLM": _Arch(_MODEL_ARCH.PHI3),
 }
 
 _FILE_TYPES: dict[str, gguf.LlamaFileType] = {
@@ -61,41 +68,32 @@ _TENSOR_TYPES: dict[str, GGMLQuantizationType] = {
     "q8_0": GGMLQuantizationType.Q8_0,
 }
 
-# llama.cpp names a BPE pre-tokenizer (how text is split before merging) by the hash of the token
-# ids its Hugging Face tokenizer gives for this text; the table is a subset of llama.cpp's
-# `get_vocab_base_pre`, for the tokenizers that come with llama, mistral and qwen2 models.
-_PRE_TOKENIZER_PROBE = (
-    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n\U0001f680 (normal) \U0001f636\u200d\U0001f32b\ufe0f "
-    "(multiple emojis concatenated) \u2705 \U0001f999\U0001f999 3 33 333 3333 33333 333333 3333333 33333333 "
-    "3.3 3..3 3...3 \u1780\u17b6\u1793\u17cb\u178f\u17c2\u1796\u17b7\u179f\u17c1\u179f\u17a2\u17b6\u1785"
-    "\U0001f601 ?\u6211\u60f3\u5728apple\u5de5\u4f5c1314151\u5929\uff5e ------======= "
-    "\u043d\u0435\u0449\u043e \u043d\u0430 \u0411\u044a\u043b\u0433\u0430\u0440\u0441\u043a\u0438 "
-    "''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? "
-    "'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
-)
-_PRE_TOKENIZERS: dict[str, str] = {
-    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Llama 3
-    "c136ed14d01c2745d4f60a9596ae66800e2b61fa45643e72436041855ad4089d": "smaug-bpe",
-    "049ecf7629871e3041641907f3de7c733e4dbfdc736f57d882ba0b0845599754": "deepseek-llm",
-    "347715f544604f9118bb75ed199f68779f423cabb20db6de6f31b908d04d7821": "deepseek-coder",
-    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
-    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen1.5 to 2.5
-    "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",  # Qwen3's tokenizer
-    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # Mistral Nemo
-    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",
-}
-
 
 @dataclass(frozen=True)
 class _Tensor:
-    """One tensor to write: where it is read from, and its name, shape and storage type in the file."""
+    """One tensor to write: where it is read from (or its values, when computed), and its name, shape
+    and storage type in the file."""
 
-    shard: Path
+    shard: Path | None
     source: str
     name: str
     shape: tuple[int, ...]
     qtype: GGMLQuantizationType
-    permute_heads: int | None  # heads to re-order the rows of, for llama's q and k
+    permute_heads: int | None = None  # heads to re-order the rows of, for llama's q and k
+    offset: float = 0.0
+    scale: float = 1.0
+    values: tuple[float, ...] = ()  # a tensor llama.cpp needs that the checkpoint does not hold
+
+
+@dataclass(frozen=True)
+class _Rope:
+    """A model's rotary embedding, wherever its config.json keeps it (`rope_parameters` in transformers 5,
+    `rope_theta` and `rope_scaling` before; Gemma 3 with a second one for its sliding-window layers)."""
+
+    kind: str
+    theta: float
+    params: dict[str, Any]
+    sliding_theta: float
 
 
 def write_gguf(
@@ -120,7 +118,8 @@ def write_gguf(
         raise GgufExportError(
             f"cannot write architecture {declared} as GGUF; supported: {', '.join(sorted(_ARCHITECTURES))}"
         )
-    tensors = _plan_tensors(model_dir, config, arch, quantization)
+    rope = _rope(config, arch)
+    tensors = _rope_tensors(config, arch, rope) + _plan_tensors(model_dir, config, arch, quantization)
     n_vocab = next(t.shape[0] for t in tensors if t.name == "token_embd.weight")
 
     # Everything that can be refused is refused before a file exists: while planning the tensors
@@ -131,11 +130,11 @@ def write_gguf(
     writer = gguf.GGUFWriter(staging, gguf.MODEL_ARCH_NAMES[arch.gguf_arch])
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name or model_dir.name)
-    _add_hyperparameters(writer, config, n_vocab, quantization)
+    _add_hyperparameters(writer, config, arch, rope, n_vocab, quantization)
     if source_gguf is None:
-        _add_tokenizer_from_json(writer, model_dir, n_vocab)
+        add_tokenizer_from_json(writer, model_dir, n_vocab)
     else:
-        _add_tokenizer_from_gguf(writer, source_gguf, model_dir, n_vocab)
+        add_tokenizer_from_gguf(writer, source_gguf, model_dir, n_vocab)
     for tensor in tensors:
         writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(np.float32), _nbytes(tensor), raw_dtype=tensor.qtype)
     try:
@@ -159,30 +158,120 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _add_hyperparameters(writer: gguf.GGUFWriter, config: dict[str, Any], n_vocab: int, quantization: GgufType) -> None:
+def _rope(config: dict[str, Any], arch: _Arch) -> _Rope:
+    legacy = {"rope_theta": config.get("rope_theta", 10000.0), **(config.get("rope_scaling") or {})}
+    params: dict[str, Any] = config.get("rope_parameters") or legacy
+    full = params.get("full_attention", params)
+    sliding = params.get("sliding_attention") or {"rope_theta": config.get("rope_local_base_freq", 10000.0)}
+    kind = str(full.get("rope_type", full.get("type")) or "default").lower()
+    # The scalings llama.cpp runs as Hugging Face does, each in the architecture it is used with.
+    supported = {"default": True, "linear": True, "llama3": arch.gguf_arch == _MODEL_ARCH.LLAMA,
+                 "longrope": arch.gguf_arch == _MODEL_ARCH.PHI3}
+    if not supported.get(kind, False):
+        raise GgufExportError(f"rope scaling {kind!r} is not supported by the GGUF export of {arch.gguf_arch.name.lower()} yet")
+    return _Rope(kind, float(full.get("rope_theta", 10000.0)), full, float(sliding.get("rope_theta", 10000.0)))
+
+
+def _head_dim(config: dict[str, Any]) -> int:
+    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+
+
+def _rotary_dim(config: dict[str, Any], rope: _Rope) -> int:
+    factor = rope.params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+    return int(_head_dim(config) * factor)
+
+
+def _add_hyperparameters(
+    writer: gguf.GGUFWriter, config: dict[str, Any], arch: _Arch, rope: _Rope, n_vocab: int, quantization: GgufType,
+) -> None:
     # The order and the keys are those of a file llama.cpp's converter writes.
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise GgufExportError(f"rope scaling {rope_type!r} is not supported by the GGUF export yet")
     n_head = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    head_dim = _head_dim(config)
     writer.add_block_count(config["num_hidden_layers"])
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
     writer.add_feed_forward_length(config["intermediate_size"])
     writer.add_head_count(n_head)
     writer.add_head_count_kv(config.get("num_key_value_heads") or n_head)
-    writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
+    if rope.kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope.params["factor"]))
+    writer.add_rope_freq_base(rope.theta)
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
     writer.add_file_type(_FILE_TYPES[quantization])
     writer.add_vocab_size(n_vocab)
-    writer.add_rope_dimension_count(head_dim)
-    if head_dim != config["hidden_size"] // n_head:
-        # llama.cpp assumes hidden_size / heads unless told otherwise.
+    writer.add_rope_dimension_count(_rotary_dim(config, rope))
+    if arch.gguf_arch == _MODEL_ARCH.GEMMA3 or head_dim != config["hidden_size"] // n_head:
+        # llama.cpp assumes hidden_size / heads unless told otherwise (and Gemma's converter always tells).
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
+    if arch.gguf_arch == _MODEL_ARCH.GEMMA3:
+        _add_gemma3(writer, config, rope)
+    if arch.gguf_arch == _MODEL_ARCH.PHI3:
+        _add_phi3(writer, config, rope)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _add_gemma3(writer: gguf.GGUFWriter, config: dict[str, Any], rope: _Rope) -> None:
+    if config.get("attn_logit_softcapping"):
+        raise GgufExportError("Gemma 3 in llama.cpp has no attention logit soft-capping; this model sets one")
+    if softcap := config.get("final_logit_softcapping"):
+        writer.add_final_logit_softcapping(float(softcap))
+    layer_types = config.get("layer_types") or []
+    if "sliding_attention" in layer_types:
+        writer.add_sliding_window(int(config["sliding_window"]))
+        # Which layers slide, layer by layer, rather than llama.cpp's default of 5 in every 6.
+        writer.add_sliding_window_pattern([kind == "sliding_attention" for kind in layer_types])
+        writer.add_rope_freq_base_swa(rope.sliding_theta)
+
+
+def _add_phi3(writer: gguf.GGUFWriter, config: dict[str, Any], rope: _Rope) -> None:
+    original = int(rope.params.get("original_max_position_embeddings")
+                   or config.get("original_max_position_embeddings") or config["max_position_embeddings"])
+    writer.add_rope_scaling_orig_ctx_len(original)
+    # llama.cpp tells Phi-3 from Phi-4 by a zero window, and runs neither with one.
+    writer.add_sliding_window(int(config.get("sliding_window") or 0))
+    if rope.kind == "longrope":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
+        scale = config["max_position_embeddings"] / original
+        attn_factor = rope.params.get("attention_factor")
+        if attn_factor is None:  # Hugging Face's default, as llama.cpp's converter computes it
+            attn_factor = math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1.0 else 1.0
+        writer.add_rope_scaling_attn_factors(float(attn_factor))
+
+
+def _rope_tensors(config: dict[str, Any], arch: _Arch, rope: _Rope) -> list[_Tensor]:
+    """The per-frequency factors llama.cpp reads from tensors rather than from keys."""
+    half = _rotary_dim(config, rope) // 2
+    factors: dict[str, list[float]] = {}
+    if rope.kind == "llama3":
+        factors["rope_freqs.weight"] = _llama3_factors(rope, 2 * half)
+    elif rope.kind == "longrope":
+        factors["rope_factors_long.weight"] = [float(f) for f in rope.params["long_factor"]]
+        factors["rope_factors_short.weight"] = [float(f) for f in rope.params["short_factor"]]
+    for name, values in factors.items():
+        if len(values) != half:
+            raise GgufExportError(f"{name.split('.')[0]} has {len(values)} factors; the rotary embedding has {half}")
+    return [_Tensor(None, name, name, (half,), GGMLQuantizationType.F32, values=tuple(values))
+            for name, values in factors.items()]
+
+
+def _llama3_factors(rope: _Rope, dim: int) -> list[float]:
+    """What each rotary frequency is divided by under Llama 3.1's scaling (as transformers computes it)."""
+    factor = float(rope.params.get("factor", 8.0))
+    low, high = float(rope.params.get("low_freq_factor", 1.0)), float(rope.params.get("high_freq_factor", 4.0))
+    context = float(rope.params.get("original_max_position_embeddings", 8192))
+    factors = []
+    for i in range(0, dim, 2):
+        wavelength = 2 * math.pi * rope.theta ** (i / dim)
+        if wavelength < context / high:
+            factors.append(1.0)
+        elif wavelength > context / low:
+            factors.append(factor)
+        else:
+            smooth = (context / wavelength - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return factors
 
 
 def _shards(model_dir: Path) -> list[Path]:
@@ -203,6 +292,7 @@ def _plan_tensors(model_dir: Path, config: dict[str, Any], arch: _Arch, quantiza
     n_kv_head = config.get("num_key_value_heads") or n_head
     names = gguf.get_tensor_name_map(arch.gguf_arch, config["num_hidden_layers"])
     tied = bool(config.get("tie_word_embeddings", False))
+    query_scale = _gemma3_query_scale(config) if arch.gguf_arch == _MODEL_ARCH.GEMMA3 else 1.0
     planned: list[_Tensor] = []
     for shard in _shards(model_dir):
         with safe_open(shard, framework="pt") as weights:
@@ -214,10 +304,22 @@ def _plan_tensors(model_dir: Path, config: dict[str, Any], arch: _Arch, quantiza
                     raise GgufExportError(f"tensor {source} has no place in a {arch.gguf_arch.name.lower()} GGUF")
                 shape = tuple(weights.get_slice(source).get_shape())
                 heads = {"q_proj": n_head, "k_proj": n_kv_head}.get(source.split(".")[-2]) if arch.permute_qk else None
-                planned.append(_Tensor(shard, source, name, shape, _storage_type(name, shape, quantization), heads))
+                offset = arch.norm_offset if source.endswith("norm.weight") else 0.0
+                scale = query_scale if name.endswith("attn_q_norm.weight") else 1.0
+                planned.append(_Tensor(shard, source, name, shape, _storage_type(name, shape, quantization), heads,
+                                       offset, scale))
     if not any(t.name == "token_embd.weight" for t in planned):
         raise GgufExportError(f"{model_dir} has no token embedding (model.embed_tokens.weight)")
     return planned
+
+
+def _gemma3_query_scale(config: dict[str, Any]) -> float:
+    """Hugging Face scales Gemma 3's attention by query_pre_attn_scalar ** -0.5; llama.cpp by head_dim ** -0.5
+    (hidden / heads for its 62-layer model). The queries are normed just before, so the difference goes
+    into the query norm's weight, and any checkpoint runs as trained."""
+    n_head = config["num_attention_heads"]
+    used = config["hidden_size"] // n_head if config["num_hidden_layers"] == 62 else _head_dim(config)
+    return math.sqrt(used / float(config.get("query_pre_attn_scalar") or _head_dim(config)))
 
 
 def _storage_type(name: str, shape: tuple[int, ...], quantization: GgufType) -> GGMLQuantizationType:
@@ -239,96 +341,20 @@ def _converted(tensors: list[_Tensor]) -> Iterator[np.ndarray]:
     from safetensors import safe_open
 
     for shard, group in groupby(tensors, key=lambda t: t.shard):
+        if shard is None:
+            for tensor in group:
+                yield quantize(np.array(tensor.values, dtype=np.float32), tensor.qtype)
+            continue
         with safe_open(shard, framework="pt") as weights:
             for tensor in group:
                 data = weights.get_tensor(tensor.source).float().numpy()
                 if tensor.permute_heads is not None:
                     data = _interleave_rotary(data, tensor.permute_heads)
+                if tensor.offset or tensor.scale != 1.0:
+                    data = (data + np.float32(tensor.offset)) * np.float32(tensor.scale)
                 yield quantize(data, tensor.qtype)
 
 
 def _interleave_rotary(data: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's `LlamaModel.permute`: within each head, rows (i, i + d/2) become rows (2i, 2i + 1)."""
     return data.reshape(n_head, 2, data.shape[0] // n_head // 2, *data.shape[1:]).swapaxes(1, 2).reshape(data.shape)
-
-
-def _add_tokenizer_from_json(writer: gguf.GGUFWriter, model_dir: Path, n_vocab: int) -> None:
-    """The vocabulary as llama.cpp's converter builds it for a byte-level BPE tokenizer (`_set_vocab_gpt2`)."""
-    path = model_dir / "tokenizer.json"
-    spec = _read_json(path)
-    model = spec.get("model", {})
-    if model.get("type") != "BPE" or (spec.get("decoder") or {}).get("type") != "ByteLevel":
-        raise GgufExportError(
-            f"{path} is not a byte-level BPE tokenizer; only those can be exported without the base "
-            "model's own GGUF (pass source_gguf to copy its tokenizer)"
-        )
-    ids: dict[str, int] = dict(model["vocab"])
-    added = {entry["content"]: entry for entry in spec.get("added_tokens", [])}
-    ids.update({content: entry["id"] for content, entry in added.items()})
-    if max(ids.values()) >= n_vocab:
-        raise GgufExportError(f"the tokenizer has ids up to {max(ids.values())}, but the model only {n_vocab} embeddings")
-    tokens = [f"[PAD{i}]" for i in range(n_vocab)]
-    types = [gguf.TokenType.UNUSED] * n_vocab
-    for token, index in ids.items():
-        tokens[index] = token
-        if token not in added:
-            types[index] = gguf.TokenType.NORMAL
-        elif added[token].get("special") or _looks_special(token):
-            types[index] = gguf.TokenType.CONTROL
-        else:
-            types[index] = gguf.TokenType.USER_DEFINED
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer(path))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    # Merges, special token ids, whether BOS/EOS are added and the chat template, read as llama.cpp does.
-    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab)
-    # Unless the tokenizer says it adds BOS, it adds none; say so, rather than leave llama.cpp to guess.
-    special.add_special_token.setdefault("bos", False)
-    special.add_to_gguf(writer, quiet=True)
-    writer.add_add_space_prefix(False)  # as in llama.cpp's files; byte-level BPE never adds a space
-
-
-def _looks_special(token: str) -> bool:
-    # llama.cpp's `does_token_look_special`: some tokenizers forget to mark their control tokens.
-    return (
-        token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
-        or (token.startswith("<|") and token.endswith("|>"))
-        or (token.startswith("<\uff5c") and token.endswith("\uff5c>"))
-        or (token.startswith("<unused") and token.endswith(">"))
-    )
-
-
-def _pre_tokenizer(path: Path) -> str:
-    from tokenizers import Tokenizer
-
-    ids = Tokenizer.from_file(str(path)).encode(_PRE_TOKENIZER_PROBE).ids
-    digest = sha256(str(ids).encode()).hexdigest()
-    name = _PRE_TOKENIZERS.get(digest)
-    if name is None:
-        raise GgufExportError(
-            f"{path} splits text in a way llama.cpp's converter does not recognise (hash {digest}); "
-            "pass source_gguf to copy the tokenizer from the base model's GGUF"
-        )
-    return name
-
-
-def _add_tokenizer_from_gguf(writer: gguf.GGUFWriter, source_gguf: Path, model_dir: Path, n_vocab: int) -> None:
-    """Every `tokenizer.ggml.*` field of the base model's GGUF, exactly as its converter wrote it,
-    and the chat template of `model_dir` (the base model's where `model_dir` has none)."""
-    if not source_gguf.is_file():
-        raise GgufExportError(f"source GGUF {source_gguf} does not exist")
-    fields = gguf.GGUFReader(source_gguf).fields
-    tokens = fields.get("tokenizer.ggml.tokens")
-    if tokens is None or len(tokens.data) != n_vocab:
-        found = "no" if tokens is None else len(tokens.data)
-        raise GgufExportError(f"source GGUF {source_gguf} has {found} tokens, but the model has {n_vocab} embeddings")
-    for key, field in fields.items():
-        if key.startswith("tokenizer.ggml."):
-            sub_type = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
-            writer.add_key_value(key, field.contents(), field.types[0], sub_type)
-    template = gguf.SpecialVocab(model_dir).chat_template
-    if template is None and (inherited := fields.get("tokenizer.chat_template")) is not None:
-        template = inherited.contents()
-    if template is not None:
-        writer.add_chat_template(template)
