@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from ftserve.catalogue import load_catalogue
 from ftserve.engine import dpo, sft
-from ftserve.engine.data import IGNORE, Encoder
+from ftserve.engine.data import IGNORE, DataError, Encoder
 from ftserve.engine.events import Finished, Metrics
 from ftserve.engine.export import export_adapter, export_merged
 from ftserve.engine.sink import MemorySink
@@ -212,3 +212,15 @@ def test_the_fine_tuned_model_serves_and_its_exports_answer_the_same(
     exported = Target(f"ft:{base.id}:exported", base, adapter, "adapter")  # on the base the pool holds already
     with pool.session(exported) as model, torch.no_grad():
         torch.testing.assert_close(model(torch.tensor([prompt])).logits[0, -1], served_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_a_conversation_the_template_refuses_fails_with_the_templates_own_words() -> None:
+    mistral = FAMILIES["mistral"]
+    if missing(mistral):
+        pytest.skip(f"mistral: {missing(mistral)}")
+    encoder = Encoder(AutoTokenizer.from_pretrained(build(mistral)), 4096)
+    calls = [{**call, "id": "call_0123456789"} for call in TOOL_CALL["messages"][1]["tool_calls"]]  # OpenAI's length
+    messages = [TOOL_CALL["messages"][0], {**TOOL_CALL["messages"][1], "tool_calls": calls},
+                {**TOOL_CALL["messages"][2], "tool_call_id": "call_0123456789"}, TOOL_CALL["messages"][3]]
+    with pytest.raises(DataError, match="chat template refuses this conversation: Tool call IDs should be"):
+        encoder.chat({"messages": messages, "tools": TOOLS})
