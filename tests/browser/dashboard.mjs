@@ -92,12 +92,13 @@ try {
   const file = page.locator(`tr[data-file="${fileId}"]`);
   await file.waitFor();
   seen.fileCells = (await file.locator("td").allTextContents()).map((text) => text.trim());
+  seen.fileIds = await page.locator("tr[data-file]").evaluateAll((rows) => rows.map((row) => row.dataset.file));
   await shot("files");
 
   // Signing out forgets the key: the prompt is back.
   await page.getByRole("button", {name: "Sign out"}).click();
   await keyField.waitFor();
-  seen.signedOut = await page.evaluate(() => localStorage.getItem("ftserve.apiKey") === null);
+  seen.signedOut = await page.evaluate(() => sessionStorage.getItem("ftserve.apiKey") === null);
 } catch (error) {
   await shot("failure").catch(() => {});
   console.error(error.message);

@@ -26,6 +26,7 @@ BROWSER = Path(__file__).parent.parent / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("FTSERVE_ARTIFACTS_DIR", Path(__file__).parent.parent / "artifacts"))
 KEY = "sk-dashboard-000000"
+OTHER_KEY = "sk-other-project-00"
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists() or shutil.which("node") is None or not (BROWSER / "node_modules" / "playwright-core").is_dir(),
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.skipif(
 def server(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Iterator[LiveServer]:
     """A keyed server whose fake steps are slow enough for a person, or a browser, to watch."""
     settings = settings_for(tmp_path_factory.mktemp("dashboard"), databases.new(),
-                            api_keys=f"{KEY}=dash", fake_step_seconds=0.3)
+                            api_keys=f"{KEY}=dash,{OTHER_KEY}=other", fake_step_seconds=0.3)
     with serving(settings) as live:
         yield live
 
@@ -54,6 +55,7 @@ def test_a_person_watches_a_job_train_in_the_dashboard_and_cancels_it(server: Li
     client = OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
     training = upload(client, chat_jsonl(20))
     validation = upload(client, chat_jsonl(5), name="valid.jsonl")
+    elsewhere = upload(OpenAI(base_url=server.base_url, api_key=OTHER_KEY, max_retries=0), chat_jsonl(3))
     # 200 steps of 0.3 s: still running when the browser cancels it, some ten seconds in.
     job = client.fine_tuning.jobs.create(
         model="SmolLM2-135M-Instruct", training_file=training, validation_file=validation,
@@ -85,6 +87,7 @@ def test_a_person_watches_a_job_train_in_the_dashboard_and_cancels_it(server: Li
     assert seen["missingJobAlert"] == missing.json()["error"]["message"]
     file_id, filename, purpose, _, status, *_ = seen["fileCells"]
     assert (file_id, filename, purpose, status) == (training, "train.jsonl", "fine-tune", "processed")
+    assert training in seen["fileIds"] and elsewhere not in seen["fileIds"]  # another project's file stays its own
     assert seen["signedOut"]
     assert all(Path(path).is_file() for path in seen["screenshots"])
 

@@ -12,10 +12,11 @@ export class ApiError extends Error {
   }
 }
 
+// Session storage: the key lives as long as the tab, and a closed browser forgets it.
 export const apiKey = {
-  get: () => localStorage.getItem(STORED_KEY),
-  set: (value) => localStorage.setItem(STORED_KEY, value),
-  clear: () => localStorage.removeItem(STORED_KEY),
+  get: () => sessionStorage.getItem(STORED_KEY),
+  set: (value) => sessionStorage.setItem(STORED_KEY, value),
+  clear: () => sessionStorage.removeItem(STORED_KEY),
 };
 
 export async function api(path, {method = "GET", signal} = {}) {

@@ -56,7 +56,7 @@ function askForKey(problem) {
   const submit = h("button", {type: "submit"}, "Sign in");
   const form = h("form", {class: "sign-in", "aria-labelledby": "sign-in-title"},
     h("h1", {id: "sign-in-title"}, "Sign in"),
-    h("p", {}, "This server needs an API key. The dashboard keeps it in this browser's local storage."),
+    h("p", {}, "This server needs a project's API key. The dashboard keeps it in this tab's session storage and shows only that project's jobs, files and models."),
     h("label", {for: "api-key"}, "API key"), input, error, submit);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
