@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ftserve.engine.gguf_export import write_gguf
 from tests.families import FAMILIES, build, missing
@@ -77,7 +77,13 @@ class Expected:
 def sharpened(family: str, into: Path) -> PreTrainedModel:
     """The family's tiny model with logits far enough apart that greedy decoding is not decided by rounding."""
     source = build(family)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    config = AutoConfig.from_pretrained(source)
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type") == "llama3":
+        # Llama 3.1's scaling reshapes only wavelengths longer than original / high_freq_factor positions:
+        # with the real 8192 none that a short prompt reaches. Scaled from 64, it shapes all but one here.
+        rope["original_max_position_embeddings"] = 64
+    model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=torch.float32).eval()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -130,7 +136,10 @@ def expected_of(family: str, into: Path) -> Expected:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Expected, dict[str, Any], dict[str, Any]]]:
     """Per family: transformers' expectations, and llama.cpp's run of the f32 and of the q8_0 export."""
     expected: dict[str, Expected] = {}
-    jobs: list[dict[str, Any]] = []
+    # llama.cpp reads each file while the next is written.
+    node = subprocess.Popen(["node", str(LLAMA_CPP / "greedy.mjs")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=LLAMA_CPP)
+    assert node.stdin is not None
     for family in FAMILIES:
         if missing(FAMILIES[family]):
             continue
@@ -138,14 +147,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Expected, 
         expected[family] = exp = expected_of(family, directory / "model")
         for quantization in ("f32", "q8_0") if family in Q8_FAMILIES else ("f32",):
             path = write_gguf(exp.model_dir, directory / f"model.{quantization}.gguf", quantization)  # type: ignore[arg-type]
-            jobs.append({"gguf": str(path), "prompt": exp.prompt, "n": N,
-                         "text": exp.chat_text if quantization == "f32" else None})
-    jobs_file = tmp_path_factory.mktemp("jobs") / "jobs.json"
-    jobs_file.write_text(json.dumps(jobs))
-    done = subprocess.run(["node", str(LLAMA_CPP / "greedy.mjs"), str(jobs_file)], capture_output=True, text=True,
-                          timeout=300, cwd=LLAMA_CPP)
-    assert done.returncode == 0, done.stderr[-4000:]
-    results = {r["gguf"]: r for r in map(json.loads, filter(None, done.stdout.splitlines()))}
+            job = {"gguf": str(path), "prompt": exp.prompt, "n": N,
+                   "text": exp.chat_text if quantization == "f32" else None}
+            node.stdin.write(json.dumps(job) + "\n")
+            node.stdin.flush()
+    stdout, stderr = node.communicate(timeout=300)
+    assert node.returncode == 0, stderr[-4000:]
+    results = {r["gguf"]: r for r in map(json.loads, filter(None, stdout.splitlines()))}
     by_family = {}
     for family, exp in expected.items():
         directory = exp.model_dir.parent

@@ -1,14 +1,16 @@
 // Greedy generation and tokenization in llama.cpp (the prebuilt CPU build that node-llama-cpp ships), for
-// comparing GGUF exports with the models they came from. One process for many files: starting is the slow part.
-// usage: node greedy.mjs JOBS.json, where JOBS.json is a list of {"gguf", "prompt": [token ids], "n", "text"}.
+// comparing GGUF exports with the models they came from. One process for many files: starting is the slow part,
+// and jobs are read as they come, so the caller can write the next file meanwhile.
+// usage: node greedy.mjs < JOBS, one JSON job a line: {"gguf", "prompt": [token ids], "n", "text"}.
 // Prints one JSON line per job: {"gguf", "generated": [n token ids, EOS included], "next": [the argmax after
 // each prefix of the prompt], "tokens": ids of "text", "addsBos": whether llama.cpp puts BOS before a prompt}.
-import {readFileSync} from "node:fs";
+import {createInterface} from "node:readline";
 import {getLlama} from "node-llama-cpp";
 
-const jobs = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const llama = await getLlama({build: "never", gpu: false, logLevel: "error"});
-for (const job of jobs) {
+for await (const line of createInterface({input: process.stdin})) {
+    if (!line.trim()) continue;
+    const job = JSON.parse(line);
     const model = await llama.loadModel({modelPath: job.gguf});
     // llama.cpp's default thread count oversubscribes small machines badly.
     const context = await model.createContext({contextSize: 256, threads: 2});
