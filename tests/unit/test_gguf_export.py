@@ -321,3 +321,28 @@ def test_a_tokenizer_neither_byte_level_nor_sentencepiece_needs_the_base_gguf(
     with pytest.raises(GgufExportError, match="neither a byte-level BPE nor a SentencePiece.*source_gguf"):
         write_gguf(model_dir, tmp_path / "model.gguf")
     assert not (tmp_path / "model.gguf").exists()
+
+
+def test_llama_3_1_rope_scaling_is_written_as_the_factors_transformers_divides_by(
+    tiny: Callable[[str], tuple[Path, PreTrainedModel]], tmp_path: Path,
+) -> None:
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    directory, _ = tiny("llama")
+    model_dir = tmp_path / "llama3.1"
+    shutil.copytree(directory, model_dir)
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64, "rope_theta": 500000.0}
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "rope_parameters": rope}))
+
+    path = write_gguf(model_dir, tmp_path / "model.gguf", "q8_0")
+
+    # llama.cpp divides each rotary frequency by its factor in rope_freqs, as transformers' llama3 scaling does.
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](LlamaConfig(**{**config, "rope_parameters": rope}), "cpu")
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    unscaled = 1.0 / 500000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    written = {t.name: t for t in gguf.GGUFReader(path).tensors}["rope_freqs.weight"]
+    assert written.tensor_type == gguf.GGMLQuantizationType.F32
+    np.testing.assert_allclose(np.asarray(written.data), (unscaled / scaled).numpy(), rtol=1e-5)
+    assert len({round(float(f), 3) for f in written.data}) > 2  # unscaled, scaled and smoothed frequencies
