@@ -16,6 +16,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import gguf
 import numpy as np
@@ -72,8 +73,8 @@ def tiny_model(directory: Path, kind: str, tokenizer_dir: Path) -> PreTrainedMod
 
 def chat_prompts(tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
     return [
-        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True,
-                                      return_dict=False)
+        cast(list[int], tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                                      tokenize=True, return_dict=False))
         for q in QUESTIONS
     ]
 
