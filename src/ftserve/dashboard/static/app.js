@@ -5,6 +5,8 @@ import {h} from "./dom.js";
 import {filesView} from "./files.js";
 import {jobView} from "./job.js";
 import {jobsView} from "./jobs.js";
+import {newJobView} from "./new_job.js";
+import {uploadView} from "./upload.js";
 
 const main = document.getElementById("main");
 const signOut = document.getElementById("sign-out");
@@ -32,20 +34,28 @@ function report(signal, error, alert) {
   alert.hidden = false;
 }
 
-// #/jobs (the default), #/jobs?status=running, #/jobs/<id>, #/files
+// Section -> its view and title; #/jobs is the default, #/jobs/<id> a job.
+const SECTIONS = {
+  jobs: [jobsView, "Jobs"], files: [filesView, "Files"], upload: [uploadView, "Upload"], new: [newJobView, "New job"],
+};
+
+// #/jobs (the default), #/jobs?status=running, #/jobs/<id>, #/files, #/upload, #/new?training_file=<id>
 function show() {
   const [path, query] = location.hash.replace(/^#\/?/, "").split("?");
   const [section, id] = path.split("/").map(decodeURIComponent);
-  const current = section === "files" ? "files" : "jobs";
+  const current = Object.hasOwn(SECTIONS, section) ? section : "jobs";
   for (const link of document.querySelectorAll("nav a")) {
     link.toggleAttribute("aria-current", link.dataset.section === current);
   }
   const next = newView();
   next.params = new URLSearchParams(query);
-  if (current === "files") filesView(next);
-  else if (id) jobView(next, id);
-  else jobsView(next);
-  if (current !== "jobs" || !id) document.title = `${current === "files" ? "Files" : "Jobs"} · ftserve`;
+  if (current === "jobs" && id) {
+    jobView(next, id);
+    return;
+  }
+  const [draw, title] = SECTIONS[current];
+  draw(next);
+  document.title = `${title} · ftserve`;
 }
 
 function askForKey(problem) {

@@ -1,0 +1,146 @@
+// #/new: a fine-tuning job over the real options. "Preview" asks the API's dry run
+// (/v1/ftserve/fine_tuning/resolve) what the job would be: tokens, epochs, cost, and each parameter the
+// provider converts or drops; "Create" posts the same request to /v1/fine_tuning/jobs.
+
+import {api} from "./api.js";
+import {alertBox, attempt, dash, h, table} from "./dom.js";
+
+const METHODS = ["supervised", "dpo", "reinforcement"];
+// Hyperparameter -> how its text is read; blank means "auto", which the server resolves.
+const HYPERPARAMETERS = {
+  n_epochs: Number, batch_size: Number, learning_rate_multiplier: Number,
+  beta: Number, // dpo
+};
+const EXAMPLE_GRADER = {type: "string_check", name: "exact", input: "{{sample.output_text}}", reference: "{{item.answer}}", operation: "eq"};
+
+function field(id, label, control, hint) {
+  return h("div", {class: "field"}, h("label", {for: id}, label), control, hint ? h("small", {id: `${id}-hint`, class: "muted"}, hint) : null);
+}
+
+export function newJobView(view) {
+  const alert = alertBox();
+  const model = h("select", {id: "job-model", required: true});
+  const method = h("select", {id: "job-method"}, METHODS.map((name) => h("option", {value: name}, name)));
+  const training = h("select", {id: "job-training-file", required: true});
+  const validation = h("select", {id: "job-validation-file"});
+  const inputs = Object.fromEntries(Object.keys(HYPERPARAMETERS).map((name) =>
+    [name, h("input", {id: `job-${name}`, inputmode: "decimal", placeholder: "auto", "aria-describedby": "auto-hint"})]));
+  const suffix = h("input", {id: "job-suffix", maxlength: 64});
+  const seed = h("input", {id: "job-seed", inputmode: "numeric"});
+  const trainingType = h("select", {id: "job-training-type"}, ["lora", "full"].map((name) => h("option", {value: name}, name)));
+  const loraRank = h("input", {id: "job-lora-rank", inputmode: "numeric", placeholder: "16"});
+  const maxSeq = h("input", {id: "job-max-seq-length", inputmode: "numeric", placeholder: "2048"});
+  const grader = h("textarea", {id: "job-grader", rows: 8, spellcheck: "false"}, JSON.stringify(EXAMPLE_GRADER, null, 2));
+  const graderState = h("p", {role: "status", "aria-live": "polite", class: "muted"});
+  const graderBox = h("fieldset", {hidden: true}, h("legend", {}, "Grader"), field("job-grader", "Grader (JSON)", grader),
+    h("button", {type: "button", class: "quiet", onclick: () => validateGrader()}, "Validate grader"), graderState);
+  const previewButton = h("button", {type: "button", class: "quiet", onclick: () => preview()}, "Preview");
+  const createButton = h("button", {type: "submit"}, "Create job");
+  const previewBox = h("section", {"aria-labelledby": "preview-title", "aria-live": "polite", hidden: true});
+
+  const hyper = Object.entries(inputs).map(([name, input]) => field(input.id, name.replaceAll("_", " "), input));
+  const form = h("form", {class: "job-form", novalidate: true},
+    field("job-model", "Base model", model),
+    field("job-method", "Method", method),
+    field("job-training-file", "Training file", training),
+    field("job-validation-file", "Validation file", validation),
+    graderBox,
+    h("fieldset", {}, h("legend", {}, "Hyperparameters"),
+      h("p", {id: "auto-hint", class: "muted"}, "Blank is auto: the preview shows the value it resolves to."), hyper),
+    h("fieldset", {}, h("legend", {}, "ftserve options"),
+      field("job-training-type", "Training type", trainingType), field("job-lora-rank", "LoRA rank", loraRank),
+      field("job-max-seq-length", "Max sequence length", maxSeq)),
+    field("job-suffix", "Suffix", suffix), field("job-seed", "Seed", seed),
+    h("div", {class: "actions"}, previewButton, createButton));
+  view.main.append(h("h1", {}, "New fine-tuning job"), alert, form, previewBox);
+
+  const showMethod = () => {
+    graderBox.hidden = method.value !== "reinforcement";
+    hyper[3].hidden = method.value !== "dpo";
+  };
+  method.addEventListener("change", showMethod);
+  showMethod();
+
+  attempt(view, alert, async () => {
+    const [models, files] = await Promise.all([api("/models", view), api("/files?limit=100&purpose=fine-tune", view)]);
+    model.replaceChildren(...models.data.map((m) => h("option", {value: m.id}, m.owned_by === "system" ? m.id : `${m.id} (${m.owned_by})`)));
+    const usable = files.data.filter((file) => file.purpose === "fine-tune" && file.status === "processed");
+    const options = () => usable.map((file) => h("option", {value: file.id}, `${file.filename} · ${file.id}`));
+    training.replaceChildren(...options());
+    validation.replaceChildren(h("option", {value: ""}, "None"), ...options());
+    const wanted = view.params.get("training_file");
+    if (wanted) training.value = wanted;
+  });
+
+  // The request the form describes; a value that is not a number throws, naming its field.
+  function request() {
+    const hyperparameters = {};
+    for (const [name, input] of Object.entries(inputs)) {
+      if (input.closest("[hidden]") || !input.value.trim()) continue;
+      const value = HYPERPARAMETERS[name](input.value.trim());
+      if (Number.isNaN(value)) throw new Error(`${name.replaceAll("_", " ")} must be a number or blank (auto).`);
+      hyperparameters[name] = value;
+    }
+    const kind = method.value;
+    const body = {model: model.value, training_file: training.value, method: {type: kind, [kind]: {hyperparameters}}};
+    if (kind === "reinforcement") body.method.reinforcement.grader = parseGrader();
+    if (validation.value) body.validation_file = validation.value;
+    if (suffix.value.trim()) body.suffix = suffix.value.trim();
+    if (seed.value.trim()) body.seed = Number(seed.value.trim());
+    const ftserve = {training_type: trainingType.value};
+    if (loraRank.value.trim()) ftserve.lora_rank = Number(loraRank.value.trim());
+    if (maxSeq.value.trim()) ftserve.max_seq_length = Number(maxSeq.value.trim());
+    body.ftserve = ftserve;
+    return body;
+  }
+
+  function parseGrader() {
+    try {
+      return JSON.parse(grader.value);
+    } catch (error) {
+      throw new Error(`The grader is not valid JSON: ${error.message}`);
+    }
+  }
+
+  async function validateGrader() {
+    graderState.textContent = "";
+    const ok = await attempt(view, alert, () => api("/fine_tuning/alpha/graders/validate",
+      {method: "POST", body: {grader: parseGrader()}, signal: view.signal}));
+    if (ok) graderState.textContent = "The grader is valid.";
+  }
+
+  async function preview() {
+    const plan = await attempt(view, alert, () => api("/ftserve/fine_tuning/resolve", {method: "POST", body: request(), signal: view.signal}));
+    if (plan) drawPreview(plan);
+  }
+
+  function drawPreview(plan) {
+    const estimate = plan.estimate;
+    const rows = [
+      ["Provider", `${plan.provider} (${plan.kind})`], ["Model", plan.model],
+      ["Trained tokens", estimate?.trained_tokens ?? dash], ["Epochs", estimate?.epochs ?? dash],
+      ["Estimated cost", typeof estimate?.cost_usd === "number" ? `$${estimate.cost_usd.toFixed(2)}` : dash],
+      ["Basis", estimate?.basis ?? dash],
+      ...Object.entries(plan.native?.hyperparameters ?? {}).map(([name, value]) => [`Resolved ${name}`, String(value)]),
+    ];
+    const changes = table("Converted and dropped parameters", ["Parameter", "Value", "Becomes", "Why"]);
+    changes.body.append(
+      ...plan.converted.map((c) => h("tr", {}, h("td", {}, c.field), h("td", {}, JSON.stringify(c.value)),
+        h("td", {}, `${c.native ?? dash} = ${JSON.stringify(c.native_value)}`), h("td", {}, c.reason))),
+      ...plan.dropped.map((c) => h("tr", {class: "dropped"}, h("td", {}, c.field), h("td", {}, JSON.stringify(c.value)),
+        h("td", {}, "dropped"), h("td", {}, c.reason))));
+    previewBox.replaceChildren(h("h2", {id: "preview-title"}, "Preview"),
+      h("dl", {class: "details"}, rows.flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, String(value))])),
+      plan.converted.length || plan.dropped.length ? changes.element : h("p", {class: "muted"}, "Every parameter is used as given."),
+      h("details", {}, h("summary", {}, "The provider's request"), h("pre", {}, JSON.stringify(plan.native, null, 2))));
+    previewBox.hidden = false;
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    createButton.disabled = true;
+    const job = await attempt(view, alert, () => api("/fine_tuning/jobs", {method: "POST", body: request(), signal: view.signal}));
+    createButton.disabled = false;
+    if (job) location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
+  });
+}

@@ -1,0 +1,73 @@
+"""A person's whole path through the dashboard in a real headless Chromium (tests/browser/workflow.mjs): sign in
+with a project key, upload a file with a bad line and read which, upload good files (one in parts), preview and
+create a job on the tiny model, watch it succeed, read the before/after evaluation, chat with the base and the
+fine-tuned model side by side, and download a GGUF export. axe-core checks every page on the way."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from tests.conftest import TINY_MODEL_ID, Databases, serving, settings_for
+from tests.integration.test_dashboard import ARTIFACTS, BROWSER, pytestmark  # noqa: F401  (the same skip)
+from tests.tasks import chat_examples, jsonl
+
+KEY = "sk-workflow-0000000"
+OTHER_KEY = "sk-workflow-other-0"
+LARGE_BYTES = 1_300_000  # past the dashboard's PART_BYTES (1 MiB): it goes through /v1/uploads in two parts
+
+
+def test_a_person_uploads_trains_compares_and_exports_in_the_dashboard(
+        tmp_path: Path, databases: Databases, tiny_catalogue: Path) -> None:
+    good = chat_examples(16)
+    bad = jsonl(good[:2]) + b'{"messages": [{"role": "user", "content": "no answer"}], "extra": 1}\n' + jsonl(good[2:4])
+    large = jsonl(chat_examples(LARGE_BYTES // 100))
+    assert len(large) > LARGE_BYTES
+    files = {"bad.jsonl": bad, "train.jsonl": jsonl(good), "valid.jsonl": jsonl(chat_examples(4, offset=500)),
+             "large.jsonl": large}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+
+    settings = settings_for(tmp_path / "data", databases.new(), api_keys=f"{KEY}=mine,{OTHER_KEY}=theirs",
+                            trainer="local", lease_seconds=10.0, catalogue_file=tiny_catalogue)
+    with serving(settings) as server:
+        client = OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
+        refusal = client.files.with_raw_response.create  # the API's own words for the bad file, to compare
+        try:
+            refusal(file=("bad.jsonl", bad), purpose="fine-tune")
+            expected_refusal = ""
+        except Exception as error:  # openai.BadRequestError
+            expected_refusal = error.body["message"]  # type: ignore[attr-defined]
+
+        done = subprocess.run(
+            ["node", str(BROWSER / "workflow.mjs"), server.url, TINY_MODEL_ID,
+             *(str(tmp_path / name) for name in ("bad.jsonl", "train.jsonl", "valid.jsonl", "large.jsonl"))],
+            capture_output=True, text=True, timeout=150, cwd=BROWSER,
+            env={**os.environ, "FTSERVE_API_KEY": KEY, "FTSERVE_ARTIFACTS_DIR": str(ARTIFACTS),
+                 "FTSERVE_DOWNLOADS_DIR": str(tmp_path / "downloads")},
+        )
+        seen = json.loads(done.stdout.splitlines()[-1]) if done.stdout.strip() else {}
+        assert done.returncode == 0, f"{done.stderr}\nseen: {seen}"
+
+        assert seen["pageErrors"] == []
+        assert {page: found for page, found in seen["accessibility"].items() if found} == {}
+        assert "line 3" in expected_refusal and seen["badFileAlert"] == expected_refusal
+        assert seen["largeFile"]["progress"] == 1 and seen["largeFile"]["cells"][1:] == ["large.jsonl", str(len(large)), "processed"]
+        assert seen["preview"]["Trained tokens"].isdigit() and int(seen["preview"]["Trained tokens"]) > 0
+        assert seen["preview"]["Epochs"] == "2"
+
+        job = client.fine_tuning.jobs.retrieve(seen["jobId"])
+        assert job.status == "succeeded" and job.model == TINY_MODEL_ID and job.training_file == seen["trainFileId"]
+        assert job.validation_file == seen["validFileId"] and job.user_provided_suffix == "browser"
+        assert seen["fineTunedModel"] == job.fine_tuned_model
+        metrics = [row[0] for row in seen["evaluation"]]
+        assert metrics[:2] == ["Loss", "Token accuracy"] and all(len(row) == 3 for row in seen["evaluation"])
+        # The key's project alone: the other project sees none of it.
+        other = OpenAI(base_url=server.base_url, api_key=OTHER_KEY, max_retries=0)
+        assert other.fine_tuning.jobs.list().data == [] and other.files.list().data == []
+        assert all(Path(path).is_file() for path in seen["screenshots"])
