@@ -97,7 +97,52 @@ try {
   seen.evaluation = await page.locator("section:has(#evaluation-title) tbody tr")
     .evaluateAll((rows) => rows.map((row) => [...row.cells].map((cell) => cell.textContent.trim())));
   seen.fineTunedModel = (await page.locator("dt:text-is('Fine-tuned model') + dd").textContent()).trim();
+  seen.checkpointActions = await page.locator("tr[data-checkpoint]").first().locator(".row-actions")
+    .evaluate((cell) => [...cell.querySelectorAll("a, button")].map((control) => control.textContent));
   await shot("job");
+
+  // The playground: the same prompt to the fine-tuned model and its base, both answers streaming.
+  await page.getByRole("link", {name: "Playground"}).click();
+  await page.getByLabel("Model", {exact: true}).selectOption(seen.fineTunedModel);
+  await page.getByLabel("Side by side with another model").check();
+  await page.getByLabel("Compare with").selectOption(model);
+  await page.getByLabel("Longest answer (tokens)").fill("16");
+  await page.getByLabel("Prompt").fill("What is 2 + 3?");
+  await page.getByRole("button", {name: "Send"}).click();
+  await page.waitForFunction(() => {
+    const answers = [...document.querySelectorAll(".answer")];
+    return answers.length === 2 && answers.every((a) => a.getAttribute("aria-busy") === "false");
+  }, null, {timeout: 60_000});
+  seen.sideBySide = await page.locator(".pane").evaluateAll((panes) => panes.map((pane) => ({
+    model: pane.querySelector("h2").textContent, answer: pane.querySelector(".answer").textContent,
+    live: pane.querySelector(".answer").getAttribute("aria-live"),
+    failure: pane.querySelector("[role=alert]").hidden ? null : pane.querySelector("[role=alert]").textContent})));
+  await shot("playground");
+
+  // The models page: lineage, and a GGUF export downloaded.
+  await page.getByRole("link", {name: "Models"}).click();
+  const row = page.locator(`tr[data-model="${seen.fineTunedModel}"]`);
+  await row.waitFor();
+  seen.modelRow = (await row.locator("td").allTextContents()).slice(0, 4).map((text) => text.trim());
+  await row.getByLabel("Export format").selectOption("gguf");
+  await row.getByLabel("Quantization").selectOption("q8_0");
+  const [download] = await Promise.all([page.waitForEvent("download", {timeout: 60_000}),
+    row.getByRole("button", {name: "Export"}).click()]);
+  const saved = join(downloads, download.suggestedFilename());
+  await download.saveAs(saved);
+  seen.download = saved;
+  await page.getByText(`Downloaded ${download.suggestedFilename()}.`).waitFor();
+  await shot("models");
+
+  // Narrow window: the pages still fit.
+  await page.setViewportSize({width: 390, height: 844});
+  await page.goto(`${server}/dashboard/#/jobs/${seen.jobId}`);
+  await page.locator("#evaluation-title").waitFor();
+  seen.narrowOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  seen.narrowTooWide = await page.evaluate(() => [...document.querySelectorAll("body *")]
+    .filter((element) => element.getBoundingClientRect().right > window.innerWidth + 1)
+    .slice(0, 8).map((element) => `${element.tagName.toLowerCase()}.${element.className}#${element.id}:${Math.round(element.getBoundingClientRect().right)}`));
+  await shot("job-narrow");
 } catch (error) {
   await page.screenshot({path: join(artifacts, "dashboard-failure.png"), fullPage: true}).catch(() => {});
   console.error(error.message);

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from openai import OpenAI
+from openai import BadRequestError, OpenAI
 
 from tests.conftest import TINY_MODEL_ID, Databases, serving, settings_for
 from tests.integration.test_dashboard import ARTIFACTS, BROWSER, pytestmark  # noqa: F401  (the same skip)
@@ -37,12 +37,9 @@ def test_a_person_uploads_trains_compares_and_exports_in_the_dashboard(
                             trainer="local", lease_seconds=10.0, catalogue_file=tiny_catalogue)
     with serving(settings) as server:
         client = OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
-        refusal = client.files.with_raw_response.create  # the API's own words for the bad file, to compare
-        try:
-            refusal(file=("bad.jsonl", bad), purpose="fine-tune")
-            expected_refusal = ""
-        except Exception as error:  # openai.BadRequestError
-            expected_refusal = error.body["message"]  # type: ignore[attr-defined]
+        with pytest.raises(BadRequestError) as refused:  # the API's own words for the bad file, to compare
+            client.files.create(file=("bad.jsonl", bad), purpose="fine-tune")
+        expected_refusal = refused.value.body["message"]  # type: ignore[index]  # the error envelope's body
 
         done = subprocess.run(
             ["node", str(BROWSER / "workflow.mjs"), server.url, TINY_MODEL_ID,
@@ -67,6 +64,14 @@ def test_a_person_uploads_trains_compares_and_exports_in_the_dashboard(
         assert seen["fineTunedModel"] == job.fine_tuned_model
         metrics = [row[0] for row in seen["evaluation"]]
         assert metrics[:2] == ["Loss", "Token accuracy"] and all(len(row) == 3 for row in seen["evaluation"])
+        assert seen["checkpointActions"][0] == "Chat" and "Export" in seen["checkpointActions"]
+        assert "Share with project" in seen["checkpointActions"]
+        assert [pane["model"] for pane in seen["sideBySide"]] == [job.fine_tuned_model, TINY_MODEL_ID]
+        assert all(pane["answer"] and pane["failure"] is None and pane["live"] == "polite" for pane in seen["sideBySide"])
+        assert seen["modelRow"][0] == job.fine_tuned_model and seen["modelRow"][2:] == [job.id, TINY_MODEL_ID]
+        gguf = Path(seen["download"])
+        assert gguf.suffix == ".gguf" and gguf.read_bytes()[:4] == b"GGUF"
+        assert seen["narrowOverflow"] <= 0, seen["narrowTooWide"]
         # The key's project alone: the other project sees none of it.
         other = OpenAI(base_url=server.base_url, api_key=OTHER_KEY, max_retries=0)
         assert other.fine_tuning.jobs.list().data == [] and other.files.list().data == []

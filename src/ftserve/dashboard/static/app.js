@@ -5,7 +5,9 @@ import {h} from "./dom.js";
 import {filesView} from "./files.js";
 import {jobView} from "./job.js";
 import {jobsView} from "./jobs.js";
+import {modelsView} from "./models.js";
 import {newJobView} from "./new_job.js";
+import {playgroundView} from "./playground.js";
 import {uploadView} from "./upload.js";
 
 const main = document.getElementById("main");
@@ -37,9 +39,11 @@ function report(signal, error, alert) {
 // Section -> its view and title; #/jobs is the default, #/jobs/<id> a job.
 const SECTIONS = {
   jobs: [jobsView, "Jobs"], files: [filesView, "Files"], upload: [uploadView, "Upload"], new: [newJobView, "New job"],
+  playground: [playgroundView, "Playground"], models: [modelsView, "Models"],
 };
 
-// #/jobs (the default), #/jobs?status=running, #/jobs/<id>, #/files, #/upload, #/new?training_file=<id>
+// #/jobs (the default), #/jobs?status=running, #/jobs/<id>, #/files, #/upload, #/new?training_file=<id>,
+// #/playground?model=<id>&compare=<id>, #/models
 function show() {
   const [path, query] = location.hash.replace(/^#\/?/, "").split("?");
   const [section, id] = path.split("/").map(decodeURIComponent);

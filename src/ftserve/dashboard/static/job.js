@@ -4,6 +4,7 @@
 import {api, jobPath} from "./api.js";
 import {SERIES, lossChart} from "./chart.js";
 import {alertBox, attempt, badge, dash, h, number, percent, poll, settings, table, when} from "./dom.js";
+import {download, exportControls} from "./exports.js";
 
 const REFRESH_MS = 1500;
 const EVENTS_PAGE = 1000;
@@ -39,8 +40,11 @@ export function jobView(view, id) {
   const chart = h("div", {class: "chart"});
   const legend = h("ul", {class: "legend"}, SERIES.map((series) => h("li", {class: series.class}, series.label)));
   const evaluation = h("section", {"aria-labelledby": "evaluation-title", hidden: true});
-  const checkpoints = table("Checkpoints", ["Step", "Checkpoint", "Training loss", "Validation loss", "Created"]);
+  const checkpoints = table("Checkpoints", ["Step", "Checkpoint", "Training loss", "Validation loss", "Created", "Actions"]);
   const noCheckpoints = h("p", {class: "muted"}, "None yet.");
+  const checkpointAlert = alertBox();
+  const checkpointState = h("p", {role: "status", "aria-live": "polite", class: "muted"});
+  let drawnCheckpoints = null;
   const withMetrics = h("input", {type: "checkbox", id: "with-metrics", onchange: () => drawEvents()});
   const eventList = h("ol", {class: "events"});
 
@@ -50,7 +54,7 @@ export function jobView(view, id) {
       h("figure", {}, chart, h("figcaption", {}, legend))),
     evaluation,
     h("section", {"aria-labelledby": "checkpoints-title"}, h("h2", {id: "checkpoints-title"}, "Checkpoints"),
-      checkpoints.element, noCheckpoints),
+      checkpointAlert, checkpointState, checkpoints.element, noCheckpoints),
     h("section", {"aria-labelledby": "events-title"}, h("h2", {id: "events-title"}, "Events"),
       h("p", {}, withMetrics, " ", h("label", {for: "with-metrics"}, "Show each step's metrics")), eventList));
   view.main.append(
@@ -149,14 +153,45 @@ export function jobView(view, id) {
   }
 
   function drawCheckpoints(page) {
-    checkpoints.body.replaceChildren(...page.data.map((checkpoint) => h("tr", {},
-      h("td", {class: "number"}, checkpoint.step_number),
-      h("td", {}, h("code", {}, checkpoint.fine_tuned_model_checkpoint)),
-      h("td", {class: "number"}, number(checkpoint.metrics.train_loss)),
-      h("td", {class: "number"}, number(checkpoint.metrics.valid_loss)),
-      h("td", {}, when(checkpoint.created_at)))));
+    const state = JSON.stringify(page.data);
+    if (state === drawnCheckpoints) return;  // redrawing would reset a half-chosen export format and lose focus
+    drawnCheckpoints = state;
+    checkpoints.body.replaceChildren(...page.data.map((checkpoint, index) => {
+      const name = checkpoint.fine_tuned_model_checkpoint;
+      return h("tr", {"data-checkpoint": name},
+        h("td", {class: "number"}, checkpoint.step_number),
+        h("td", {}, h("code", {}, name)),
+        h("td", {class: "number"}, number(checkpoint.metrics.train_loss)),
+        h("td", {class: "number"}, number(checkpoint.metrics.valid_loss)),
+        h("td", {}, when(checkpoint.created_at)),
+        h("td", {class: "row-actions"},
+          h("a", {href: `#/playground?model=${encodeURIComponent(name)}&compare=${encodeURIComponent(job.model)}`,
+            "aria-label": `Chat with the checkpoint at step ${checkpoint.step_number}`}, "Chat"),
+          exportControls(`checkpoint-${index}`, (format, quantization) => exportCheckpoint(name, format, quantization)),
+          shareControls(name, index)));
+    }));
     checkpoints.element.hidden = !page.data.length;
     noCheckpoints.hidden = Boolean(page.data.length);
+  }
+
+  async function exportCheckpoint(name, format, quantization) {
+    checkpointState.textContent = `Exporting ${name}…`;
+    const file = await attempt(view, checkpointAlert, () => download(name, format, quantization, view.signal));
+    checkpointState.textContent = file ? `Downloaded ${file}.` : "";
+  }
+
+  // "Share with project": a checkpoint permission (/fine_tuning/checkpoints/<name>/permissions) for another project.
+  function shareControls(name, index) {
+    const project = h("input", {id: `share-${index}`, placeholder: "project id", size: 12});
+    return h("form", {class: "share", onsubmit: async (event) => {
+      event.preventDefault();
+      if (!project.value.trim()) return;
+      const granted = await attempt(view, checkpointAlert, () => api(
+        `/fine_tuning/checkpoints/${encodeURIComponent(name)}/permissions`,
+        {method: "POST", body: {project_ids: [project.value.trim()]}, signal: view.signal}));
+      if (granted) checkpointState.textContent = `Shared ${name} with ${project.value.trim()}.`;
+    }}, h("label", {for: project.id, class: "visually-hidden"}, `Project to share ${name} with`), project,
+    h("button", {type: "submit", class: "quiet"}, "Share with project"));
   }
 
   poll(view, REFRESH_MS, alert, async () => {
