@@ -1,13 +1,13 @@
 // Drives ftserve's dashboard in headless Chromium as a person would, for tests/integration/test_dashboard.py.
-// usage: FTSERVE_API_KEY=sk-... node dashboard.mjs SERVER_URL JOB_ID FILE_ID
-// The job must be running on a server that asks for FTSERVE_API_KEY. Prints one JSON object of what it saw;
+// usage: FTSERVE_API_KEY=sk-... node dashboard.mjs SERVER_URL JOB_ID FILE_ID REWARDED_JOB_ID
+// The job must be running (the rewarded one finished, with reward metrics) on a server that asks for FTSERVE_API_KEY. Prints one JSON object of what it saw;
 // a step that never happens fails with its reason on stderr (exit 1). Screenshots go to FTSERVE_ARTIFACTS_DIR;
 // CHROMIUM names another browser binary than /usr/bin/chromium.
 import {mkdirSync} from "node:fs";
 import {join} from "node:path";
 import {chromium} from "playwright-core";
 
-const [server, jobId, fileId] = process.argv.slice(2);
+const [server, jobId, fileId, rewardedJobId] = process.argv.slice(2);
 const key = process.env.FTSERVE_API_KEY;
 const artifacts = process.env.FTSERVE_ARTIFACTS_DIR ?? new URL("../artifacts", import.meta.url).pathname;
 const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
@@ -62,6 +62,7 @@ try {
   await page.waitForFunction((before) => Number(document.querySelector(".chart svg").getAttribute("data-points")) > before, first);
   seen.chartPoints = [first, await points()];
   seen.validLine = await page.locator(".chart polyline.valid").count() === 1;
+  seen.rewardChartHidden = await page.locator("#reward-title").isHidden();
   await page.locator("#evaluation-title").waitFor();
   seen.evaluation = await page.locator("section:has(#evaluation-title) tbody tr")
     .evaluateAll((rows) => rows.map((row) => [...row.cells].map((cell) => cell.textContent.trim())));
@@ -82,6 +83,13 @@ try {
   await page.reload();
   await page.waitForFunction(() => document.querySelector(".title .status")?.textContent === "cancelled");
   seen.deepLinkTitle = (await page.locator("h1").textContent()).trim();
+
+  // A job that reported rewards: their chart, next to the loss.
+  await page.goto(`${server}/dashboard/#/jobs/${rewardedJobId}`);
+  const rewardChart = page.locator("section:has(#reward-title) svg");
+  await rewardChart.waitFor();
+  seen.rewardChart = {points: await rewardChart.getAttribute("data-points"), lines: await rewardChart.locator("polyline").count(),
+    label: await rewardChart.getAttribute("aria-label")};
 
   // The API's refusal is shown as it said it.
   await page.goto(`${server}/dashboard/#/jobs/ftjob-missing`);

@@ -51,6 +51,15 @@ def add_evaluation(server: LiveServer, job_id: str, output_dir: Path) -> dict[st
     return body
 
 
+def add_rewards(server: LiveServer, job_id: str) -> None:
+    """Mean rewards by step, as a reinforcement job reports them, on a finished job (on a running one, the worker's
+    reporter would take them for steps already done)."""
+    with server.runtime.engine.begin() as conn:
+        for step, train, valid in ((198, 0.2, 0.1), (199, 0.5, 0.4)):
+            data = {"step": step, "total_steps": 200, "train_reward_mean": train, "valid_reward_mean": valid}
+            event_rows.append(conn, job_id, now(), f"Step {step}/200", type="metrics", data=data)
+
+
 def test_a_person_watches_a_job_train_in_the_dashboard_and_cancels_it(server: LiveServer, tmp_path: Path) -> None:
     client = OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
     training = upload(client, chat_jsonl(20))
@@ -62,9 +71,13 @@ def test_a_person_watches_a_job_train_in_the_dashboard_and_cancels_it(server: Li
         method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 1, "n_epochs": 10}}},
     )
     add_evaluation(server, job.id, tmp_path)
+    rewarded = client.fine_tuning.jobs.create(model="SmolLM2-135M-Instruct", training_file=training)
+    client.fine_tuning.jobs.cancel(rewarded.id)
+    wait_for(client, rewarded.id, timeout=10)
+    add_rewards(server, rewarded.id)
 
     done = subprocess.run(
-        ["node", str(BROWSER / "dashboard.mjs"), server.url, job.id, training],
+        ["node", str(BROWSER / "dashboard.mjs"), server.url, job.id, training, rewarded.id],
         capture_output=True, text=True, timeout=90, cwd=BROWSER,
         env={**os.environ, "FTSERVE_API_KEY": KEY, "FTSERVE_ARTIFACTS_DIR": str(ARTIFACTS)},
     )
@@ -78,6 +91,9 @@ def test_a_person_watches_a_job_train_in_the_dashboard_and_cancels_it(server: Li
     assert seen["jobUrl"] == f"{server.url}/dashboard/#/jobs/{job.id}"
     first, later = seen["chartPoints"]
     assert 0 < first < later < 200 and seen["validLine"]
+    assert seen["rewardChartHidden"]  # a supervised job reports no rewards
+    assert seen["rewardChart"] == {"points": "2", "lines": 2, "label": "Mean reward by step: 2 steps plotted, "
+                                   "training reward (mean) 0.5 at step 199."}
     assert seen["evaluation"] == [["Loss", "2.3100", "0.7200"], ["Token accuracy", "41.0 %", "83.0 %"],
                                   ["Exact match", "0.0 %", "60.0 %"]]
     assert seen["runningStatus"] == "running" and seen["enabledWhileRunning"] == ["Cancel", "Pause"]

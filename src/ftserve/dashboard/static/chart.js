@@ -1,4 +1,4 @@
-// The loss chart: train and validation loss by step, drawn as SVG.
+// A chart by step, drawn as SVG: train and validation loss, or for a reinforcement job its mean rewards.
 
 const SVG = "http://www.w3.org/2000/svg";
 const WIDTH = 640, HEIGHT = 260;
@@ -6,6 +6,10 @@ const PAD = {left: 52, right: 16, top: 16, bottom: 36};
 export const SERIES = [
   {key: "train_loss", label: "Training loss", class: "train"},
   {key: "valid_loss", label: "Validation loss", class: "valid"},
+];
+export const REWARD_SERIES = [
+  {key: "train_reward_mean", label: "Training reward (mean)", class: "train"},
+  {key: "valid_reward_mean", label: "Validation reward (mean)", class: "valid"},
 ];
 
 function s(tag, attributes = {}, ...children) {
@@ -26,14 +30,16 @@ function ticks(lo, hi, count, whole = false) {
   return out;
 }
 
-// `points`: [{step, train_loss?, valid_loss?}] sorted by step; `totalSteps` fixes the x axis, so the
-// line grows across it as the job runs.
-export function lossChart(points, totalSteps) {
-  const values = points.flatMap((p) => SERIES.map((series) => p[series.key])).filter((v) => typeof v === "number");
+// `points`: [{step, <series keys>?}] sorted by step, of which those with a value of `series` are drawn;
+// `totalSteps` fixes the x axis, so the line grows across it as the job runs. `name`: what is plotted.
+export function lossChart(allPoints, totalSteps, series = SERIES, name = "Loss") {
+  const points = allPoints.filter((p) => series.some((one) => typeof p[one.key] === "number"));
+  const values = points.flatMap((p) => series.map((one) => p[one.key])).filter((v) => typeof v === "number");
   const last = points.at(-1) ?? {};
+  const first = series[0];
   const summary = points.length
-    ? `Loss by step: ${points.length} steps plotted, training loss ${last.train_loss ?? "not reported"} at step ${last.step}.`
-    : "Loss by step: no steps reported yet.";
+    ? `${name} by step: ${points.length} steps plotted, ${first.label.toLowerCase()} ${last[first.key] ?? "not reported"} at step ${last.step}.`
+    : `${name} by step: no steps reported yet.`;
   const svg = s("svg", {viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: "img", "aria-label": summary, "data-points": points.length});
   const xMax = Math.max(totalSteps || 0, last.step || 0, 1);
   let lo = Math.min(...values), hi = Math.max(...values);
@@ -55,13 +61,13 @@ export function lossChart(points, totalSteps) {
     s("line", {class: "axis", x1: PAD.left, x2: WIDTH - PAD.right, y1: HEIGHT - PAD.bottom, y2: HEIGHT - PAD.bottom}),
     s("text", {class: "tick", x: (PAD.left + WIDTH - PAD.right) / 2, y: HEIGHT - 4, "text-anchor": "middle"}, "step"));
 
-  for (const series of SERIES) {
-    const own = points.filter((p) => typeof p[series.key] === "number");
+  for (const line of series) {
+    const own = points.filter((p) => typeof p[line.key] === "number");
     if (own.length === 1) {
-      svg.append(s("circle", {class: series.class, cx: x(own[0].step), cy: y(own[0][series.key]), r: 3}));
+      svg.append(s("circle", {class: line.class, cx: x(own[0].step), cy: y(own[0][line.key]), r: 3}));
     } else if (own.length > 1) {
-      const path = own.map((p) => `${x(p.step).toFixed(1)},${y(p[series.key]).toFixed(1)}`).join(" ");
-      svg.append(s("polyline", {class: series.class, points: path}));
+      const path = own.map((p) => `${x(p.step).toFixed(1)},${y(p[line.key]).toFixed(1)}`).join(" ");
+      svg.append(s("polyline", {class: line.class, points: path}));
     }
   }
   return svg;

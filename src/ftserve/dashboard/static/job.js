@@ -2,7 +2,7 @@
 // checkpoints, settings, the before/after evaluation, and the buttons that cancel, pause and resume it.
 
 import {api, jobPath} from "./api.js";
-import {SERIES, lossChart} from "./chart.js";
+import {REWARD_SERIES, SERIES, lossChart} from "./chart.js";
 import {alertBox, attempt, badge, dash, h, number, percent, poll, settings, table, when} from "./dom.js";
 import {download, exportControls} from "./exports.js";
 
@@ -39,6 +39,10 @@ export function jobView(view, id) {
   const progress = h("p", {class: "muted"});
   const chart = h("div", {class: "chart"});
   const legend = h("ul", {class: "legend"}, SERIES.map((series) => h("li", {class: series.class}, series.label)));
+  const rewardChart = h("div", {class: "chart"});
+  const rewardLegend = h("ul", {class: "legend"}, REWARD_SERIES.map((series) => h("li", {class: series.class}, series.label)));
+  const rewards = h("section", {"aria-labelledby": "reward-title", hidden: true}, h("h2", {id: "reward-title"}, "Reward"),
+    h("figure", {}, rewardChart, h("figcaption", {}, rewardLegend)));
   const evaluation = h("section", {"aria-labelledby": "evaluation-title", hidden: true});
   const checkpoints = table("Checkpoints", ["Step", "Checkpoint", "Training loss", "Validation loss", "Created", "Actions"]);
   const noCheckpoints = h("p", {class: "muted"}, "None yet.");
@@ -52,6 +56,7 @@ export function jobView(view, id) {
     failure, details,
     h("section", {"aria-labelledby": "loss-title"}, h("h2", {id: "loss-title"}, "Loss"), progress,
       h("figure", {}, chart, h("figcaption", {}, legend))),
+    rewards,
     evaluation,
     h("section", {"aria-labelledby": "checkpoints-title"}, h("h2", {id: "checkpoints-title"}, "Checkpoints"),
       checkpointAlert, checkpointState, checkpoints.element, noCheckpoints),
@@ -127,6 +132,10 @@ export function jobView(view, id) {
     progress.textContent = points.length ? `Step ${points.at(-1).step} of ${totalSteps}` : "No steps reported yet.";
     chart.replaceChildren(lossChart(points, totalSteps));
     legend.lastChild.hidden = !points.some((p) => typeof p.valid_loss === "number");
+    // A reinforcement job reports its mean reward by step: drawn next to the loss.
+    rewards.hidden = !points.some((p) => typeof p.train_reward_mean === "number");
+    if (!rewards.hidden) rewardChart.replaceChildren(lossChart(points, totalSteps, REWARD_SERIES, "Mean reward"));
+    rewardLegend.lastChild.hidden = !points.some((p) => typeof p.valid_reward_mean === "number");
     drawEvaluation(report);
   }
 
