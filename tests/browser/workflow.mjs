@@ -99,6 +99,12 @@ try {
   seen.fineTunedModel = (await page.locator("dt:text-is('Fine-tuned model') + dd").textContent()).trim();
   seen.checkpointActions = await page.locator("tr[data-checkpoint]").first().locator(".row-actions")
     .evaluate((cell) => [...cell.querySelectorAll("a, button")].map((control) => control.textContent));
+  // Share the newest checkpoint with the other project.
+  const checkpoint = page.locator("tr[data-checkpoint]").first();
+  seen.sharedCheckpoint = await checkpoint.getAttribute("data-checkpoint");
+  await checkpoint.getByPlaceholder("project id").fill("theirs");
+  await checkpoint.getByRole("button", {name: "Share with project"}).click();
+  await page.getByText(`Shared ${seen.sharedCheckpoint} with theirs.`).waitFor();
   await shot("job");
 
   // The playground: the same prompt to the fine-tuned model and its base, both answers streaming.

@@ -57,6 +57,9 @@ def test_a_person_uploads_trains_compares_and_exports_in_the_dashboard(
         assert seen["largeFile"]["progress"] == 1 and seen["largeFile"]["cells"][1:] == ["large.jsonl", str(len(large)), "processed"]
         assert seen["preview"]["Trained tokens"].isdigit() and int(seen["preview"]["Trained tokens"]) > 0
         assert seen["preview"]["Epochs"] == "2"
+        # The hyperparameters as the job will run: given ones as given, the learning rate resolved from "auto".
+        assert seen["preview"]["n epochs"] == "2" and seen["preview"]["batch size"] == "4"
+        assert float(seen["preview"]["learning rate"]) > 0
 
         job = client.fine_tuning.jobs.retrieve(seen["jobId"])
         assert job.status == "succeeded" and job.model == TINY_MODEL_ID and job.training_file == seen["trainFileId"]
@@ -66,6 +69,8 @@ def test_a_person_uploads_trains_compares_and_exports_in_the_dashboard(
         assert metrics[:2] == ["Loss", "Token accuracy"] and all(len(row) == 3 for row in seen["evaluation"])
         assert seen["checkpointActions"][0] == "Chat" and "Export" in seen["checkpointActions"]
         assert "Share with project" in seen["checkpointActions"]
+        shared = client.fine_tuning.checkpoints.permissions.retrieve(seen["sharedCheckpoint"])
+        assert [permission.project_id for permission in shared.data] == ["theirs"]
         assert [pane["model"] for pane in seen["sideBySide"]] == [job.fine_tuned_model, TINY_MODEL_ID]
         assert all(pane["answer"] and pane["failure"] is None and pane["live"] == "polite" for pane in seen["sideBySide"])
         assert seen["modelRow"][0] == job.fine_tuned_model and seen["modelRow"][2:] == [job.id, TINY_MODEL_ID]

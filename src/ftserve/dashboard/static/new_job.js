@@ -114,6 +114,22 @@ export function newJobView(view) {
     if (plan) drawPreview(plan);
   }
 
+  // The hyperparameters as the provider's request has them (at its top level, as the local engine's spec, or
+  // under `hyperparameters`): a blank field's placeholder becomes "auto (<value>)", and each is a preview row.
+  function resolved(native) {
+    const values = {...native, ...(typeof native.hyperparameters === "object" ? native.hyperparameters : {})};
+    const rows = [];
+    for (const [name, input] of Object.entries(inputs)) {
+      const value = values[name];
+      if (input.closest("[hidden]") || (typeof value !== "number" && typeof value !== "string")) continue;
+      const auto = !input.value.trim();
+      if (auto) input.placeholder = `auto (${value})`;
+      rows.push([name.replaceAll("_", " "), auto ? `${value} (auto)` : String(value)]);
+    }
+    if (typeof values.learning_rate === "number") rows.push(["learning rate", String(values.learning_rate)]);
+    return rows;
+  }
+
   function drawPreview(plan) {
     const estimate = plan.estimate;
     const rows = [
@@ -121,7 +137,7 @@ export function newJobView(view) {
       ["Trained tokens", estimate?.trained_tokens ?? dash], ["Epochs", estimate?.epochs ?? dash],
       ["Estimated cost", typeof estimate?.cost_usd === "number" ? `$${estimate.cost_usd.toFixed(2)}` : dash],
       ["Basis", estimate?.basis ?? dash],
-      ...Object.entries(plan.native?.hyperparameters ?? {}).map(([name, value]) => [`Resolved ${name}`, String(value)]),
+      ...resolved(plan.native ?? {}),
     ];
     const changes = table("Converted and dropped parameters", ["Parameter", "Value", "Becomes", "Why"]);
     changes.body.append(
