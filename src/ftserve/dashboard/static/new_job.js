@@ -11,6 +11,7 @@ const HYPERPARAMETERS = {
   n_epochs: Number, batch_size: Number, learning_rate_multiplier: Number,
   beta: Number, // dpo
 };
+const SHOWN_ESTIMATE = ["trained_tokens", "epochs", "cost_usd", "basis"];
 const EXAMPLE_GRADER = {type: "string_check", name: "exact", input: "{{sample.output_text}}", reference: "{{item.answer}}", operation: "eq"};
 
 function field(id, label, control, hint) {
@@ -137,6 +138,9 @@ export function newJobView(view) {
       ["Trained tokens", estimate?.trained_tokens ?? dash], ["Epochs", estimate?.epochs ?? dash],
       ["Estimated cost", typeof estimate?.cost_usd === "number" ? `$${estimate.cost_usd.toFixed(2)}` : dash],
       ["Basis", estimate?.basis ?? dash],
+      // Whatever else the estimate carries (a memory estimate, say), under its own name.
+      ...Object.entries(estimate ?? {}).filter(([name, value]) => !SHOWN_ESTIMATE.includes(name) && value !== null)
+        .map(([name, value]) => [name.replaceAll("_", " "), typeof value === "object" ? JSON.stringify(value) : String(value)]),
       ...resolved(plan.native ?? {}),
     ];
     const changes = table("Converted and dropped parameters", ["Parameter", "Value", "Becomes", "Why"]);
