@@ -44,6 +44,8 @@ class Batch:
     attention_mask: torch.Tensor | None
     tokens: int
     """Real (non-padding) tokens in the batch."""
+    position_ids: torch.Tensor | None = None
+    """Set for a packed batch: positions restart at 0 with each example, which is how attention is kept within it."""
 
 
 def collate(sequences: Seq[Sequence], pad_id: int, device: torch.device) -> Batch:
@@ -61,3 +63,35 @@ def collate(sequences: Seq[Sequence], pad_id: int, device: torch.device) -> Batc
     return Batch(
         ids.to(device), labels.to(device), None if full else mask.to(device), tokens,
     )
+
+
+def pack(sequences: Seq[Sequence], pad_id: int, device: torch.device, row_tokens: int) -> Batch:
+    """The examples end to end in as few rows of at most `row_tokens` as first-fit finds, without an attention mask.
+
+    With no mask, transformers reads the examples' boundaries from where `position_ids` restart and builds a
+    block-causal mask (masking_utils.find_packed_sequence_indices), or flash-attention runs varlen. An example's
+    first token is never a target, so the previous example's last token does not learn to predict it: the trained
+    tokens, and so the mean loss, are the padded batch's. A short row's tail is a filler segment of its own.
+    """
+    rows: list[list[Sequence]] = []
+    for sequence in sorted(sequences, key=len, reverse=True):
+        row = next((r for r in rows if sum(map(len, r)) + len(sequence) <= row_tokens), None)
+        if row is None:
+            rows.append([sequence])
+        else:
+            row.append(sequence)
+    width = max(sum(map(len, r)) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for sequence in row:
+            n = len(sequence)
+            ids[r, at : at + n] = torch.tensor(sequence.input_ids)
+            labels[r, at + 1 : at + n] = torch.tensor(sequence.labels[1:])
+            positions[r, at : at + n] = torch.arange(n)
+            at += n
+        positions[r, at:] = torch.arange(width - at)
+    tokens = sum(len(s) for s in sequences)
+    return Batch(ids.to(device), labels.to(device), None, tokens, positions.to(device))

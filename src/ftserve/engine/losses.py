@@ -56,19 +56,22 @@ def trained_logits(model: torch.nn.Module, batch: Batch) -> TokenLogits:
     runs through: DDP around it, or the FSDP2-sharded model."""
     inner = model.module if isinstance(model, DistributedDataParallel) else model
     causal_lm: PreTrainedModel = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # type: ignore[operator,assignment]  # PEFT's method, found by hasattr; a causal LM either way
+    # No cache: transformers reads a packed batch's example boundaries from position_ids only without one.
     targets = batch.labels[:, 1:]
     keep = targets != IGNORE
     if not _head_is_plain(causal_lm):  # models that scale or cap their logits: let them do it
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1][keep]
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids, use_cache=False).logits[:, :-1][keep]
     else:
         if isinstance(model, (DistributedDataParallel, FSDPModule)):
             # DDP averages gradients, and FSDP2 gathers the root's weights, only in the outer module's forward: it
             # runs whole, asked for the last position's logits alone, and its final hidden states go through the head.
-            hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1,
+            hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                           use_cache=False, logits_to_keep=1,
                            output_hidden_states=True).hidden_states[-1]
         else:
-            hidden = causal_lm.get_decoder()(input_ids=batch.input_ids,
-                                             attention_mask=batch.attention_mask).last_hidden_state
+            hidden = causal_lm.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                             position_ids=batch.position_ids, use_cache=False).last_hidden_state
         logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])
     rows = keep.nonzero()[:, 0]
     return TokenLogits(logits.float(), targets[keep], rows)

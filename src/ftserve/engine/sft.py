@@ -8,7 +8,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ftserve.engine import loop, models
-from ftserve.engine.batching import collate
+from ftserve.engine.batching import collate, pack
 from ftserve.engine.data import Sequence
 from ftserve.engine.events import Message
 from ftserve.engine.losses import EMPTY, Stats, token_loss
@@ -18,7 +18,10 @@ from ftserve.engine.spec import JobSpec
 
 
 class SupervisedTask:
-    def __init__(self, train: list[Sequence], validation: list[Sequence], pad_id: int, device: torch.device, batch_size: int):
+    def __init__(self, train: list[Sequence], validation: list[Sequence], pad_id: int, device: torch.device, batch_size: int,
+                 packed_row_tokens: int | None = None):
+        self.packed_row_tokens = packed_row_tokens
+        """Set when training batches are packed (`JobSpec.packing`): the most tokens a packed row holds."""
         self.train = train
         self.validation = validation
         self.pad_id = pad_id
@@ -28,7 +31,9 @@ class SupervisedTask:
         self.validation_size = len(validation)
 
     def loss(self, model: torch.nn.Module, indices: list[int]) -> tuple[torch.Tensor, Stats, int]:
-        batch = collate([self.train[i] for i in indices], self.pad_id, self.device)
+        sequences = [self.train[i] for i in indices]
+        batch = (collate(sequences, self.pad_id, self.device) if self.packed_row_tokens is None
+                 else pack(sequences, self.pad_id, self.device, self.packed_row_tokens))
         loss, stats = token_loss(model, batch)
         return loss, stats, batch.tokens
 
@@ -56,7 +61,8 @@ def run(spec: JobSpec, sink: Sink) -> loop.Result:
         f"({sum(map(len, train))} tokens, {sum(s.trained for s in train)} trained) on {ready.hardware.describe()}"
     )))
     model = models.load_for_training(ready.model_path, spec, ready.hardware, ready.ranks)
-    task = SupervisedTask(train, validation, ready.tokenizer.pad_token_id, ready.hardware.device, spec.batch_size)
+    task = SupervisedTask(train, validation, ready.tokenizer.pad_token_id, ready.hardware.device, spec.batch_size,
+                          spec.max_seq_length if spec.packing else None)
     return loop.train(spec, model, ready, task, sink)
 
 

@@ -99,8 +99,12 @@ class JobSpec(Frozen):
 
     @model_validator(mode="after")
     def _reinforcement_matches_method(self) -> JobSpec:
+    packing: bool = False
+    """Supervised only: each step's examples packed into rows of up to `max_seq_length` tokens, without padding."""
         if (self.method == "reinforcement") != (self.reinforcement is not None):
             raise ValueError("a reinforcement job's spec has `reinforcement` (its grader), and no other job's does")
         if self.reinforcement is not None and self.processes > 1:
             raise ValueError("a reinforcement job trains in one process")
         return self
+        if self.packing and self.method != "supervised":
+            raise ValueError("only supervised jobs pack their examples")

@@ -77,6 +77,7 @@ UNSUPPORTED: dict[str, Mapped] = {
     "ftserve.eval_interval": dropped("Bedrock evaluates on its own schedule"),
     "ftserve.checkpoint_interval": dropped("Bedrock keeps no intermediate checkpoints"),
     "ftserve.num_processes": dropped("Bedrock chooses the machines a job trains on"),
+    "ftserve.packing": dropped("the provider decides how examples are batched"),
     "seed": dropped("Bedrock customization jobs take no seed"),
     "integrations": dropped("Bedrock has no Weights & Biases integration; its metrics land in the output S3 prefix"),
 }

@@ -54,6 +54,7 @@ NOT_KEPT: dict[str, Mapped] = {
     "seed": dropped("Fireworks' fine-tuning jobs have no seed"),
     "metadata": dropped("Fireworks' fine-tuning jobs have no metadata"),
     "ftserve.num_processes": dropped("Fireworks chooses the machines a job trains on"),
+    "ftserve.packing": dropped("the provider decides how examples are batched"),
 }
 
 

@@ -196,13 +196,18 @@ class LocalProvider:
         return JobSpec(
             job_id=request.job_id, method=request.method, model=source_of(base),
             training_file=request.training_file, validation_file=request.validation_file,
+        if options.packing and request.method != "supervised":
+            raise ProviderUnsupported(
+                "ftserve.packing packs supervised examples; DPO and reinforcement jobs train unpacked.",
+                param="ftserve.packing",
+            )
             output_dir=request.output_dir, cache_dir=self.models_dir,
             n_epochs=n_epochs, batch_size=batch_size, learning_rate=learning_rate,
             beta=float(hp.get("beta", 0.1)), seed=request.seed or 0,
             training_type=options.training_type,
             lora=LoraOptions(rank=options.lora_rank, alpha=options.lora_alpha, dropout=options.lora_dropout,
                              target_modules=base.lora_target_modules or "all-linear"),
-            max_seq_length=max_seq_length, warmup_ratio=options.warmup_ratio,
+            max_seq_length=max_seq_length, packing=options.packing, warmup_ratio=options.warmup_ratio,
             eval_interval=options.eval_interval, checkpoint_interval=options.checkpoint_interval,
             device=self.device, processes=options.num_processes, reinforcement=reinforcement,
         )

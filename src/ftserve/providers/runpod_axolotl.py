@@ -110,6 +110,7 @@ COMMON: dict[str, Mapped] = {
     "suffix": dropped("the worker names its output by run_id; to name a Hub repo, set provider_options.runpod.hub_model_id"),
     "metadata": dropped("a RunPod request has no metadata"),
     "ftserve.num_processes": dropped("the endpoint's worker trains on the GPUs its configuration gives it"),
+    "ftserve.packing": dropped("the provider decides how examples are batched"),
 }
 
 

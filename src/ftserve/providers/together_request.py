@@ -33,6 +33,7 @@ RENAMED: dict[str, Mapped] = {
     "seed": Mapped("random_seed", "Together's name for the seed"),
     "metadata": dropped("Together jobs carry no metadata"),
     "ftserve.num_processes": dropped("Together chooses the machines a job trains on"),
+    "ftserve.packing": dropped("the provider decides how examples are batched"),
 }
 
 

@@ -109,6 +109,12 @@ class FtserveJobOptions(Request):
         "the same ones as in one process) is split between them; LoRA trains under DDP, full fine-tuning under "
         "FSDP2; on CUDA each process takes a GPU. Supervised and DPO jobs on this server's engine.",
     )
+    packing: bool = Field(
+        False,
+        description="Supervised jobs on this server's engine: each step's examples are trained end to end in rows of "
+        "up to `max_seq_length` tokens instead of padded rows, attention kept within each example; the same loss "
+        "(docs/training.md, \"Packing\").",
+    )
     provider_options: Omitted[dict[str, dict[str, Any]]] = Field(
         None,
         description="Options only one hosted provider has, by provider kind: "
