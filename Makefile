@@ -20,7 +20,7 @@ ifeq ($(VLLM),1)
 GENERATION := $(VLLM_STAMP)
 endif
 
-.PHONY: install install-vllm run lint test test-sqlite test-postgres quickstart benchmark benchmark-grpo benchmark-serving benchmark-placement benchmark-distributed clean
+.PHONY: install install-vllm run lint test test-sqlite test-postgres quickstart benchmark benchmark-grpo benchmark-serving benchmark-placement benchmark-distributed benchmark-gpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -116,6 +116,10 @@ benchmark-placement: $(TEST_STAMP)
 # One job in 1 process against 2 (torchrun, DDP): trained tokens per second (docs/benchmarks.md).
 benchmark-distributed: $(STAMP)
 	$(BIN)/python -m benchmarks.distributed
+
+# ftserve's engine against TRL on a CUDA GPU, Qwen2.5-0.5B-shaped model: tokens/s and MFU (docs/benchmarks.md).
+benchmark-gpu: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu_training
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .ftserve .cache tests/llama_cpp/node_modules tests/browser/node_modules tests/artifacts
