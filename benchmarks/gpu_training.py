@@ -23,7 +23,7 @@ from typing import Any
 from benchmarks.train_throughput import MODEL_ID, Report, make_examples, run_trl, write_jsonl
 
 # Qwen2.5-0.5B's config.json (Qwen/Qwen2.5-0.5B on the Hugging Face hub), written out: 494M parameters.
-QWEN25_05B = {
+QWEN25_05B: dict[str, Any] = {
     "hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
     "intermediate_size": 4864, "vocab_size": 151936, "tie_word_embeddings": True, "rope_theta": 1_000_000.0,
     "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "hidden_act": "silu",

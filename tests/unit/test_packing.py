@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from ftserve.engine.batching import collate, pack
 from ftserve.engine.data import IGNORE, Sequence
@@ -26,13 +26,13 @@ def _examples(vocab: int) -> list[Sequence]:
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model_dir: Path) -> torch.nn.Module:
+def model(tiny_model_dir: Path) -> PreTrainedModel:
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
 
 
 @pytest.mark.parametrize("row_tokens", [2048, 40])
-def test_packed_loss_and_gradients_equal_the_padded_batch(model: torch.nn.Module, row_tokens: int) -> None:
+def test_packed_loss_and_gradients_equal_the_padded_batch(model: PreTrainedModel, row_tokens: int) -> None:
     examples = _examples(model.config.vocab_size)
     padded = collate(examples, pad_id=0, device=CPU)
     packed = pack(examples, pad_id=0, device=CPU, row_tokens=row_tokens)
@@ -53,7 +53,7 @@ def test_packed_loss_and_gradients_equal_the_padded_batch(model: torch.nn.Module
     assert torch.allclose(packed_grads, padded_grads, atol=1e-5, rtol=1e-4)
 
 
-def test_without_restarting_positions_examples_would_see_each_other(model: torch.nn.Module) -> None:
+def test_without_restarting_positions_examples_would_see_each_other(model: PreTrainedModel) -> None:
     """The check above can fail: run as one causal sequence, the same packed row gives another loss."""
     examples = _examples(model.config.vocab_size)
     packed = pack(examples, pad_id=0, device=CPU, row_tokens=2048)
