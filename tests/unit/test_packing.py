@@ -62,3 +62,21 @@ def test_without_restarting_positions_examples_would_see_each_other(model: PreTr
         padded_loss = float(token_loss(model, collate(examples, pad_id=0, device=CPU))[0])
         crossing_loss = float(token_loss(model, as_one)[0])
     assert abs(crossing_loss - padded_loss) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["supervised", "dpo"])
+def test_packing_reaches_a_supervised_spec_and_a_dpo_job_is_refused_naming_it(tmp_path: Path, method: str) -> None:
+    from ftserve.catalogue import load_catalogue
+    from ftserve.providers.contract import JobRequest, ProviderUnsupported
+    from ftserve.providers.local import LocalProvider
+
+    job = JobRequest(job_id="ftjob-1", model="SmolLM2-135M-Instruct", method=method,  # type: ignore[arg-type]
+                     hyperparameters={"n_epochs": 1, "batch_size": 4}, seed=0, options={"packing": True},
+                     training_file=tmp_path / "t.jsonl", training_examples=10, output_dir=tmp_path / "out")
+    provider = LocalProvider(load_catalogue(), tmp_path / "cache")
+    if method == "supervised":
+        assert provider.spec(job).packing
+    else:
+        with pytest.raises(ProviderUnsupported) as refused:
+            provider.spec(job)
+        assert refused.value.param == "ftserve.packing"
