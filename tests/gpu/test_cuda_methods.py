@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import torch
 from ftserve.engine import dpo, export, sft
 from ftserve.engine.events import Finished, Metrics
 from ftserve.engine.sink import MemorySink
-from ftserve.engine.spec import JobSpec, ModelSource
+from ftserve.engine.spec import JobSpec, ModelSource, TrainingType
 from tests.conftest import MODEL_CACHE
 from tests.tasks import chat_examples, jsonl, preference_examples
 
@@ -40,6 +41,7 @@ def _losses(sink: MemorySink) -> list[float]:
     return [e.metrics["train_loss"] for e in sink.of(Metrics) if "train_loss" in e.metrics]
 
 
+@pytest.mark.skipif("qlora" not in get_args(TrainingType), reason="the engine has no qlora training type yet (issue 20)")
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="QLoRA needs bitsandbytes (not installed)")
 def test_qlora_trains_on_the_gpu(tmp_path: Path, default_model: ModelSource) -> None:
     losses = _losses(_train(tmp_path, default_model, "supervised", chat_examples(64), training_type="qlora"))
