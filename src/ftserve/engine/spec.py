@@ -87,6 +87,8 @@ class JobSpec(Frozen):
     training_type: TrainingType = "lora"
     lora: LoraOptions = LoraOptions()
     max_seq_length: int = Field(2048, ge=16)
+    packing: bool = False
+    """Supervised only: each step's examples packed into rows of up to `max_seq_length` tokens, without padding."""
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     eval_interval: int | None = Field(None, ge=1)
     checkpoint_interval: int | None = Field(None, ge=1)
@@ -99,12 +101,10 @@ class JobSpec(Frozen):
 
     @model_validator(mode="after")
     def _reinforcement_matches_method(self) -> JobSpec:
-    packing: bool = False
-    """Supervised only: each step's examples packed into rows of up to `max_seq_length` tokens, without padding."""
         if (self.method == "reinforcement") != (self.reinforcement is not None):
             raise ValueError("a reinforcement job's spec has `reinforcement` (its grader), and no other job's does")
         if self.reinforcement is not None and self.processes > 1:
             raise ValueError("a reinforcement job trains in one process")
-        return self
         if self.packing and self.method != "supervised":
             raise ValueError("only supervised jobs pack their examples")
+        return self

@@ -183,6 +183,11 @@ class LocalProvider:
         max_seq_length = _within_context(base, options.max_seq_length, "max_seq_length" in request.options)
         n_epochs, batch_size = int(hp["n_epochs"]), int(hp["batch_size"])
         learning_rate = base.learning_rate * float(hp.get("learning_rate_multiplier", 1.0))
+        if options.packing and request.method != "supervised":
+            raise ProviderUnsupported(
+                "ftserve.packing packs supervised examples; DPO and reinforcement jobs train unpacked.",
+                param="ftserve.packing",
+            )
         reinforcement = None
         if request.method == "reinforcement":
             if options.num_processes > 1:
@@ -196,11 +201,6 @@ class LocalProvider:
         return JobSpec(
             job_id=request.job_id, method=request.method, model=source_of(base),
             training_file=request.training_file, validation_file=request.validation_file,
-        if options.packing and request.method != "supervised":
-            raise ProviderUnsupported(
-                "ftserve.packing packs supervised examples; DPO and reinforcement jobs train unpacked.",
-                param="ftserve.packing",
-            )
             output_dir=request.output_dir, cache_dir=self.models_dir,
             n_epochs=n_epochs, batch_size=batch_size, learning_rate=learning_rate,
             beta=float(hp.get("beta", 0.1)), seed=request.seed or 0,
