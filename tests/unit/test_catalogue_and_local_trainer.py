@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ftserve.catalogue import CatalogueError, load_catalogue
-from ftserve.providers.contract import JobRequest, ProviderUnsupported
+from ftserve.providers.contract import JobRequest, Parent, ProviderUnsupported
 from ftserve.providers.local import LocalProvider
 
 
@@ -139,10 +139,39 @@ def test_a_reinforcement_job_maps_openais_hyperparameters_onto_grpo(tmp_path: Pa
     ({"method": "reinforcement", "method_config": {"grader": JUDGE}}, "needs a hosted provider",
      "method.reinforcement.grader.type"),
     ({"method": "reinforcement", "method_config": {}}, "needs method.reinforcement.grader", "method.reinforcement.grader"),
-    ({"model": "ft:SmolLM2-135M-Instruct:default::abc"}, "starts from catalogue models only", "model"),
+    ({"model": "no-such-model"}, "catalogue models and fine-tuned models of this server", "model"),
 ])
 def test_jobs_the_engine_cannot_run_are_refused_saying_why(tmp_path: Path, overrides: dict, message: str,
                                                           param: str) -> None:
     with pytest.raises(ProviderUnsupported, match=message) as refused:
         LocalProvider(load_catalogue(), tmp_path).spec(request(tmp_path, **overrides))
+    assert refused.value.param == param
+
+
+def continuing(tmp_path: Path, kind: str, options: dict[str, object]) -> JobRequest:
+    parent = Parent(name="ft:SmolLM2-135M-Instruct:default::abc", base="SmolLM2-135M-Instruct", training_type=kind,  # type: ignore[arg-type]  # a literal, parametrised
+                    path=tmp_path / "parent")
+    return request(tmp_path, model=parent.name, parent=parent, options=options)
+
+
+def test_a_job_continuing_a_fine_tuned_model_starts_from_its_weights_on_its_catalogue_root(tmp_path: Path) -> None:
+    provider = LocalProvider(load_catalogue(), tmp_path)
+    spec = provider.spec(continuing(tmp_path, "lora", {}))
+    assert spec.model.id == "SmolLM2-135M-Instruct" and spec.training_type == "lora"
+    assert spec.start_from is not None
+    assert (spec.start_from.model, spec.start_from.path) == ("ft:SmolLM2-135M-Instruct:default::abc", tmp_path / "parent")
+    assert spec.learning_rate == pytest.approx(2e-4 * 2.5)  # the root's rate
+    assert provider.spec(continuing(tmp_path, "full", {})).training_type == "full"  # the parent's type by default
+    assert provider.spec(continuing(tmp_path, "lora", {"training_type": "full"})).training_type == "full"  # merged
+
+
+@pytest.mark.parametrize(("kind", "options", "param"), [
+    ("full", {"training_type": "lora"}, "ftserve.training_type"),
+    ("lora", {"lora_rank": 8}, "ftserve.lora_rank"),
+    ("lora", {"training_type": "lora", "lora_alpha": 8}, "ftserve.lora_alpha"),
+])
+def test_what_a_continued_job_cannot_be_is_refused_naming_the_option(tmp_path: Path, kind: str,
+                                                                     options: dict[str, object], param: str) -> None:
+    with pytest.raises(ProviderUnsupported, match="ft:SmolLM2-135M-Instruct:default::abc") as refused:
+        LocalProvider(load_catalogue(), tmp_path).spec(continuing(tmp_path, kind, options))
     assert refused.value.param == param

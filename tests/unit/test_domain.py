@@ -10,7 +10,7 @@ import pytest
 from ftserve.config import Settings
 from ftserve.domain.hyperparameters import auto_epochs, resolve
 from ftserve.domain.jobs import TERMINAL, JobStatus, can_move
-from ftserve.domain.naming import checkpoint_name, fine_tuned_name
+from ftserve.domain.naming import checkpoint_name, fine_tuned_name, root_base
 from ftserve.domain.webhooks import Retry, new_secret, signature_header
 
 
@@ -50,6 +50,10 @@ def test_model_names() -> None:
     assert name.startswith("ft:org/Base-1B:my-project:initial-tuning:") and len(name.rsplit(":", 1)[1]) == 8
     assert fine_tuned_name("b", "p", None).split(":")[3] == ""
     assert checkpoint_name(name, 20) == f"{name}:ckpt-step-20"
+    # A continued job's model is named after the root of the lineage, found in its parent's name.
+    tagged = fine_tuned_name("qwen2.5:0.5b", "p", "s")
+    assert [root_base(n) for n in (name, checkpoint_name(name, 20), tagged, "org/Base-1B")] == [
+        "org/Base-1B", "org/Base-1B", "qwen2.5:0.5b", "org/Base-1B"]
 
 
 def test_api_keys_parse_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ftserve.engine import events
-from ftserve.engine.spec import JobSpec, ModelSource
+from ftserve.engine.spec import JobSpec, ModelSource, StartFrom
 from ftserve.files.s3_store import S3BlobStore, S3Location
 from ftserve.files.workspace import Workspace
 from tests.object_store import moto_s3, s3_location  # noqa: F401  # fixtures
@@ -116,3 +116,16 @@ def test_checkpoints_kept_unreported_go_with_the_state_and_leave_when_dropped(
     save_state(staged, 4)
     workspace.publish(events.StateSaved(step=4))
     assert worker_store.children(f"artifacts/{JOB}") == ["checkpoint-4", "state"]
+
+
+def test_the_model_a_job_continues_is_fetched_onto_the_machine_that_runs_it(
+        worker_store: S3BlobStore, tmp_path: Path) -> None:
+    worker_store.put(save_model(tmp_path / "parent-model", "parent"), "artifacts/ftjob-parent/model")
+    spec = worker_spec(worker_store).model_copy(update={"start_from": StartFrom(
+        model="ft:tiny:default::parent", path=worker_store.workdir("artifacts/ftjob-parent/model"), training_type="lora")})
+    for workspace in (Workspace(worker_store, on_worker=True),
+                      on_another_machine(Workspace(worker_store), tmp_path / "worker-cache")):
+        scratch = tmp_path / f"node-{workspace.on_worker}"
+        staged = workspace.prepare(spec, scratch)
+        assert staged.start_from is not None and staged.start_from.path.is_relative_to(scratch)
+        assert (staged.start_from.path / "adapter_config.json").read_text() == "parent"

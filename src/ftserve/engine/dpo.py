@@ -1,7 +1,8 @@
 """Direct preference optimisation: raise the preferred answer's likelihood over the other's, against a frozen reference.
 
-The reference is the base model before training. Its log-probabilities are computed once, up
-front, for every training and validation pair (with LoRA, by switching the adapter off), so no
+The reference is the model before training. Its log-probabilities are computed once, up
+front, for every training and validation pair (with a new LoRA adapter, by switching it off; a job that
+continues a fine-tuned model keeps its parent's adapter on, the parent being its reference), so no
 second copy of the model is held or run while training. They are part of the resumable state,
 because after full fine-tuning the base weights are gone.
 
@@ -30,8 +31,9 @@ from ftserve.engine.spec import JobSpec
 
 class PreferenceTask:
     def __init__(self, train: list[Pair], validation: list[Pair], beta: float, pad_id: int,
-                 device: torch.device, batch_size: int):
+                 device: torch.device, batch_size: int, adapter_off: bool = True):
         self.train = train
+        self.adapter_off = adapter_off
         self.validation = validation
         self.beta = beta
         self.pad_id = pad_id
@@ -74,7 +76,7 @@ class PreferenceTask:
             was_training = model.training
             model.eval()
             # With LoRA the adapter-free model is the base; with full fine-tuning nothing has trained yet.
-            off = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()  # type: ignore[operator]  # PEFT's, found by hasattr
+            off = model.disable_adapter() if self.adapter_off and hasattr(model, "disable_adapter") else nullcontext()  # type: ignore[operator]  # PEFT's, found by hasattr
             with torch.no_grad(), off:
                 self.reference = {
                     "train": self._logps(model, self.train), "validation": self._logps(model, self.validation),
@@ -104,7 +106,8 @@ def run(spec: JobSpec, sink: Sink) -> loop.Result:
         f"on {ready.hardware.describe()}"
     )))
     model = models.load_for_training(ready.model_path, spec, ready.hardware, ready.ranks)
-    task = PreferenceTask(train, validation, spec.beta, ready.tokenizer.pad_token_id, ready.hardware.device, spec.batch_size)
+    task = PreferenceTask(train, validation, spec.beta, ready.tokenizer.pad_token_id, ready.hardware.device, spec.batch_size,
+                           adapter_off=spec.start_from is None)
     return loop.train(spec, model, ready, task, sink)
 
 

@@ -160,12 +160,13 @@ def _reference(spec: JobSpec, model: PreTrainedModel, ready: Prepared) -> Refere
     if spec.reinforcement.kl_beta <= 0:
         return None
     pad, device = ready.tokenizer.pad_token_id, ready.hardware.device
-    if spec.training_type == "lora":
+    if spec.training_type == "lora" and spec.start_from is None:
         def adapter_off(prompts: list[list[int]], answers: list[tuple[int, rollouts.Completion]]) -> torch.Tensor:
             with model.disable_adapter(), ready.hardware.autocast():  # type: ignore[operator]  # PEFT's
                 return rollouts.answer_logps(model, prompts, answers, pad, device)[0]
         return adapter_off
-    # Full fine-tuning changes every weight: the base is loaded again, from disk, and kept frozen.
+    # Full fine-tuning changes every weight, and a continued adapter started from its parent's: the model the job
+    # started from is loaded again, from disk, and kept frozen.
     base = models.load_for_training(ready.model_path, spec, ready.hardware)
     base.requires_grad_(False)
     base.eval()

@@ -129,13 +129,18 @@ def load_for_training(path: Path, spec: JobSpec, hardware: Hardware, ranks: Rank
     processes, the model is sharded (FSDP2) before it moves to the device, which then holds a shard.
     """
     frozen_dtype = hardware.dtype if spec.training_type == "lora" else torch.float32
+    parent = spec.start_from
+    if parent is not None and parent.training_type == "full":
+        path = parent.path  # a full parent's weights are the start; its catalogue root is only named
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, dtype=frozen_dtype,
                                                                   attn_implementation=hardware.attention)
     model.config.use_cache = False
     torch.manual_seed(spec.seed)  # LoRA's initial A matrices are random
-    if spec.training_type == "lora":
+    if parent is not None and parent.training_type == "lora":
+        model = with_parent_adapter(model, parent.path, spec)
+    elif spec.training_type == "lora":
         model = with_lora(model, spec.lora)
-    elif ranks.size > 1:
+    if spec.training_type == "full" and ranks.size > 1:
         distributed.shard(model, hardware, ranks)
     return model.to(hardware.device)  # type: ignore[arg-type]  # transformers' decorated `to` hides its signature
 
@@ -150,6 +155,24 @@ def with_lora(model: PreTrainedModel, options: LoraOptions) -> PreTrainedModel:
         target_modules=targets, task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, config)
+    for parameter in peft_model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+    return peft_model  # type: ignore[return-value]  # a PEFT model stands in for the model it wraps
+
+
+def with_parent_adapter(model: PreTrainedModel, adapter: Path, spec: JobSpec) -> PreTrainedModel:
+    """A LoRA parent's adapter on its base: for a LoRA child, the same adapter trained on (its rank, alpha and
+    target modules kept, dropout the child's), so the child's adapter holds both jobs on the base alone; for a full
+    child, merged into the base, whose every weight then trains."""
+    from peft import PeftConfig, PeftModel
+
+    if spec.training_type == "full":
+        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        return merged  # type: ignore[return-value]  # the base model, with the adapter's deltas in its weights
+    config = PeftConfig.from_pretrained(str(adapter))
+    config.lora_dropout = spec.lora.dropout  # type: ignore[attr-defined]  # a LoRA adapter's config
+    peft_model = PeftModel.from_pretrained(model, adapter, config=config, is_trainable=True)
     for parameter in peft_model.parameters():
         if parameter.requires_grad:
             parameter.data = parameter.data.float()
@@ -193,6 +216,8 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, direc
         "base_model": spec.model.id, "training_type": spec.training_type, "method": spec.method,
         "step": step, "job_id": spec.job_id,
     }
+    if spec.start_from is not None:  # lineage only: the directory needs nothing of the parent's to load
+        manifest["parent_model"] = spec.start_from.model
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(directory, ignore_errors=True)
     staging.rename(directory)

@@ -40,6 +40,18 @@ class LoraOptions(Frozen):
     target_modules: tuple[str, ...] | Literal["all-linear"] = "all-linear"
 
 
+class StartFrom(Frozen):
+    """The fine-tuned model a job continues from (docs/training.md, "Continuing from a fine-tuned model"): `model`
+    (the job's base) is its catalogue root. A LoRA parent's adapter goes on that base and trains on (or is merged
+    into it, for a full child); a full parent's saved weights are where a full child starts."""
+
+    model: str
+    """Its name (`ft:...` or a checkpoint's), recorded in the child's manifest."""
+    path: Path
+    training_type: TrainingType
+    """How the parent was trained: an adapter (`lora`) or full weights (`full`) at `path`."""
+
+
 class PythonGraderLimits(Frozen):
     """The sandbox a python grader runs in (the operator's settings)."""
 
@@ -98,6 +110,8 @@ class JobSpec(Frozen):
     """Processes the job trains in (torch.distributed; `engine.distributed`), each step's batch split between them."""
     reinforcement: Reinforcement | None = None
     """Set for reinforcement jobs, and only for them."""
+    start_from: StartFrom | None = None
+    """Set when the job continues a fine-tuned model rather than starting from the catalogue model alone."""
 
     @model_validator(mode="after")
     def _reinforcement_matches_method(self) -> JobSpec:

@@ -1,10 +1,11 @@
 """A job's files on the machine that runs its engine, when the blob store is not a directory that machine shares.
 
 Before the engine starts, `prepare` lays the job out in a scratch directory the way the store keys it: the training
-and validation files (on the worker's own machine, its copies are used in place) and the newest resumable state
-saved under the job's output prefix, so an attempt on any machine resumes where the last one stopped. As the engine
-reports, `publish` stores what each event names before the event goes on to the worker: the state on `StateSaved`,
-the checkpoint on `Checkpoint`, the model on `Finished`. What the database records is then in the store.
+and validation files and the model it continues from, if any (on the worker's own machine, its copies are used in
+place), and the newest resumable state saved under the job's output prefix, so an attempt on any machine resumes
+where the last one stopped. As the engine reports, `publish` stores what each event names before the event goes on
+to the worker: the state on `StateSaved`, the checkpoint on `Checkpoint`, the model on `Finished`. What the database
+records is then in the store.
 
 A `Workspace` holds only its store, which pickles without its connection: the worker builds one, and a process on
 another machine (a Ray node) gets a copy and stages its job there.
@@ -69,6 +70,10 @@ class Workspace:
         changes: dict[str, object] = {"output_dir": out, "training_file": self._input(spec.training_file, scratch)}
         if spec.validation_file is not None:
             changes["validation_file"] = self._input(spec.validation_file, scratch)
+        if spec.start_from is not None:  # the model the job continues: always fetched (the worker keeps no copy)
+            parent = inside(scratch, self.store.key_of(spec.start_from.path))
+            self.store.get(self.store.key_of(spec.start_from.path), parent)
+            changes["start_from"] = spec.start_from.model_copy(update={"path": parent})
         return spec.model_copy(update=changes)
 
     def publish(self, event: events.Event) -> events.Event:

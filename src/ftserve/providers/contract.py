@@ -82,6 +82,19 @@ class Connection(Record):
 
 
 @dataclass(frozen=True)
+class Parent:
+    """The fine-tuned model on this server that a job's `model` names, which the job continues from."""
+
+    name: str
+    base: str
+    """The catalogue model at the root of its lineage."""
+    training_type: Literal["lora", "full"]
+    """How it was trained: an adapter on `base`, or full weights."""
+    path: Path
+    """Its saved model directory on this machine (with an object store, staged before the engine starts)."""
+
+
+@dataclass(frozen=True)
 class JobRequest:
     """One fine-tuning job as a provider sees it: OpenAI's fields, files on local disk, the provider's model id."""
 
@@ -108,6 +121,8 @@ class JobRequest:
     """This provider's own options block, as sent in `ftserve.provider_options.<kind>`."""
     output_dir: Path | None = None
     """Where a job trained on this server writes (the engine's own directory); hosted providers ignore it."""
+    parent: Parent | None = None
+    """Set when `model` names a fine-tuned model of this server; only the local engine trains from one."""
 
 
 @dataclass(frozen=True)

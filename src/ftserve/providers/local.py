@@ -23,7 +23,15 @@ from ftserve.catalogue import CatalogueEntry
 from ftserve.domain.jobs import MethodType
 from ftserve.domain.hyperparameters import resolve as resolve_auto
 from ftserve.engine import events
-from ftserve.engine.spec import Device, JobSpec, LoraOptions, ModelSource, PythonGraderLimits, Reinforcement
+from ftserve.engine.spec import (
+    Device,
+    JobSpec,
+    LoraOptions,
+    ModelSource,
+    PythonGraderLimits,
+    Reinforcement,
+    StartFrom,
+)
 from ftserve.providers.base import Placement, Reporter, TrainingOutcome
 from ftserve.providers.engine_session import ChannelLost, Session
 from ftserve.providers.engine_staging import StagedChannel, Staging
@@ -33,6 +41,7 @@ from ftserve.providers.contract import (
     Change,
     Estimate,
     JobRequest,
+    Parent,
     ProviderKind,
     ProviderUnsupported,
     Resolved,
@@ -170,16 +179,20 @@ class LocalProvider:
                     "constrain output); leave it out, or train on an openai_compatible provider that takes it.",
                     param="method.reinforcement.response_format",
                 )
-        base = self.catalogue.get(request.model)
+        parent = request.parent
+        base = self.catalogue.get(parent.base if parent else request.model)
         if base is None:
             raise ProviderUnsupported(
-                f"The local engine starts from catalogue models only; {request.model} is not one of "
-                f"{', '.join(sorted(self.catalogue))}.", param="model",
+                f"{request.model} was trained from {parent.base}, which is no longer in the catalogue." if parent else
+                f"The local engine starts from catalogue models and fine-tuned models of this server; {request.model} "
+                f"is not one of them (catalogue: {', '.join(sorted(self.catalogue))}).", param="model",
             )
         if request.output_dir is None:
             raise ValueError("a local job request needs its output_dir")
         hp = self.hyperparameters(request)
         options = FtserveJobOptions.model_validate(request.options)  # its defaults are the documented ones
+        if parent is not None:
+            options = _continuing(parent, options, request.options)
         max_seq_length = _within_context(base, options.max_seq_length, "max_seq_length" in request.options)
         n_epochs, batch_size = int(hp["n_epochs"]), int(hp["batch_size"])
         learning_rate = base.learning_rate * float(hp.get("learning_rate_multiplier", 1.0))
@@ -210,6 +223,8 @@ class LocalProvider:
             max_seq_length=max_seq_length, packing=options.packing, warmup_ratio=options.warmup_ratio,
             eval_interval=options.eval_interval, checkpoint_interval=options.checkpoint_interval,
             device=self.device, processes=options.num_processes, reinforcement=reinforcement,
+            start_from=StartFrom(model=parent.name, path=parent.path, training_type=parent.training_type)
+            if parent else None,
         )
 
     def _reinforcement(self, request: JobRequest, hp: dict[str, Any], options: FtserveJobOptions) -> Reinforcement:
@@ -233,8 +248,8 @@ class LocalProvider:
         if multiplier != "auto":
             converted.append(Change(
                 "hyperparameters.learning_rate_multiplier", multiplier, "learning_rate", spec.learning_rate,
-                f"the multiplier scales the catalogue's learning rate for {request.model}, "
-                f"{self.catalogue[request.model].learning_rate:g}",
+                f"the multiplier scales the catalogue's learning rate for {spec.model.id}, "
+                f"{self.catalogue[spec.model.id].learning_rate:g}",
             ))
         # W&B integrations are reported by the worker, and refused at create where it cannot.
         return Resolved(self.name, spec.model_dump(mode="json"), converted, [])
@@ -245,6 +260,30 @@ class LocalProvider:
             tokens_of(request.training_file) * epochs, epochs,
             basis="text of the training file at 4 characters per token, times the epochs; training here costs no fees",
         )
+
+
+def _continuing(parent: Parent, options: FtserveJobOptions, asked: dict[str, Any]) -> FtserveJobOptions:
+    """A job's options when it continues `parent` (docs/training.md): its training type is the parent's unless it
+    asks for another it can start from (a LoRA parent's adapter merges into a full child; a full parent's weights
+    take no new adapter, whose child would need the parent's weights to be served), and a LoRA child trains on the
+    parent's adapter, whose rank and alpha it keeps."""
+    if "training_type" not in asked:
+        options = options.model_copy(update={"training_type": parent.training_type})
+    allowed = ("lora", "full") if parent.training_type == "lora" else ("full",)
+    if options.training_type not in allowed:
+        raise ProviderUnsupported(
+            f"ftserve.training_type is {options.training_type}, but {parent.name} was trained as {parent.training_type}: "
+            f"a job continuing it trains as {' or '.join(allowed)} (leave ftserve.training_type out for the parent's).",
+            param="ftserve.training_type",
+        )
+    if options.training_type == "lora":
+        for key in ("lora_rank", "lora_alpha"):
+            if key in asked:
+                raise ProviderUnsupported(
+                    f"ftserve.{key} cannot be set for a job continuing {parent.name}: it trains on the parent's LoRA "
+                    "adapter, whose rank and alpha it keeps.", param=f"ftserve.{key}",
+                )
+    return options
 
 
 def _within_context(base: CatalogueEntry, max_seq_length: int, asked: bool) -> int:

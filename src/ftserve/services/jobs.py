@@ -16,7 +16,7 @@ from ftserve.domain.errors import Conflict, InvalidRequest, NotFound, RateLimite
 from ftserve.domain.files import StoredFile
 from ftserve.domain.ids import new_id
 from ftserve.domain.jobs import Checkpoint, Job, JobEvent, JobStatus, MethodType
-from ftserve.domain.naming import fine_tuned_name
+from ftserve.domain.naming import fine_tuned_name, root_base
 from ftserve.schemas.fine_tuning import CreateFineTuningJobRequest, DpoHyperparameters, ReinforcementHyperparameters
 from ftserve.services import wandb_runs
 from ftserve.services.clock import now
@@ -155,12 +155,14 @@ class JobService:
         return job
 
     def _base_model(self, project: str, model: str) -> str:
+        """The base the job's model is named after: `model`, or the root of a fine-tuned model's lineage (a child
+        of `ft:X:...` is `ft:X:...` too, as at OpenAI)."""
         if model in self.catalogue:
             return model
         with self.engine.connect() as conn:
             found = model_rows.find_model(conn, model)
             if found and (found.project == project or model_rows.is_shared_with(conn, model, project)):
-                return model
+                return root_base(model)
         known = ", ".join(sorted(self.catalogue))
         raise InvalidRequest(
             f"Model '{model}' is not available for fine-tuning. Base models: {known}; "

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from ftserve.domain.files import StoredFile
 from ftserve.domain.jobs import LIVE, Checkpoint, Job, JobError, JobEvent, JobStatus
+from ftserve.domain.naming import root_base
 from ftserve.services.clock import now
 from ftserve.store import events as event_rows
 from ftserve.store import files as file_rows
@@ -170,8 +171,9 @@ class Lifecycle:
                 return False
             for stored in result.files:
                 file_rows.insert_file(conn, stored)
-            model_rows.add_model(conn, job.output_model, job.project, job.id, job.model, finished, result.model_path,
-                                 provider=job.provider, remote_model=result.remote_model)
+            # The row's base is the lineage's root (what the name says); a continued job's `model` is its parent.
+            model_rows.add_model(conn, job.output_model, job.project, job.id, root_base(job.output_model), finished,
+                                 result.model_path, provider=job.provider, remote_model=result.remote_model)
             if result.evaluation is not None:
                 event_rows.append(conn, job.id, finished, evaluation_message(result.evaluation), type="metrics",
                                   data={"evaluation": result.evaluation})

@@ -32,6 +32,7 @@ from ftserve.providers.contract import (
     Estimate,
     JobRequest,
     Options,
+    Parent,
     Provider,
     ProviderUnsupported,
     Reference,
@@ -40,6 +41,7 @@ from ftserve.providers.contract import (
 )
 from ftserve.providers.registry import HOSTED, Providers, Route
 from ftserve.services.files import FileService
+from ftserve.services.lineage import parent_of
 from ftserve.store import provider_resources
 
 
@@ -59,9 +61,9 @@ class ProviderInfo:
     capabilities: Capabilities
 
 
-def job_request(job: Job, route: Route, files: FileService, blobs: BlobStore) -> JobRequest:
+def job_request(job: Job, route: Route, files: FileService, blobs: BlobStore, parent: Parent | None = None) -> JobRequest:
     """A job as its provider sees it: files on local disk (copies, with an object store), `ftserve` split into
-    common options and the provider's own options block."""
+    common options and the provider's own options block; `parent`, the fine-tuned model its `model` names."""
     training = files.get(job.project, job.training_file)
     validation = files.get(job.project, job.validation_file) if job.validation_file else None
     options = dict(job.extensions)
@@ -74,7 +76,7 @@ def job_request(job: Job, route: Route, files: FileService, blobs: BlobStore) ->
         training_file=blobs.local(training.storage_key), training_examples=training.examples or 0,
         validation_file=blobs.local(validation.storage_key) if validation else None,
         validation_examples=validation.examples or 0 if validation else 0,
-        output_dir=blobs.workdir(f"artifacts/{job.id}"),
+        output_dir=blobs.workdir(f"artifacts/{job.id}"), parent=parent,
     )
 
 
@@ -135,7 +137,8 @@ class ProviderService:
     def plan(self, job: Job, *, estimate: bool = True) -> Plan:
         """Resolve and estimate `job` (not yet stored) on the provider its model routes to."""
         route = self.providers.route(job.model)
-        request = job_request(job, route, self.files, self.blobs)
+        parent = parent_of(self.engine, self.blobs, job.project, job.model) if self.engine and route.name is None else None
+        request = job_request(job, route, self.files, self.blobs, parent)
         if route.name is not None:
             self._owned(job, route)
         try:

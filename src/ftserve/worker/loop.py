@@ -34,6 +34,7 @@ from ftserve.providers.registry import Providers, Route
 from ftserve.services import wandb_runs
 from ftserve.services.files import FileService
 from ftserve.services.lifecycle import Lifecycle, Result
+from ftserve.services.lineage import parent_of
 from ftserve.services.providers import job_request
 from ftserve.services.webhooks import WebhookService
 from ftserve.store import jobs as job_rows
@@ -187,7 +188,8 @@ class Worker:
                 None,
             ))
             return
-        request = job_request(job, Route(self.local, None, job.model), self.files, self.blobs)
+        request = job_request(job, Route(self.local, None, job.model), self.files, self.blobs,
+                              parent_of(self.engine, self.blobs, job.project, job.model))
         hyperparameters = self.local.hyperparameters(request)
         started = time.time()
         reported = self.lifecycle.start(job, self.id, values={"hyperparameters": hyperparameters})
