@@ -169,6 +169,7 @@ def with_parent_adapter(model: PreTrainedModel, adapter: Path, spec: JobSpec) ->
 
     if spec.training_type == "full":
         merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        merged.requires_grad_(True)  # loading the adapter froze the base, which now trains whole
         return merged  # type: ignore[return-value]  # the base model, with the adapter's deltas in its weights
     config = PeftConfig.from_pretrained(str(adapter))
     config.lora_dropout = spec.lora.dropout  # type: ignore[attr-defined]  # a LoRA adapter's config
