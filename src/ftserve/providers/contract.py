@@ -15,7 +15,6 @@ the server's provider configuration (`Connection`), never from the job.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from pydantic import ConfigDict
 
 from ftserve.domain.errors import FtserveError, InvalidRequest
 from ftserve.domain.jobs import MethodType
+from ftserve.domain.tokens import tokens_of  # noqa: F401  (the providers price dry runs with it from here)
 
 ProviderKind = Literal["local", "openai_compatible", "together", "fireworks", "bedrock", "runpod"]
 
@@ -366,28 +366,3 @@ def chosen(request: JobRequest, name: str) -> Any | None:
     """A hyperparameter the caller set, or None where it is `"auto"` or absent (the provider's default applies)."""
     value = request.hyperparameters.get(name, "auto")
     return None if value == "auto" else value
-
-
-def tokens_of(path: Path) -> int:
-    """Tokens of text in a JSONL file, estimated at four characters per token.
-
-    Providers count with their own tokenizers after upload; this is what a dry run can say before it.
-    """
-    characters = 0
-    with path.open(encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            try:
-                characters += _text_length(json.loads(line))
-            except json.JSONDecodeError:
-                characters += len(line)
-    return max(1, characters // 4)
-
-
-def _text_length(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(_text_length(v) for k, v in value.items() if k not in ("role", "type", "weight"))
-    if isinstance(value, list):
-        return sum(_text_length(v) for v in value)
-    return 0
