@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import pytest
 
 from ftserve.domain.errors import InvalidFileFormat
+from ftserve.domain.tokens import estimated_tokens, text_length
 from ftserve.files.jsonl import DatasetFormat, DatasetSummary, JsonlValidator, validate_example
 
 USER = {"role": "user", "content": "What is the capital of France?"}
@@ -154,7 +155,8 @@ def random_chunks(data: bytes, seed: int) -> list[bytes]:
     ids=["chat", "completion", "preference", "reinforcement"],
 )
 def test_good_file_reports_its_format_and_example_count(examples: list[object], expected: DatasetFormat) -> None:
-    assert validate([jsonl(*examples)]) == DatasetSummary(format=expected, examples=len(examples))
+    assert validate([jsonl(*examples)]) == DatasetSummary(format=expected, examples=len(examples),
+                                                          estimated_tokens=estimated_tokens(text_length(examples)))
 
 
 def test_reinforcement_file_accepts_few_shot_lines_with_assistant_turns_and_grader_keys() -> None:
@@ -162,7 +164,8 @@ def test_reinforcement_file_accepts_few_shot_lines_with_assistant_turns_and_grad
     developer_last = {"messages": [USER, {"role": "developer", "content": "Answer in one word."}],
                       "reference_answer": "x", "tools": CHAT_TOOLS["tools"]}
     summary = validate([jsonl(REINFORCEMENT, few_shot, developer_last)])
-    assert summary == DatasetSummary("reinforcement", 3, item_fields=frozenset({"reference_answer"}))
+    assert summary == DatasetSummary("reinforcement", 3, item_fields=frozenset({"reference_answer"}),
+                                     estimated_tokens=estimated_tokens(text_length([REINFORCEMENT, few_shot, developer_last])))
 
 
 def test_item_fields_are_the_keys_every_reinforcement_line_has_besides_messages_and_tools() -> None:
@@ -208,7 +211,7 @@ def test_validate_example_returns_the_kind_of_one_line() -> None:
 
 def test_blank_lines_crlf_bom_and_missing_final_newline_are_accepted() -> None:
     data = b"\xef\xbb\xbf" + jsonl(CHAT, end="\r\n") + b"\r\n  \t\n\n" + jsonl(CHAT_VISION, end="\r\n") + jsonl(CHAT, end="")
-    assert validate([data]) == DatasetSummary("chat", 3)
+    assert validate([data]) == DatasetSummary("chat", 3, estimated_tokens=estimated_tokens(text_length([CHAT, CHAT_VISION, CHAT])))
 
 
 def test_a_file_of_only_a_bom_and_blank_lines_has_no_examples() -> None:
@@ -220,18 +223,20 @@ def test_a_file_of_only_a_bom_and_blank_lines_has_no_examples() -> None:
 # Chunking: bytes may be split anywhere, even inside a UTF-8 character or a "\r\n"
 
 MIXED = b"\xef\xbb\xbf" + jsonl(CHAT, end="\r\n") + b"\n" + jsonl({"messages": [{"role": "user", "content": "Grüße, 東京 🚀"}, ASSISTANT]}) + jsonl(CHAT_TOOLS, end="")
+MIXED_SUMMARY = DatasetSummary("chat", 3, estimated_tokens=estimated_tokens(text_length(
+    [json.loads(line) for line in MIXED.decode("utf-8-sig").splitlines() if line.strip()])))
 
 
 def test_splitting_at_every_byte_offset_gives_the_same_summary() -> None:
-    expected = DatasetSummary("chat", 3)
+    expected = MIXED_SUMMARY
     for offset in range(len(MIXED) + 1):
         assert validate([MIXED[:offset], MIXED[offset:]]) == expected, offset
 
 
 def test_one_byte_at_a_time_and_random_chunks_give_the_same_summary() -> None:
-    assert validate(MIXED[i : i + 1] for i in range(len(MIXED))) == DatasetSummary("chat", 3)
+    assert validate(MIXED[i : i + 1] for i in range(len(MIXED))) == MIXED_SUMMARY
     for seed in range(20):
-        assert validate(random_chunks(MIXED, seed)) == DatasetSummary("chat", 3)
+        assert validate(random_chunks(MIXED, seed)) == MIXED_SUMMARY
 
 
 def test_splitting_a_bad_file_anywhere_gives_the_same_error() -> None:
@@ -281,7 +286,7 @@ def test_a_million_tiny_lines_cost_no_more_than_parsing_each_line_alone() -> Non
     started = time.process_time()
     summary = validate(data[i : i + 1024 * 1024] for i in range(0, len(data), 1024 * 1024))
     ours = time.process_time() - started
-    assert summary == DatasetSummary("completion", 10**6)
+    assert summary == DatasetSummary("completion", 10**6, estimated_tokens=10**6 // 4)  # one character of text each
     # The peer, timed in the same run so that a slow or busy machine slows both: `json.loads` on each line and
     # nothing else. The validator took 0.76 of its CPU time here; the earlier per-line parse with options and
     # path strings took about four times the validator's.

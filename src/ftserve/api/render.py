@@ -13,6 +13,9 @@ def file(record: StoredFile) -> wf.OpenAIFile:
         id=record.id, bytes=record.bytes, created_at=record.created_at, expires_at=record.expires_at,
         filename=record.filename, purpose=record.purpose, status=record.status,
         status_details=record.status_details,
+        ftserve=wf.FtserveFileInfo(format=record.format, examples=record.examples,
+                                   estimated_tokens=record.estimated_tokens)
+        if record.format is not None and record.examples is not None else None,
     )
 
 

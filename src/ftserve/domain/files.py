@@ -37,6 +37,9 @@ class StoredFile:
     item_fields: list[str] | None = None
     """The keys besides messages and tools that every example has (the fields a reinforcement grader's
     `{{item.<field>}}` may name); None: not a fine-tuning file, or one stored before ftserve recorded them."""
+    estimated_tokens: int | None = None
+    """Tokens of the examples' text, estimated at upload as a dry run estimates them (`ftserve.domain.tokens`);
+    None: not a fine-tuning file, or one stored before ftserve counted them."""
 
 
 @dataclass(frozen=True)

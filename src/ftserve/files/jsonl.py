@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ftserve.domain.errors import InvalidFileFormat
+from ftserve.domain.tokens import estimated_tokens, text_length
 
 DatasetFormat = Literal["chat", "completion", "preference", "reinforcement"]
 
@@ -53,6 +54,8 @@ class DatasetSummary:
     examples: int
     first_line: int = 1
     item_fields: frozenset[str] = frozenset()
+    estimated_tokens: int = 0
+    """Tokens of the examples' text, estimated as a dry run estimates them (`ftserve.domain.tokens`)."""
 
 
 # A validator buffers an unfinished line longer than this only while it holds one of the `long_lines` slots.
@@ -79,6 +82,7 @@ class JsonlValidator:
         self._partial = bytearray()
         self._lines = 0
         self._examples = 0
+        self._characters = 0  # of the examples' text, for the token estimate
         self._trains = False  # some example trains something
         self._format: DatasetFormat | None = None
         self._first_example_line = 0
@@ -144,7 +148,8 @@ class JsonlValidator:
                 "no example has an assistant message to train on: every assistant message has weight 0"
             )
         return DatasetSummary(format=self._format, examples=self._examples, first_line=self._first_example_line,
-                              item_fields=self._item_fields or frozenset())
+                              item_fields=self._item_fields or frozenset(),
+                              estimated_tokens=estimated_tokens(self._characters))
 
     def _check_line(self, raw: bytes | bytearray) -> None:
         self._lines += 1
@@ -169,6 +174,7 @@ class JsonlValidator:
             )
             raise InvalidFileFormat(reason, line=number)
         self._examples += 1
+        self._characters += text_length(example)
         if kind == "reinforcement":
             assert isinstance(example, dict)  # validate_example returned a kind, so the line is an object
             fields = example.keys() - _REINFORCEMENT_KEYS

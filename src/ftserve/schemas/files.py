@@ -17,8 +17,17 @@ FilePurpose = Literal[
 UploadPurpose = Literal["assistants", "batch", "fine-tune", "vision", "user_data"]
 
 
+class FtserveFileInfo(Wire):
+    """The `ftserve` field of a fine-tuning file: what its validation at upload found. Other files have none."""
+
+    format: str = Field(description="chat, completion, preference or reinforcement")
+    examples: int
+    # Four characters of text a token, as a dry run estimates; null for a file stored before ftserve counted them.
+    estimated_tokens: int | None
+
+
 class OpenAIFile(Wire):
-    """The `File` object."""
+    """The `File` object, and ftserve's one extension field."""
 
     id: str
     bytes: int
@@ -29,6 +38,7 @@ class OpenAIFile(Wire):
     purpose: FilePurpose
     status: Literal["uploaded", "processed", "error"]
     status_details: Omitted[str] = None
+    ftserve: Omitted[FtserveFileInfo] = None
 
 
 class ListFilesResponse(Wire):

@@ -112,6 +112,7 @@ class FileService:
             expires_at=created + expires_after if expires_after else None, status="processed", storage_key=key,
             format=summary.format if summary else None, examples=summary.examples if summary else None,
             item_fields=sorted(summary.item_fields) if summary else None,
+            estimated_tokens=summary.estimated_tokens if summary else None,
         )
         try:
             with self.engine.begin() as conn:

@@ -35,6 +35,7 @@ files = sa.Table(
     sa.Column("storage_key", sa.String(256), nullable=False),
     # The keys besides messages and tools that every example has: what a reinforcement grader's {{item.*}} may name.
     sa.Column("item_fields", _json()),
+    sa.Column("estimated_tokens", sa.BigInteger),
 )
 
 uploads = sa.Table(
