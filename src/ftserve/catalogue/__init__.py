@@ -42,6 +42,11 @@ class CatalogueEntry(Record):
     `ftserve.max_seq_length`. Unset: read from a `path` model's config.json, else no ceiling."""
     lora_target_modules: tuple[str, ...] | None = None
     """The projections LoRA adapts, by module name; unset: every linear layer but the output head."""
+    config: dict[str, int | bool] | None = None
+    """The shape keys of the model's config.json (`num_hidden_layers`, `hidden_size`, `intermediate_size`,
+    `num_attention_heads`, `num_key_value_heads`, `head_dim`, `vocab_size`, `tie_word_embeddings`), recorded for a
+    model whose config.json is not on this machine before its weights are (hub and package models), so that its
+    memory estimate can be made offline. Unset: read from a `path` model's config.json."""
     chat_template_notes: str | None = None
     """What the model's chat template does that a trainer must know (docs/models.md)."""
     provider: str | None = None
@@ -57,6 +62,20 @@ class CatalogueEntry(Record):
         if self.provider_model is not None and self.provider is None:
             raise ValueError("provider_model needs provider")
         return self
+
+
+def config_of(base: CatalogueEntry) -> dict[str, object] | None:
+    """The model's config as far as known before its weights load: the recorded `config`, else a `path` model's
+    config.json; None when neither can be read (the engine says what is wrong when it loads the model)."""
+    if base.config is not None:
+        return dict(base.config)
+    if base.path is None:
+        return None
+    try:
+        config = json.loads((base.path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 class CatalogueError(Exception):

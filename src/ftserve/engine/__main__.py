@@ -18,6 +18,7 @@ from pathlib import Path
 from ftserve.engine import distributed, dpo, grpo, sft
 from ftserve.engine.data import DataError
 from ftserve.engine.events import Failed
+from ftserve.engine.memory import OverBudget
 from ftserve.engine.models import ModelUnavailable
 from ftserve.engine.sink import JsonLinesSink, Sink
 from ftserve.engine.spec import JobSpec
@@ -28,7 +29,7 @@ RECIPES = {"supervised": sft.run, "dpo": dpo.run, "reinforcement": grpo.run}
 def run(spec: JobSpec, sink: Sink) -> int:
     try:
         RECIPES[spec.method](spec, sink)
-    except (DataError, ModelUnavailable) as error:
+    except (DataError, ModelUnavailable, OverBudget) as error:
         sink.emit(Failed(message=str(error)))
         return 1
     except Exception as error:  # the job boundary: report anything, with its traceback on stderr

@@ -160,7 +160,7 @@ def _reference(spec: JobSpec, model: PreTrainedModel, ready: Prepared) -> Refere
     if spec.reinforcement.kl_beta <= 0:
         return None
     pad, device = ready.tokenizer.pad_token_id, ready.hardware.device
-    if spec.training_type == "lora" and spec.start_from is None:
+    if spec.training_type != "full" and spec.start_from is None:  # an adapter trained from scratch (LoRA, QLoRA)
         def adapter_off(prompts: list[list[int]], answers: list[tuple[int, rollouts.Completion]]) -> torch.Tensor:
             with model.disable_adapter(), ready.hardware.autocast():  # type: ignore[operator]  # PEFT's
                 return rollouts.answer_logps(model, prompts, answers, pad, device)[0]
@@ -225,7 +225,8 @@ def _fit(spec: JobSpec, policy: Policy, train: list[Prompt], validation: list[Pr
     total = per_epoch * spec.n_epochs
     candidates = Candidates(spec.output_dir)
     run = loop.Run(spec, policy.model, total, policy.ready.hardware, sink,
-                   lambda: {"candidates": candidates.kept}, lambda saved: setattr(candidates, "kept", saved["candidates"]))
+                   lambda: {"candidates": candidates.kept}, lambda saved: setattr(candidates, "kept", saved["candidates"]),
+                   longest=max(len(p.ids) for p in train) + rl.max_completion_tokens)
     candidates.prune()
     tokenizer = policy.ready.tokenizer
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,6 +22,12 @@ class Hardware:
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def memory_gb(self) -> float:
+        """The memory training here can have, in GiB: the GPU's total, or the machine's RAM on the CPU."""
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_properties(self.device).total_memory / (1 << 30)
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
 
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ftserve.engine import distributed, models, state
+from ftserve.engine import distributed, memory, models, state
 from ftserve.engine.batching import epoch_batches, steps_per_epoch
 from ftserve.engine.distributed import Ranks
 from ftserve.engine.evaluate import HeldOut
@@ -63,7 +63,8 @@ class Run:
 
     def __init__(self, spec: JobSpec, model: PreTrainedModel, total: int, hardware: Hardware, sink: Sink,
                  task_state: Callable[[], dict[str, Any]], restore: Callable[[dict[str, Any]], None],
-                 ranks: Ranks = Ranks()):
+                 ranks: Ranks = Ranks(), longest: int | None = None):
+        check_memory(spec, model, hardware, spec.max_seq_length if longest is None else longest)
         self.spec, self.total, self.sink, self.task_state, self.ranks = spec, total, sink, task_state, ranks
         self.weights = models.trainable(model)
         self.optimizer = torch.optim.AdamW(self.weights.values(), lr=spec.learning_rate, weight_decay=0.0,
@@ -148,7 +149,7 @@ def fit(spec: JobSpec, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     per_epoch = steps_per_epoch(len(task.lengths), spec.batch_size)
     total = per_epoch * spec.n_epochs
     eval_every = spec.eval_interval or max(1, total // EVALS_PER_RUN)
-    run = Run(spec, model, total, hardware, sink, task.state, task.restore, ranks)
+    run = Run(spec, model, total, hardware, sink, task.state, task.restore, ranks, longest=max(task.lengths))
     trainer = distributed.trainer(model, ranks)
 
     last_dir: Path | None = None
@@ -200,6 +201,18 @@ def train(spec: JobSpec, model: PreTrainedModel, ready: Prepared, task: Task, si
     sink.emit(Finished(step=result.step, trained_tokens=result.trained_tokens, model_dir=result.model_dir,
                        evaluation=held_out.compare(model) if held_out else None))
     return result
+
+
+def check_memory(spec: JobSpec, model: PreTrainedModel, hardware: Hardware, longest: int) -> None:
+    """The job's memory estimate again, now that the hardware and the longest example are known, against the memory
+    it may use: over it, the job fails before its first step rather than out of memory in the middle of one.
+    Raises `memory.OverBudget`."""
+    limit = spec.memory_limit_gb or hardware.memory_gb()
+    found = memory.estimate(model.config.to_dict(), memory.job_of(spec, longest),
+                            memory.Machine(half=hardware.bf16, eager_attention=hardware.attention == "eager"))
+    if found.total_gb > limit:
+        field = memory.culprit(found, limit, spec.training_type, spec.batch_size)
+        raise memory.OverBudget(memory.over_budget(found, limit, field))
 
 
 def _schedule(step: int, warmup: int, total: int) -> float:

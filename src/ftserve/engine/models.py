@@ -122,27 +122,58 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
 
 
 def load_for_training(path: Path, spec: JobSpec, hardware: Hardware, ranks: Ranks = Ranks()) -> PreTrainedModel:
-    """The base model, ready to train: LoRA adapters on a frozen base, or every weight trainable.
+    """The base model, ready to train: LoRA adapters on a frozen base (4-bit under QLoRA), or every weight trainable.
 
     Under LoRA the frozen base is stored in the compute dtype (bf16 where supported), which saves
     autocast a cast per matmul per step; trainable weights always stay fp32. Fully trained across
     processes, the model is sharded (FSDP2) before it moves to the device, which then holds a shard.
+    With gradient checkpointing, each layer's activations are recomputed in the backward pass.
     """
-    frozen_dtype = hardware.dtype if spec.training_type == "lora" else torch.float32
     parent = spec.start_from
     if parent is not None and parent.training_type == "full":
         path = parent.path  # a full parent's weights are the start; its catalogue root is only named
-    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, dtype=frozen_dtype,
-                                                                  attn_implementation=hardware.attention)
+    if spec.training_type == "qlora":
+        model = _quantised(path, spec, hardware)
+    else:
+        frozen_dtype = hardware.dtype if spec.training_type == "lora" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=frozen_dtype, attn_implementation=hardware.attention)
+        if spec.gradient_checkpointing:
+            # Non-reentrant: it needs no input that requires grad, and works under DDP and FSDP.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if spec.training_type == "lora":
+                model.enable_input_require_grads()  # as PEFT asks of a frozen base under checkpointing
     model.config.use_cache = False
     torch.manual_seed(spec.seed)  # LoRA's initial A matrices are random
     if parent is not None and parent.training_type == "lora":
         model = with_parent_adapter(model, parent.path, spec)
-    elif spec.training_type == "lora":
+    elif spec.training_type != "full":
         model = with_lora(model, spec.lora)
     if spec.training_type == "full" and ranks.size > 1:
         distributed.shard(model, hardware, ranks)
+    if spec.training_type == "qlora":
+        return model  # loaded onto its GPU: a 4-bit model is not moved
     return model.to(hardware.device)  # type: ignore[arg-type]  # transformers' decorated `to` hides its signature
+
+
+def _quantised(path: Path, spec: JobSpec, hardware: Hardware) -> PreTrainedModel:
+    """The base in 4-bit NF4 (double-quantised scales, bf16 compute) on this process's GPU, prepared for training
+    an adapter on it: norms and embeddings in fp32, and gradient checkpointing where the job has it."""
+    if hardware.device.type != "cuda":
+        raise ModelUnavailable("QLoRA needs a CUDA GPU: bitsandbytes' 4-bit weights have no CPU kernels here")
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
+    )
+    device = hardware.device.index if hardware.device.index is not None else torch.cuda.current_device()
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, dtype=torch.bfloat16,
+                                                 attn_implementation=hardware.attention, device_map={"": device})
+    return prepare_model_for_kbit_training(  # type: ignore[no-any-return]  # PEFT leaves it unannotated
+        model, use_gradient_checkpointing=spec.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
 
 
 def with_lora(model: PreTrainedModel, options: LoraOptions) -> PreTrainedModel:

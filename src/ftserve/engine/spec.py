@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Method = Literal["supervised", "dpo", "reinforcement"]
-TrainingType = Literal["lora", "full"]
+TrainingType = Literal["lora", "qlora", "full"]
+"""`qlora`: a LoRA adapter trained on a 4-bit NF4 base (CUDA only); saved and served as `lora` is."""
 
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -48,8 +49,8 @@ class StartFrom(Frozen):
     model: str
     """Its name (`ft:...` or a checkpoint's), recorded in the child's manifest."""
     path: Path
-    training_type: TrainingType
-    """How the parent was trained: an adapter (`lora`) or full weights (`full`) at `path`."""
+    training_type: Literal["lora", "full"]
+    """How the parent was trained: an adapter (`lora`, QLoRA's too) or full weights (`full`) at `path`."""
 
 
 class PythonGraderLimits(Frozen):
@@ -99,6 +100,11 @@ class JobSpec(Frozen):
     training_type: TrainingType = "lora"
     lora: LoraOptions = LoraOptions()
     max_seq_length: int = Field(2048, ge=16)
+    gradient_checkpointing: bool = False
+    """Activations recomputed in the backward pass instead of kept: less memory, about a third more compute."""
+    memory_limit_gb: float | None = Field(None, gt=0)
+    """The memory the job may use (FTSERVE_TRAIN_MEMORY_GB); the engine checks its estimate against it before its
+    first step. Unset: the device's own memory."""
     packing: bool = False
     """Supervised only: each step's examples packed into rows of up to `max_seq_length` tokens, without padding."""
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
