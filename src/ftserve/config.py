@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -68,6 +72,11 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the local engine trains and models are served: CUDA when present."
+    )
+    train_memory_gb: float | None = Field(
+        None, gt=0, description="Memory a local job may use to train, in GiB: a job whose memory estimate is over it "
+        "(with gradient checkpointing, where that helps) is refused at create, naming what to lower. Unset: the GPU's "
+        "total memory when the engine trains on CUDA, else the machine's RAM.",
     )
     inference_engine: Literal["auto", "vllm", "transformers"] = Field(
         "auto", description="What generates text: `vllm` (its OpenAI server, one process per base model with traffic, "
@@ -334,7 +343,35 @@ class Settings(BaseSettings):
         return beside if beside.exists() else None
 
     @property
+    def engine_on_cuda(self) -> bool:
+        """Whether the local engine trains on a GPU: `cuda`, or `auto` on a machine with an NVIDIA GPU."""
+        return self.device == "cuda" or (self.device == "auto" and gpu_memory_gb() is not None)
+
+    @property
+    def resolved_train_memory_gb(self) -> float:
+        """`train_memory_gb`, else the GPU's memory when the engine trains on one, else the machine's RAM."""
+        if self.train_memory_gb is not None:
+            return self.train_memory_gb
+        gpu = gpu_memory_gb() if self.device != "cpu" else None
+        return gpu if gpu is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+
+    @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'ftserve.db').resolve()}"
+
+
+@functools.cache
+def gpu_memory_gb() -> float | None:
+    """The first NVIDIA GPU's total memory in GiB, as `nvidia-smi` reports it; None without one. Asked of the
+    driver's tool rather than of torch, which the service process does not load."""
+    tool = shutil.which("nvidia-smi")
+    if tool is None:
+        return None
+    try:
+        answer = subprocess.run([tool, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout.split()
+        return int(answer[0]) / 1024 if answer else None  # MiB
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None

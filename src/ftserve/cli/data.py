@@ -37,6 +37,12 @@ class Method(str, Enum):
     dpo = "dpo"
 
 
+class TrainingType(str, Enum):
+    lora = "lora"
+    qlora = "qlora"
+    full = "full"
+
+
 @app.command()
 def validate(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A JSONL dataset.")],
@@ -47,6 +53,8 @@ def validate(
     batch_size: Annotated[int | None, typer.Option(min=1, max=256, help="Default: auto.")] = None,
     method: Annotated[Method, typer.Option(help="What the job would do with the file.")] = Method.supervised,
     max_seq_length: Annotated[int, typer.Option(min=16, help="Where the engine cuts long examples.")] = 2048,
+    training_type: Annotated[TrainingType, typer.Option(help="How the job would train, for its memory estimate.")]
+    = TrainingType.lora,
 ) -> None:
     """Check a dataset offline: its format, every bad line, its tokens, and what training on it would take.
 
@@ -70,7 +78,7 @@ def validate(
                        f"{' or '.join(FORMATS[method.value])} examples")
     console.print(f"[green]✓[/] {escape(str(file))}: {summary.examples} {summary.format} examples, "
                   f"valid for a {method.value} job", highlight=False)
-    _show_training(console, file, summary, model, method, max_seq_length, epochs, batch_size)
+    _show_training(console, file, summary, model, method, max_seq_length, epochs, batch_size, training_type)
 
 
 def _check_lines(path: Path) -> tuple[DatasetSummary | None, list[InvalidFileFormat]]:
@@ -92,8 +100,10 @@ def _check_lines(path: Path) -> tuple[DatasetSummary | None, list[InvalidFileFor
 
 
 def _show_training(console: Console, file: Path, summary: DatasetSummary, model: str | None, method: Method,
-                   max_seq_length: int, epochs: int | None, batch_size: int | None) -> None:
-    from ftserve.catalogue import CatalogueError, load_catalogue
+                   max_seq_length: int, epochs: int | None, batch_size: int | None,
+                   training_type: TrainingType) -> None:
+    from ftserve.catalogue import CatalogueError, config_of, load_catalogue
+    from ftserve.engine import memory
     from ftserve.cli.token_counts import count_tokens
     from ftserve.domain.hyperparameters import auto_batch_size, auto_epochs
     from ftserve.engine.batching import steps_per_epoch
@@ -140,7 +150,22 @@ def _show_training(console: Console, file: Path, summary: DatasetSummary, model:
     table.add_row("trained tokens", f"{trained:,}", f"{counts.tokens_per_epoch:,} per epoch × {n_epochs}")
     table.add_row("estimated time", f"~{duration(steps * SECONDS_PER_STEP + trained * SECONDS_PER_TOKEN)}",
                   "only an estimate, from SmolLM2-135M LoRA runs on 2 CPU cores (docs/cli.md); without loading the model")
+    config = config_of(base)
+    verdict = None
+    if config is not None:
+        # As a job's create estimates it (docs/training.md, "Memory estimate"), on this file's longest example.
+        limit, cuda = settings.resolved_train_memory_gb, settings.engine_on_cuda
+        job = memory.Job(training_type.value, memory.sequences_per_step(method.value, n_batch),
+                         min(max_seq_length, max(counts.lengths)), lora_targets=base.lora_target_modules or "all-linear")
+        verdict = memory.plan(config, job, memory.Machine(half=cuda, eager_attention=not cuda), limit)
+        found = verdict.estimate
+        table.add_row("memory", f"~{found.total_gb:g} GiB",
+                      f"of {limit:g} GiB (FTSERVE_TRAIN_MEMORY_GB), {training_type.value}"
+                      + (", with gradient checkpointing" if found.gradient_checkpointing else "") + f": {found.basis}")
     console.print(table)
+    if verdict is not None and not verdict.fits:
+        field = memory.culprit(verdict.estimate, limit, training_type.value, n_batch)
+        console.print(f"[yellow]![/] {escape(memory.over_budget(verdict.estimate, limit, field))}", highlight=False)
 
 
 def _fail(console: Console, message: str) -> NoReturn:

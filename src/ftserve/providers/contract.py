@@ -157,12 +157,16 @@ class Estimate:
     """Only where the provider publishes a price or an estimate API."""
     basis: str = ""
     """How the figures were reached, in a sentence."""
+    memory_gb: float | None = None
+    """The memory training will take at its peak, in GiB, where the provider trains here (engine.memory)."""
+    memory_limit_gb: float | None = None
+    """The memory a job may use here (FTSERVE_TRAIN_MEMORY_GB), beside `memory_gb`."""
 
 
 @dataclass(frozen=True)
 class Capabilities:
     methods: tuple[MethodType, ...]
-    training_types: tuple[Literal["lora", "full"], ...]
+    training_types: tuple[Literal["lora", "qlora", "full"], ...]
     data: Literal["local", "file_api", "dataset", "s3", "hf_dataset"]
     """Where training data goes: the local disk, a files API, a dataset resource, S3, a Hugging Face dataset."""
     serving: Serving
@@ -333,7 +337,7 @@ OPERATIONS: dict[str, type] = {"events": HasEvents, "checkpoints": HasCheckpoint
 
 
 def capabilities_of(provider: object, *, methods: tuple[MethodType, ...],
-                    training_types: tuple[Literal["lora", "full"], ...],
+                    training_types: tuple[Literal["lora", "qlora", "full"], ...],
                     data: Literal["local", "file_api", "dataset", "s3", "hf_dataset"], serving: Serving,
                     cost_estimate: bool = False) -> Capabilities:
     """A provider's capabilities: what it declares, and the operations its class has."""

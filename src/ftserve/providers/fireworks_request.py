@@ -55,6 +55,7 @@ NOT_KEPT: dict[str, Mapped] = {
     "metadata": dropped("Fireworks' fine-tuning jobs have no metadata"),
     "ftserve.num_processes": dropped("Fireworks chooses the machines a job trains on"),
     "ftserve.packing": dropped("the provider decides how examples are batched"),
+    "ftserve.gradient_checkpointing": dropped("the engine's own memory switch: the provider manages training memory itself"),
 }
 
 
@@ -97,6 +98,9 @@ def job_body(request: JobRequest, options: FireworksOptions, staged: Staged | No
         )
     dpo = request.method == "dpo"
     plan = Plan(request)
+    if request.options.get("training_type") == "qlora":
+        plan.converted.append(Change("ftserve.training_type", "qlora", None, None, (
+            "Fireworks trains a LoRA adapter, on a base of its own precision (it has no 4-bit QLoRA setting)")))
     job_id = resource_id(request.job_id)
     training = _training(Plan(request, "training_config." if dpo else "", converted=plan.converted,
                                    dropped=plan.dropped), options, job_id, account)

@@ -8,8 +8,9 @@ state it saved in the job's output dir, so a requeued job continues where it sto
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import logging
+import math
 import shutil
 import subprocess
 import sys
@@ -17,12 +18,12 @@ import tempfile
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from ftserve.catalogue import CatalogueEntry
+from ftserve.catalogue import CatalogueEntry, config_of
 from ftserve.domain.jobs import MethodType
 from ftserve.domain.hyperparameters import resolve as resolve_auto
-from ftserve.engine import events
+from ftserve.engine import events, memory
 from ftserve.engine.spec import (
     Device,
     JobSpec,
@@ -129,15 +130,22 @@ class LocalProvider:
     name = "local"
 
     def __init__(self, catalogue: dict[str, CatalogueEntry], models_dir: Path, device: Device = "auto",
-                 python_graders: PythonGraderLimits = PythonGraderLimits()):
+                 python_graders: PythonGraderLimits = PythonGraderLimits(), memory_limit_gb: float | None = None,
+                 cuda: bool | None = None):
         self.catalogue = {key: base for key, base in catalogue.items() if base.provider is None}
         self.models_dir = models_dir
         self.device = device
         self.python_graders = python_graders
+        self.memory_limit_gb = memory_limit_gb
+        """What a job may use (FTSERVE_TRAIN_MEMORY_GB); None: no estimate is checked here, the engine checks its
+        own against the device's memory."""
+        self.cuda = device == "cuda" if cuda is None else cuda
+        """Whether the engine trains on a GPU (the settings say, for `auto`): bf16 and fused attention, QLoRA."""
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            methods=METHODS, training_types=("lora", "full"), data="local", serving="ready",
+            methods=METHODS, training_types=("lora", "qlora", "full") if self.cuda else ("lora", "full"),
+            data="local", serving="ready",
             events=True, checkpoints=True, pause=True,
         )
 
@@ -167,7 +175,12 @@ class LocalProvider:
                          memory_bytes=int(memory * processes * (1 << 30)) if memory else None)
 
     def spec(self, request: JobRequest) -> JobSpec:
-        """The engine's spec for `request`. Raises `ProviderUnsupported` naming what the local engine cannot train."""
+        """The engine's spec for `request`. Raises `ProviderUnsupported` naming what the local engine cannot train,
+        or the field that makes it too big for the memory a job may use."""
+        return self._planned(request)[0]
+
+    def _planned(self, request: JobRequest) -> tuple[JobSpec, memory.MemoryEstimate | None]:
+        """The engine's spec for `request`, with its memory estimate (None where the model's shape is unknown)."""
         if request.method == "reinforcement":
             if not isinstance(request.method_config.get("grader"), dict):
                 raise ProviderUnsupported("A reinforcement job needs method.reinforcement.grader.",
@@ -196,6 +209,8 @@ class LocalProvider:
         max_seq_length = _within_context(base, options.max_seq_length, "max_seq_length" in request.options)
         n_epochs, batch_size = int(hp["n_epochs"]), int(hp["batch_size"])
         learning_rate = base.learning_rate * float(hp.get("learning_rate_multiplier", 1.0))
+        if options.training_type == "qlora":
+            self._check_qlora()
         if options.packing and request.method != "supervised":
             raise ProviderUnsupported(
                 "ftserve.packing packs supervised examples; DPO and reinforcement jobs train unpacked.",
@@ -208,10 +223,10 @@ class LocalProvider:
                     "The local engine trains reinforcement jobs in one process (each step samples, grades and trains "
                     "on its own answers); leave ftserve.num_processes at 1 for them.", param="ftserve.num_processes",
                 )
-            if options.training_type == "lora":  # full fine-tuning moves every weight: the catalogue's rate stands
+            if options.training_type != "full":  # full fine-tuning moves every weight: the catalogue's rate stands
                 learning_rate *= REINFORCEMENT_LORA_LR_FACTOR
             reinforcement = self._reinforcement(request, hp, options)
-        return JobSpec(
+        spec = JobSpec(
             job_id=request.job_id, method=request.method, model=source_of(base),
             training_file=request.training_file, validation_file=request.validation_file,
             output_dir=request.output_dir, cache_dir=self.models_dir,
@@ -225,7 +240,47 @@ class LocalProvider:
             device=self.device, processes=options.num_processes, reinforcement=reinforcement,
             start_from=StartFrom(model=parent.name, path=parent.path, training_type=parent.training_type)
             if parent else None,
+            gradient_checkpointing=options.gradient_checkpointing is True, memory_limit_gb=self.memory_limit_gb,
         )
+        return self._within_memory(spec, base, request, options.gradient_checkpointing)
+
+    def _check_qlora(self) -> None:
+        if not self.cuda:
+            raise ProviderUnsupported(
+                "QLoRA needs a CUDA GPU: this server's engine trains on the CPU, where bitsandbytes' 4-bit weights "
+                "have no kernels; use ftserve.training_type 'lora'.", param="ftserve.training_type",
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ProviderUnsupported(
+                "QLoRA needs bitsandbytes, which is not installed on this server (pip install 'ftserve[gpu]'); "
+                "use ftserve.training_type 'lora' until it is.", param="ftserve.training_type",
+            )
+
+    def _within_memory(self, spec: JobSpec, base: CatalogueEntry, request: JobRequest,
+                       checkpointing: bool | Literal["auto"]) -> tuple[JobSpec, memory.MemoryEstimate | None]:
+        """`spec` with gradient checkpointing decided, and its memory estimate; refused, naming the field to
+        change, when the estimate is over the memory a job may use even with checkpointing. Rows are taken as long
+        as the training file's longest line can make them (`_longest_tokens`): the engine checks again on the
+        examples as tokenized."""
+        config = config_of(base)
+        longest = _longest_tokens(request.training_file)
+        if config is None or longest is None:
+            return spec, None
+        if spec.reinforcement is not None:
+            longest += spec.reinforcement.max_completion_tokens
+        job = memory.job_of(spec, longest)
+        machine = memory.Machine(half=self.cuda, eager_attention=not self.cuda)
+        if self.memory_limit_gb is None:
+            return spec, memory.estimate(config, job, machine)
+        limit = self.memory_limit_gb
+        verdict = memory.plan(config, job, machine, limit, checkpointing)
+        if not verdict.fits:
+            found = verdict.estimate
+            field = memory.culprit(found, limit, spec.training_type, spec.batch_size)
+            if checkpointing is False and memory.plan(config, job, machine, limit, True).fits:
+                field = "ftserve.gradient_checkpointing"
+            raise ProviderUnsupported(memory.over_budget(found, limit, field), param=field)
+        return spec.model_copy(update={"gradient_checkpointing": verdict.estimate.gradient_checkpointing}), verdict.estimate
 
     def _reinforcement(self, request: JobRequest, hp: dict[str, Any], options: FtserveJobOptions) -> Reinforcement:
         """OpenAI's reinforcement hyperparameters as GRPO's (docs/reinforcement.md): `compute_multiplier` scales the
@@ -255,10 +310,13 @@ class LocalProvider:
         return Resolved(self.name, spec.model_dump(mode="json"), converted, [])
 
     def estimate(self, request: JobRequest) -> Estimate:
-        epochs = int(self.hyperparameters(request)["n_epochs"])
+        spec, found = self._planned(request)
         return Estimate(
-            tokens_of(request.training_file) * epochs, epochs,
-            basis="text of the training file at 4 characters per token, times the epochs; training here costs no fees",
+            tokens_of(request.training_file) * spec.n_epochs, spec.n_epochs,
+            basis="text of the training file at 4 characters per token, times the epochs; training here costs no fees"
+            + (f"; memory at its peak: {found.basis}" if found else "; memory not estimated (the model's shape is "
+               "unknown before its weights load)"),
+            memory_gb=found.total_gb if found else None, memory_limit_gb=self.memory_limit_gb,
         )
 
 
@@ -289,7 +347,7 @@ def _continuing(parent: Parent, options: FtserveJobOptions, asked: dict[str, Any
 def _within_context(base: CatalogueEntry, max_seq_length: int, asked: bool) -> int:
     """`max_seq_length` within the model's context: asked for past it, a refusal naming both; the default past
     it (a model shorter than 2048 tokens), the context itself."""
-    context = base.context_length or _configured_context(base.path)
+    context = base.context_length or _configured_context(config_of(base) or {})
     if context is None or max_seq_length <= context:
         return max_seq_length
     if not asked:
@@ -300,16 +358,28 @@ def _within_context(base: CatalogueEntry, max_seq_length: int, asked: bool) -> i
     )
 
 
-def _configured_context(path: Path | None) -> int | None:
-    """A local model's context from its config.json (a multimodal model's from its text config), if it says."""
-    if path is None:
-        return None
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # no readable config: the engine says what is wrong when it loads the model
-    context = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
+def _configured_context(config: dict[str, Any]) -> int | None:
+    """A model's context from its config (a multimodal model's from its text config), if it says."""
+    text = config.get("text_config")
+    context = config.get("max_position_embeddings") or (text.get("max_position_embeddings")
+                                                         if isinstance(text, dict) else None)
     return context if isinstance(context, int) and context > 0 else None
+
+
+# Characters of a JSONL line counted as a token when the longest row is guessed before tokenizing: generous
+# (text runs about 4 a token), since the line's JSON is counted too and a chat template adds tokens of its own.
+LINE_CHARACTERS_PER_TOKEN = 2
+
+
+def _longest_tokens(path: Path) -> int | None:
+    """The most tokens one example of a JSONL file can make, guessed from its longest line; None when the file
+    cannot be read here (the engine says why, when it reads it)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            longest = max((len(line) for line in lines), default=0)
+    except OSError:
+        return None
+    return max(1, math.ceil(longest / LINE_CHARACTERS_PER_TOKEN))
 
 
 def _check_local_grader(grader: dict[str, Any]) -> None:

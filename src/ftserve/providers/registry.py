@@ -107,7 +107,8 @@ def providers_for(settings: Settings, catalogue: dict[str, CatalogueEntry]) -> P
         enabled=settings.python_graders, cpu_seconds=settings.python_grader_cpu_seconds,
         wall_seconds=settings.python_grader_wall_seconds, memory_mb=settings.python_grader_memory_mb,
     )
-    local = LocalProvider(catalogue, settings.resolved_models_dir, settings.device, python_graders)
+    local = LocalProvider(catalogue, settings.resolved_models_dir, settings.device, python_graders,
+                          memory_limit_gb=settings.resolved_train_memory_gb, cuda=settings.engine_on_cuda)
     configured = connections(settings)
     hosted = {name: build(name, config) for name, config in configured.items()}
     options = {name: operator_options(name, config) for name, config in configured.items()}

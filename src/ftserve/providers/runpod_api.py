@@ -118,7 +118,7 @@ class RunpodProvider:
     # What the provider can do
 
     def capabilities(self) -> Capabilities:
-        return capabilities_of(self, methods=("supervised", "dpo"), training_types=("lora", "full"), data="s3",
+        return capabilities_of(self, methods=("supervised", "dpo"), training_types=("lora", "qlora", "full"), data="s3",
                                serving="external")
 
     def list_base_models(self) -> list[BaseModelInfo]:

@@ -111,6 +111,8 @@ COMMON: dict[str, Mapped] = {
     "metadata": dropped("a RunPod request has no metadata"),
     "ftserve.num_processes": dropped("the endpoint's worker trains on the GPUs its configuration gives it"),
     "ftserve.packing": dropped("the provider decides how examples are batched"),
+    "ftserve.gradient_checkpointing": dropped(
+        "Axolotl has its own switch: set provider_options.runpod.axolotl.gradient_checkpointing"),
 }
 
 
@@ -166,9 +168,10 @@ def _adapter(plan: Plan, options: RunpodOptions) -> None:
         for key, value in lora.items():
             plan.drop(f"ftserve.{key}", value, "a full fine-tune has no LoRA adapter")
         return
-    adapter = "qlora" if options.load_in_4bit else "lora"
+    quantised = bool(options.load_in_4bit) or given.get("training_type") == "qlora"
+    adapter = "qlora" if quantised else "lora"
     if "training_type" in given:
-        plan.put("adapter", adapter, source="ftserve.training_type", given="lora",
+        plan.put("adapter", adapter, source="ftserve.training_type", given=given["training_type"],
                  reason="Axolotl's adapter setting" + (" (QLoRA with load_in_4bit)" if adapter == "qlora" else ""))
     else:
         plan.put("adapter", adapter)
@@ -182,7 +185,7 @@ def _adapter(plan: Plan, options: RunpodOptions) -> None:
         plan.put("lora_target_modules", options.lora_target_modules)
     else:
         plan.put("lora_target_linear", True)
-    if options.load_in_4bit:
+    if quantised:
         plan.put("load_in_4bit", True)
 
 

@@ -28,12 +28,14 @@ SDK_DEFAULTS: dict[str, Any] = {
 SUFFIX_LIMIT = 40
 TAG_LENGTH = 10
 LORA_KNOBS = ("lora_rank", "lora_alpha", "lora_dropout")
+QLORA_AS_LORA = "; a LoRA adapter, on a base of Together's precision (it has no 4-bit QLoRA base)"
 DPO_ONLY = ("rpo_alpha", "simpo_gamma", "dpo_normalize_logratios_by_length")
 RENAMED: dict[str, Mapped] = {
     "seed": Mapped("random_seed", "Together's name for the seed"),
     "metadata": dropped("Together jobs carry no metadata"),
     "ftserve.num_processes": dropped("Together chooses the machines a job trains on"),
     "ftserve.packing": dropped("the provider decides how examples are batched"),
+    "ftserve.gradient_checkpointing": dropped("the engine's own memory switch: the provider manages training memory itself"),
 }
 
 
@@ -160,12 +162,14 @@ def _training_type(request: JobRequest, options: TogetherOptions, converted: lis
         return {"type": "Full"}
     knobs = [key for key in LORA_KNOBS if key in request.options]
     if not knobs and options.lora_trainable_modules is None:
-        if asked == "lora":
+        if asked in ("lora", "qlora"):
             converted.append(Change("ftserve.training_type", asked, "training_type", None, (
-                "left out: Together trains a LoRA adapter at the model's default rank unless told otherwise")))
+                "left out: Together trains a LoRA adapter at the model's default rank unless told otherwise"
+                + QLORA_AS_LORA * (asked == "qlora"))))
         return None
-    if asked == "lora":
-        converted.append(Change("ftserve.training_type", asked, "training_type.type", "Lora", "Together's spelling"))
+    if asked in ("lora", "qlora"):
+        converted.append(Change("ftserve.training_type", asked, "training_type.type", "Lora",
+                                "Together's spelling" + QLORA_AS_LORA * (asked == "qlora")))
     rank = request.options.get("lora_rank")
     if rank is None:
         rank = default_rank()

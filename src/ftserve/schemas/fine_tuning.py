@@ -80,7 +80,10 @@ class FtserveJobOptions(Request):
     the job with a message that names it.
     """
 
-    training_type: Literal["lora", "full"] = "lora"
+    training_type: Literal["lora", "qlora", "full"] = Field(
+        "lora", description="`lora`: an adapter on the frozen base; `qlora`: the same on a 4-bit base (this server's "
+        "engine on a CUDA GPU, with bitsandbytes); `full`: every weight.",
+    )
     lora_rank: int = Field(16, ge=1, le=1024)
     lora_alpha: float = Field(32, gt=0)
     # No dropout by default: on short fine-tunes it barely regularises, and it costs a third of a CPU step.
@@ -108,6 +111,11 @@ class FtserveJobOptions(Request):
         description="Processes one job trains in, under torch.distributed: each step's batch (`batch_size` examples, "
         "the same ones as in one process) is split between them; LoRA trains under DDP, full fine-tuning under "
         "FSDP2; on CUDA each process takes a GPU. Supervised and DPO jobs on this server's engine.",
+    )
+    gradient_checkpointing: Literal["auto"] | bool = Field(
+        "auto", description="This server's engine: recompute activations in the backward pass instead of keeping "
+        "them (less memory, about a third more compute); `auto`: only when the job's memory estimate is over "
+        "FTSERVE_TRAIN_MEMORY_GB without it and fits with it.",
     )
     packing: bool = Field(
         False,

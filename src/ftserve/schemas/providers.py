@@ -22,6 +22,10 @@ class JobEstimate(Wire):
     epochs: int
     cost_usd: float | None
     basis: str
+    memory_gb: float | None = None
+    """This server's engine: the job's estimated peak memory in GiB (docs/training.md, "Memory estimate")."""
+    memory_limit_gb: float | None = None
+    """This server's engine: the memory a job may use (FTSERVE_TRAIN_MEMORY_GB)."""
 
 
 class Resolution(Wire):
