@@ -1,5 +1,6 @@
 // #/files: the project's files and what validation made of them. A fine-tune file is checked line by
-// line as it uploads and refused if invalid, so a listed one has passed; status_details says otherwise.
+// line as it uploads and refused if invalid, so a listed one has passed; status_details says otherwise,
+// and the details of a passed one are what its validation found (the File object's `ftserve` field).
 
 import {api} from "./api.js";
 import {alertBox, attempt, badge, dash, h, table, when} from "./dom.js";
@@ -24,13 +25,19 @@ export function filesView(view) {
       h("td", {}, file.purpose),
       h("td", {class: "number"}, size(file.bytes)),
       h("td", {}, badge(file.status)),
-      h("td", {}, file.status_details ?? dash),
+      h("td", {}, file.status_details ?? dataset(file.ftserve)),
       h("td", {}, when(file.created_at)))));
     list.element.hidden = !page.data.length;
     empty.hidden = Boolean(page.data.length);
     more.hidden = !page.has_more;
   };
   attempt(view, alert, load);  // files change only when someone uploads: loaded once, not polled
+}
+
+function dataset(found) {
+  if (!found) return dash;
+  const tokens = found.estimated_tokens === null ? "" : `, about ${found.estimated_tokens.toLocaleString("en")} tokens`;
+  return `${found.format}, ${found.examples.toLocaleString("en")} examples${tokens}`;
 }
 
 function size(bytes) {

@@ -14,6 +14,9 @@ const HYPERPARAMETERS = {
 const SHOWN_ESTIMATE = ["trained_tokens", "epochs", "cost_usd", "basis"];
 const EXAMPLE_GRADER = {type: "string_check", name: "exact", input: "{{sample.output_text}}", reference: "{{item.answer}}", operation: "eq"};
 
+// What validation found in a file (its `ftserve` field), before its id in the file lists.
+const described = (file) => file.ftserve ? `${file.ftserve.format}, ${file.ftserve.examples} examples · ` : "";
+
 function field(id, label, control, hint) {
   return h("div", {class: "field"}, h("label", {for: id}, label), control, hint ? h("small", {id: `${id}-hint`, class: "muted"}, hint) : null);
 }
@@ -66,7 +69,7 @@ export function newJobView(view) {
     const [models, files] = await Promise.all([api("/models", view), api("/files?limit=100&purpose=fine-tune", view)]);
     model.replaceChildren(...models.data.map((m) => h("option", {value: m.id}, m.owned_by === "system" ? m.id : `${m.id} (${m.owned_by})`)));
     const usable = files.data.filter((file) => file.purpose === "fine-tune" && file.status === "processed");
-    const options = () => usable.map((file) => h("option", {value: file.id}, `${file.filename} · ${file.id}`));
+    const options = () => usable.map((file) => h("option", {value: file.id}, `${file.filename} · ${described(file)}${file.id}`));
     training.replaceChildren(...options());
     validation.replaceChildren(h("option", {value: ""}, "None"), ...options());
     const wanted = view.params.get("training_file");

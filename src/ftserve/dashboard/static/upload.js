@@ -1,9 +1,10 @@
 // #/upload: a JSONL dropped or picked is sent to the API and validated there, line by line. A file past
 // PART_BYTES goes through /v1/uploads in parts, with a bar that moves as each part lands; a refused file
-// shows the API's reason, which names the bad line.
+// shows the API's reason, which names the bad line. An accepted fine-tuning file shows what the validation
+// found (the File object's `ftserve` field): its format, examples and estimated tokens.
 
 import {api} from "./api.js";
-import {alertBox, attempt, h} from "./dom.js";
+import {alertBox, attempt, dash, h} from "./dom.js";
 
 // OpenAI's SDK splits at 64 MB; smaller parts keep the bar moving on a slow link.
 export const PART_BYTES = 1024 * 1024;
@@ -71,11 +72,19 @@ export function uploadView(view) {
   }
 
   async function show(file) {
-    const rows = [["File", file.id], ["Name", file.filename], ["Bytes", file.bytes], ["Status", file.status]];
+    const rows = [["File", file.id], ["Name", file.filename], ["Bytes", file.bytes], ["Status", file.status],
+      ...datasetRows(file.ftserve)];
     const details = h("dl", {class: "details"}, rows.flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, String(value))]));
     result.replaceChildren(h("h2", {id: "upload-result-title"}, "Uploaded"), details,
       file.purpose === "fine-tune" ? h("p", {}, h("a", {href: `#/new?training_file=${encodeURIComponent(file.id)}`},
         "Start a fine-tuning job with this file")) : null);
     result.hidden = false;
   }
+}
+
+// What validation found in a fine-tuning file; nothing for other files, which have no `ftserve` field.
+function datasetRows(found) {
+  if (!found) return [];
+  return [["Format", found.format], ["Examples", found.examples.toLocaleString("en")],
+    ["Estimated tokens", found.estimated_tokens === null ? dash : found.estimated_tokens.toLocaleString("en")]];
 }
