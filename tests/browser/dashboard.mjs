@@ -1,35 +1,19 @@
 // Drives ftserve's dashboard in headless Chromium as a person would, for tests/integration/test_dashboard.py.
 // usage: FTSERVE_API_KEY=sk-... node dashboard.mjs SERVER_URL JOB_ID FILE_ID REWARDED_JOB_ID
 // The job must be running (the rewarded one finished, with reward metrics) on a server that asks for FTSERVE_API_KEY. Prints one JSON object of what it saw;
-// a step that never happens fails with its reason on stderr (exit 1). Screenshots go to FTSERVE_ARTIFACTS_DIR;
-// CHROMIUM names another browser binary than /usr/bin/chromium.
-import {mkdirSync} from "node:fs";
-import {join} from "node:path";
-import {chromium} from "playwright-core";
+// a step that never happens fails with its reason on stderr (exit 1). Screenshots (dashboard-watch-*.png), each
+// checked by axe-core, go to FTSERVE_ARTIFACTS_DIR; CHROMIUM names another browser binary (browser.mjs).
+import {openPage} from "./browser.mjs";
 
 const [server, jobId, fileId, rewardedJobId] = process.argv.slice(2);
 const key = process.env.FTSERVE_API_KEY;
-const artifacts = process.env.FTSERVE_ARTIFACTS_DIR ?? new URL("../artifacts", import.meta.url).pathname;
-const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const WAIT_MS = 10_000;
-mkdirSync(artifacts, {recursive: true});
-
-const seen = {screenshots: [], pageErrors: []};
-const browser = await chromium.launch({executablePath: chromiumPath});
-const page = await browser.newPage({viewport: {width: 1200, height: 900}});
-page.setDefaultTimeout(WAIT_MS);
-page.on("pageerror", (error) => seen.pageErrors.push(error.message));
-
-async function shot(name) {
-  const path = join(artifacts, `dashboard-${name}.png`);
-  await page.screenshot({path, fullPage: true});
-  seen.screenshots.push(path);
-}
+const {page, seen, shot, run} = await openPage("dashboard-watch", {waitMs: WAIT_MS});
 
 const points = () => page.locator(".chart svg").getAttribute("data-points").then(Number);
 const status = () => page.locator(".title .status").textContent();
 
-try {
+await run(async () => {
   // The server wants a key: the prompt comes up, a wrong key is refused with the server's message.
   await page.goto(`${server}/dashboard`);
   seen.landedOn = page.url();
@@ -107,11 +91,4 @@ try {
   await page.getByRole("button", {name: "Sign out"}).click();
   await keyField.waitFor();
   seen.signedOut = await page.evaluate(() => sessionStorage.getItem("ftserve.apiKey") === null);
-} catch (error) {
-  await shot("failure").catch(() => {});
-  console.error(error.message);
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  console.log(JSON.stringify(seen));
-}
+});

@@ -1,55 +1,44 @@
 // A person's whole path through the dashboard in headless Chromium, for tests/integration/test_dashboard_workflow.py:
-// sign in, upload a file with a bad line (and read which), upload good ones (one large enough to go in parts),
-// preview and create a job, watch it succeed, read its before/after table, chat with base and fine-tuned model
-// side by side, and download a GGUF export. axe-core checks each page.
-// usage: FTSERVE_API_KEY=sk-... node workflow.mjs SERVER_URL MODEL BAD_FILE TRAIN_FILE VALID_FILE LARGE_FILE
-// Prints one JSON object of what it saw; a step that never happens fails with its reason on stderr (exit 1).
-// Screenshots go to FTSERVE_ARTIFACTS_DIR, downloads to FTSERVE_DOWNLOADS_DIR; CHROMIUM names another browser.
-import {mkdirSync, readFileSync} from "node:fs";
-import {createRequire} from "node:module";
+// sign in, upload a file with a bad line (and read which), upload good ones (one large enough to go in parts, one
+// dropped on the page) and read what validation found, try a bad and a good grader in the new job form, preview and
+// create a job, watch it succeed, read its before/after table, chat with base and fine-tuned model side by side,
+// download a GGUF export, and delete the fine-tuned model. axe-core checks each page (browser.mjs).
+// usage: FTSERVE_API_KEY=sk-... node workflow.mjs SERVER_URL MODEL BAD_FILE TRAIN_FILE VALID_FILE LARGE_FILE BAD_GRADER GOOD_GRADER
+// (the graders as JSON). Prints one JSON object of what it saw; a step that never happens fails with its reason on
+// stderr (exit 1). Screenshots (dashboard-*.png) go to FTSERVE_ARTIFACTS_DIR, downloads to FTSERVE_DOWNLOADS_DIR.
+import {readFileSync} from "node:fs";
 import {basename, join} from "node:path";
-import {chromium} from "playwright-core";
+import {artifacts, openPage} from "./browser.mjs";
 
-const [server, model, badFile, trainFile, validFile, largeFile] = process.argv.slice(2);
+const [server, model, badFile, trainFile, validFile, largeFile, badGrader, goodGrader] = process.argv.slice(2);
 const key = process.env.FTSERVE_API_KEY;
-const artifacts = process.env.FTSERVE_ARTIFACTS_DIR ?? new URL("../artifacts", import.meta.url).pathname;
 const downloads = process.env.FTSERVE_DOWNLOADS_DIR ?? artifacts;
-const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const WAIT_MS = 15_000;
 const TRAIN_MS = 90_000;
-mkdirSync(artifacts, {recursive: true});
-const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+const {page, seen, shot, run} = await openPage("dashboard", {waitMs: WAIT_MS, acceptDownloads: true});
 
-const seen = {screenshots: [], pageErrors: [], accessibility: {}};
-const browser = await chromium.launch({executablePath: chromiumPath});
-const context = await browser.newContext({viewport: {width: 1200, height: 900}, acceptDownloads: true});
-const page = await context.newPage();
-page.setDefaultTimeout(WAIT_MS);
-page.on("pageerror", (error) => seen.pageErrors.push(error.message));
-
-// The page's screenshot, and axe-core's serious and critical findings on it. The page's CSP refuses
-// injected <script>s and eval, so axe's source is evaluated through the debugging protocol, which it does not govern.
-async function shot(name) {
-  const path = join(artifacts, `dashboard-${name}.png`);
-  await page.screenshot({path, fullPage: true});
-  seen.screenshots.push(path);
-  if (!await page.evaluate(() => Boolean(window.axe))) await page.evaluate(axeSource);
-  const found = await page.evaluate(async () => {
-    const result = await window.axe.run(document, {resultTypes: ["violations"]});
-    return result.violations.filter((v) => ["serious", "critical"].includes(v.impact))
-      .map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join("; ")})`);
-  });
-  seen.accessibility[name] = found;
-}
-
-async function uploadThrough(path) {
+// Picks the file in the upload page's file field, or, with `drop`, drops it on the page as a drag from the
+// desktop would: a drop event whose DataTransfer holds the file.
+async function uploadThrough(path, {drop = false} = {}) {
   await page.goto(`${server}/dashboard/#/upload`);
   await page.getByLabel("Purpose").selectOption("fine-tune");
-  await page.locator("#upload-file").setInputFiles(path);
+  if (drop) {
+    await page.locator(".drop").evaluate((zone, [name, text]) => {
+      const files = new DataTransfer();
+      files.items.add(new File([text], name, {type: "application/jsonl"}));
+      zone.dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true, cancelable: true}));
+    }, [basename(path), readFileSync(path, "utf8")]);
+  } else {
+    await page.locator("#upload-file").setInputFiles(path);
+  }
   await page.waitForFunction((name) => document.querySelector("[role=status]")?.textContent.startsWith(name), basename(path));
 }
 
-try {
+// A label-value list as an object: {term: value}.
+const details = (list) => list.evaluate((dl) =>
+  Object.fromEntries([...dl.querySelectorAll("dt")].map((term) => [term.textContent, term.nextElementSibling.textContent])));
+
+await run(async () => {
   // Sign in with the project's key.
   await page.goto(`${server}/dashboard/`);
   await page.getByLabel("API key").fill(key);
@@ -65,18 +54,30 @@ try {
   // A large file goes in parts; the bar reaches its end.
   await uploadThrough(largeFile);
   seen.largeFile = {progress: await page.locator("#upload-progress").evaluate((bar) => bar.value / bar.max),
-    cells: await page.locator("#main dl dd").allTextContents()};
+    details: await details(page.locator("#main dl"))};
 
-  // The validation and training files.
-  await uploadThrough(validFile);
-  seen.validFileId = (await page.locator("#main dl dd").first().textContent()).trim();
+  // The validation file, dropped on the page; the training file, picked. Each shows what validation found.
+  await uploadThrough(validFile, {drop: true});
+  seen.validFile = await details(page.locator("#main dl"));
+  seen.validFileId = seen.validFile.File;
   await uploadThrough(trainFile);
-  seen.trainFileId = (await page.locator("#main dl dd").first().textContent()).trim();
+  seen.trainFile = await details(page.locator("#main dl"));
+  seen.trainFileId = seen.trainFile.File;
   await shot("upload");
 
   // The new job form, reached from the uploaded file: preview first, then create.
   await page.getByRole("link", {name: "Start a fine-tuning job with this file"}).click();
   await page.getByLabel("Base model").selectOption(model);
+  // The grader editor of a reinforcement job: a bad grader gets the API's refusal, a good one is accepted.
+  await page.getByLabel("Method", {exact: true}).selectOption("reinforcement");
+  await page.getByLabel("Grader (JSON)").fill(badGrader);
+  await page.getByRole("button", {name: "Validate grader"}).click();
+  seen.badGraderAlert = (await page.locator("[role=alert]:visible").textContent()).trim();
+  await page.getByLabel("Grader (JSON)").fill(goodGrader);
+  await page.getByRole("button", {name: "Validate grader"}).click();
+  await page.getByText("The grader is valid.").waitFor();
+  seen.goodGraderAlertShown = await page.locator("[role=alert]:visible").count() > 0;
+  await page.getByLabel("Method", {exact: true}).selectOption("supervised");
   await page.waitForFunction((id) => document.querySelector("#job-training-file").value === id, seen.trainFileId);
   await page.getByLabel("Validation file").selectOption(seen.validFileId);
   await page.getByLabel("n epochs").fill("2");
@@ -84,8 +85,7 @@ try {
   await page.getByLabel("Suffix").fill("browser");
   await page.getByRole("button", {name: "Preview"}).click();
   await page.locator("#preview-title").waitFor();
-  seen.preview = await page.locator("section:has(#preview-title) dl").evaluate((list) =>
-    Object.fromEntries([...list.querySelectorAll("dt")].map((term) => [term.textContent, term.nextElementSibling.textContent])));
+  seen.preview = await details(page.locator("section:has(#preview-title) dl"));
   await shot("new-job");
   await page.getByRole("button", {name: "Create job"}).click();
   await page.waitForURL(/#\/jobs\/ftjob-/);
@@ -105,6 +105,12 @@ try {
   await checkpoint.getByPlaceholder("project id").fill("theirs");
   await checkpoint.getByRole("button", {name: "Share with project"}).click();
   await page.getByText(`Shared ${seen.sharedCheckpoint} with theirs.`).waitFor();
+  // The API's record of it, read now: deleting the model at the end takes its checkpoints with it.
+  seen.sharedWith = await page.evaluate(async (name) => {
+    const answer = await fetch(`/v1/fine_tuning/checkpoints/${encodeURIComponent(name)}/permissions`,
+      {headers: {authorization: `Bearer ${sessionStorage.getItem("ftserve.apiKey")}`}});
+    return (await answer.json()).data.map((permission) => permission.project_id);
+  }, seen.sharedCheckpoint);
   await shot("job");
 
   // The playground: the same prompt to the fine-tuned model and its base, both answers streaming.
@@ -149,11 +155,14 @@ try {
     .filter((element) => element.getBoundingClientRect().right > window.innerWidth + 1)
     .slice(0, 8).map((element) => `${element.tagName.toLowerCase()}.${element.className}#${element.id}:${Math.round(element.getBoundingClientRect().right)}`));
   await shot("job-narrow");
-} catch (error) {
-  await page.screenshot({path: join(artifacts, "dashboard-failure.png"), fullPage: true}).catch(() => {});
-  console.error(error.message);
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  console.log(JSON.stringify(seen));
-}
+
+  // Delete the fine-tuned model from the models page, confirming the browser's question.
+  await page.goto(`${server}/dashboard/#/models`);
+  const doomed = page.locator(`tr[data-model="${seen.fineTunedModel}"]`);
+  await doomed.waitFor();
+  page.once("dialog", (dialog) => { seen.deleteQuestion = dialog.message(); dialog.accept(); });
+  await doomed.getByRole("button", {name: `Delete ${seen.fineTunedModel}`}).click();
+  await page.getByText(`Deleted ${seen.fineTunedModel}.`).waitFor();
+  await doomed.waitFor({state: "detached"});
+  seen.modelsAfterDelete = await page.locator("tr[data-model]").evaluateAll((rows) => rows.map((row) => row.dataset.model));
+});

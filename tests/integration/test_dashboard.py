@@ -85,6 +85,7 @@ def test_a_person_watches_a_job_train_in_the_dashboard_and_cancels_it(server: Li
     assert done.returncode == 0, f"{done.stderr}\nseen: {seen}"
 
     assert seen["pageErrors"] == []
+    assert {page: found for page, found in seen["accessibility"].items() if found} == {}
     assert seen["landedOn"] == f"{server.url}/dashboard/"
     assert seen["wrongKeyMessage"] == "Incorrect API key provided."
     assert seen["listedStatus"] in ("validating_files", "queued", "running") and seen["hiddenBySucceededFilter"]

@@ -1,7 +1,8 @@
 """A person's whole path through the dashboard in a real headless Chromium (tests/browser/workflow.mjs): sign in
-with a project key, upload a file with a bad line and read which, upload good files (one in parts), preview and
-create a job on the tiny model, watch it succeed, read the before/after evaluation, chat with the base and the
-fine-tuned model side by side, and download a GGUF export. axe-core checks every page on the way."""
+with a project key, upload a file with a bad line and read which, upload good files (one in parts, one dropped on
+the page) and read their format, examples and tokens, have a bad grader refused and a good one accepted, preview
+and create a job on the tiny model, watch it succeed, read the before/after evaluation, chat with the base and the
+fine-tuned model side by side, download a GGUF export and delete the model. axe-core checks every page on the way."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from openai import BadRequestError, OpenAI
+from openai import BadRequestError, NotFoundError, OpenAI
 
 from tests.conftest import TINY_MODEL_ID, Databases, serving, settings_for
 from tests.integration.test_dashboard import ARTIFACTS, BROWSER, pytestmark  # noqa: F401  (the same skip)
@@ -20,6 +21,8 @@ from tests.tasks import chat_examples, jsonl
 KEY = "sk-workflow-0000000"
 OTHER_KEY = "sk-workflow-other-0"
 LARGE_BYTES = 1_300_000  # past the dashboard's PART_BYTES (1 MiB): it goes through /v1/uploads in two parts
+GOOD_GRADER = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "5", "operation": "eq"}
+BAD_GRADER = {**GOOD_GRADER, "operation": "roughly"}
 
 
 def test_a_person_uploads_trains_compares_and_exports_in_the_dashboard(
@@ -40,10 +43,14 @@ def test_a_person_uploads_trains_compares_and_exports_in_the_dashboard(
         with pytest.raises(BadRequestError) as refused:  # the API's own words for the bad file, to compare
             client.files.create(file=("bad.jsonl", bad), purpose="fine-tune")
         expected_refusal = refused.value.body["message"]  # type: ignore[index]  # the error envelope's body
+        with pytest.raises(BadRequestError) as refused:
+            client.fine_tuning.alpha.graders.validate(grader=BAD_GRADER)  # type: ignore[arg-type]
+        expected_grader_refusal = refused.value.body["message"]  # type: ignore[index]
 
         done = subprocess.run(
             ["node", str(BROWSER / "workflow.mjs"), server.url, TINY_MODEL_ID,
-             *(str(tmp_path / name) for name in ("bad.jsonl", "train.jsonl", "valid.jsonl", "large.jsonl"))],
+             *(str(tmp_path / name) for name in ("bad.jsonl", "train.jsonl", "valid.jsonl", "large.jsonl")),
+             json.dumps(BAD_GRADER), json.dumps(GOOD_GRADER)],
             capture_output=True, text=True, timeout=150, cwd=BROWSER,
             env={**os.environ, "FTSERVE_API_KEY": KEY, "FTSERVE_ARTIFACTS_DIR": str(ARTIFACTS),
                  "FTSERVE_DOWNLOADS_DIR": str(tmp_path / "downloads")},
@@ -54,9 +61,23 @@ def test_a_person_uploads_trains_compares_and_exports_in_the_dashboard(
         assert seen["pageErrors"] == []
         assert {page: found for page, found in seen["accessibility"].items() if found} == {}
         assert "line 3" in expected_refusal and seen["badFileAlert"] == expected_refusal
-        assert seen["largeFile"]["progress"] == 1 and seen["largeFile"]["cells"][1:] == ["large.jsonl", str(len(large)), "processed"]
+        assert seen["largeFile"]["progress"] == 1
+        large_file = seen["largeFile"]["details"]
+        assert [large_file[term] for term in ("Name", "Bytes", "Status", "Format")] == [
+            "large.jsonl", str(len(large)), "processed", "chat"]
+        assert large_file["Examples"] == f"{LARGE_BYTES // 100:,}"
+        # What validation found, as the API reports it; the dropped validation file was uploaded as the picked one.
+        for shown, examples in ((seen["trainFile"], 16), (seen["validFile"], 4)):
+            found = client.files.retrieve(shown["File"]).ftserve  # type: ignore[attr-defined]  # the extension field
+            assert found["format"] == "chat" and found["examples"] == examples
+            assert (shown["Format"], shown["Examples"]) == ("chat", str(examples))
+            assert shown["Estimated tokens"] == f"{found['estimated_tokens']:,}"
+        assert seen["badGraderAlert"] == expected_grader_refusal and not seen["goodGraderAlertShown"]
         assert seen["preview"]["Trained tokens"].isdigit() and int(seen["preview"]["Trained tokens"]) > 0
         assert seen["preview"]["Epochs"] == "2"
+        # The dry run prices the tokens the upload counted, once an epoch.
+        trained = client.files.retrieve(seen["trainFileId"]).ftserve["estimated_tokens"]  # type: ignore[attr-defined]
+        assert int(seen["preview"]["Trained tokens"]) == 2 * trained
         # The hyperparameters as the job will run: given ones as given, the learning rate resolved from "auto".
         assert seen["preview"]["n epochs"] == "2" and seen["preview"]["batch size"] == "4"
         assert float(seen["preview"]["learning rate"]) > 0
@@ -69,8 +90,7 @@ def test_a_person_uploads_trains_compares_and_exports_in_the_dashboard(
         assert metrics[:2] == ["Loss", "Token accuracy"] and all(len(row) == 3 for row in seen["evaluation"])
         assert seen["checkpointActions"][0] == "Chat" and "Export" in seen["checkpointActions"]
         assert "Share with project" in seen["checkpointActions"]
-        shared = client.fine_tuning.checkpoints.permissions.retrieve(seen["sharedCheckpoint"])
-        assert [permission.project_id for permission in shared.data] == ["theirs"]
+        assert seen["sharedWith"] == ["theirs"]  # read from the API before the model, and its checkpoints, were deleted
         assert [pane["model"] for pane in seen["sideBySide"]] == [job.fine_tuned_model, TINY_MODEL_ID]
         assert all(pane["answer"] and pane["failure"] is None and pane["live"] == "polite" for pane in seen["sideBySide"])
         assert seen["modelRow"][0] == job.fine_tuned_model and seen["modelRow"][2:] == [job.id, TINY_MODEL_ID]
@@ -81,3 +101,7 @@ def test_a_person_uploads_trains_compares_and_exports_in_the_dashboard(
         other = OpenAI(base_url=server.base_url, api_key=OTHER_KEY, max_retries=0)
         assert other.fine_tuning.jobs.list().data == [] and other.files.list().data == []
         assert all(Path(path).is_file() for path in seen["screenshots"])
+        # Deleted from the models page, after the browser's confirmation.
+        assert job.fine_tuned_model in seen["deleteQuestion"] and job.fine_tuned_model not in seen["modelsAfterDelete"]
+        with pytest.raises(NotFoundError):
+            client.models.retrieve(job.fine_tuned_model)
