@@ -353,7 +353,8 @@ class Settings(BaseSettings):
         if self.train_memory_gb is not None:
             return self.train_memory_gb
         gpu = gpu_memory_gb() if self.device != "cpu" else None
-        return gpu if gpu is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+        found = gpu if gpu is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+        return round(found, 1)
 
     @property
     def resolved_database_url(self) -> str:

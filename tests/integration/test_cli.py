@@ -203,6 +203,7 @@ def test_validate_counts_tokens_as_the_tokenizer_does(tmp_path: Path, default_mo
     assert rows["per"][2:7] == [str(min(counts)), "/", f"{sum(counts) / 2:.1f}", "/", str(max(counts))]
     assert rows["trained"][2] == f"{sum(counts) * 3:,}"
     assert "estimate" in result.stdout
+    assert rows["memory"][1].startswith("~") and rows["memory"][2:4] == ["GiB", "of"]  # engine/memory.py's figure
 
 
 @pytest.mark.engine

@@ -11,9 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ftserve.engine import __main__ as engine_main
 from ftserve.engine import sft
 from ftserve.engine.evaluate import BASELINE_FILE
-from ftserve.engine.events import Checkpoint, Command, Finished, Message, Metrics, Started, StateSaved, Stopped
+from ftserve.engine.events import (
+    Checkpoint, Command, Failed, Finished, Message, Metrics, Started, StateSaved, Stopped,
+)
 from ftserve.engine.sink import MemorySink
 from ftserve.engine.spec import JobSpec, ModelSource
 from tests.conftest import MODEL_CACHE
@@ -72,6 +75,24 @@ def test_the_same_seed_gives_the_same_losses(tmp_path: Path, tiny_model: ModelSo
     other = MemorySink(stop_after_step=2, stop="cancel")
     sft.run(spec(tmp_path, tiny_model, "other", examples=jsonl(chat_examples(8)), seed=8), other)
     assert losses(other)[2] != losses(first)[2]
+
+
+def test_gradient_checkpointing_trains_with_the_same_losses(tmp_path: Path, tiny_model: ModelSource,
+                                                            uninterrupted: tuple[JobSpec, MemorySink]) -> None:
+    _, plain = uninterrupted
+    recomputed = MemorySink(stop_after_step=4, stop="cancel")
+    sft.run(spec(tmp_path, tiny_model, "checkpointed", examples=jsonl(chat_examples(8)), gradient_checkpointing=True),
+            recomputed)
+    assert list(losses(recomputed).values()) == pytest.approx([losses(plain)[s] for s in (1, 2, 3, 4)], rel=1e-4)
+
+
+def test_a_job_over_its_memory_fails_before_its_first_step(tmp_path: Path, tiny_model: ModelSource) -> None:
+    sink = MemorySink()
+    assert engine_main.run(spec(tmp_path, tiny_model, "too-big", examples=jsonl(chat_examples(8)),
+                                memory_limit_gb=0.5), sink) == 1
+    assert sink.of(Metrics) == [] and not (tmp_path / "too-big" / "model").exists()
+    failed = sink.of(Failed)[0].message
+    assert failed.startswith("The job would need about ") and "more than the 0.5 GiB it may use" in failed
 
 
 def test_pause_then_resume_continues_exactly_where_it_stopped(tmp_path: Path, tiny_model: ModelSource,

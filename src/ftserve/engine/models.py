@@ -138,8 +138,13 @@ def load_for_training(path: Path, spec: JobSpec, hardware: Hardware, ranks: Rank
         frozen_dtype = hardware.dtype if spec.training_type == "lora" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(path, dtype=frozen_dtype, attn_implementation=hardware.attention)
         if spec.gradient_checkpointing:
-            # Non-reentrant: it needs no input that requires grad, and works under DDP and FSDP.
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # Non-reentrant: it needs no input that requires grad, and works under DDP and FSDP. Transformers 5
+            # renamed the switch (the old name warns, and goes in 6); earlier 5.x releases have only the old one.
+            kwargs = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             if spec.training_type == "lora":
                 model.enable_input_require_grads()  # as PEFT asks of a frozen base under checkpointing
     model.config.use_cache = False
