@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import get_args
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ import torch
 from ftserve.engine import dpo, export, sft
 from ftserve.engine.events import Finished, Metrics
 from ftserve.engine.sink import MemorySink
-from ftserve.engine.spec import JobSpec, ModelSource, TrainingType
+from ftserve.engine.spec import JobSpec, ModelSource
 from tests.conftest import MODEL_CACHE
 from tests.tasks import chat_examples, jsonl, preference_examples
 
@@ -41,11 +40,21 @@ def _losses(sink: MemorySink) -> list[float]:
     return [e.metrics["train_loss"] for e in sink.of(Metrics) if "train_loss" in e.metrics]
 
 
-@pytest.mark.skipif("qlora" not in get_args(TrainingType), reason="the engine has no qlora training type yet (issue 20)")
-@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="QLoRA needs bitsandbytes (not installed)")
-def test_qlora_trains_on_the_gpu(tmp_path: Path, default_model: ModelSource) -> None:
-    losses = _losses(_train(tmp_path, default_model, "supervised", chat_examples(64), training_type="qlora"))
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
+                    reason="QLoRA needs bitsandbytes (pip install 'ftserve[gpu]')")
+def test_qlora_trains_on_the_gpu_and_saves_a_lora_adapter(tmp_path: Path, default_model: ModelSource,
+                                                          default_model_dir: Path) -> None:
+    sink = _train(tmp_path, default_model, "supervised", chat_examples(64), training_type="qlora",
+                  gradient_checkpointing=True)
+    losses = _losses(sink)
     assert losses[-1] < losses[0] / 2
+    model_dir = sink.of(Finished)[0].model_dir
+    assert model_dir is not None
+    # An adapter like LoRA's, which goes on the unquantised base to be served and exported.
+    assert json.loads((model_dir / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    assert json.loads((model_dir / "ftserve_model.json").read_text())["training_type"] == "qlora"
+    merged = export.export_merged(default_model_dir, model_dir, tmp_path / "merged")
+    assert any(merged.glob("*.safetensors"))
 
 
 def test_dpo_prefers_the_chosen_answers(tmp_path: Path, default_model: ModelSource) -> None:

@@ -99,8 +99,8 @@ def job_body(request: JobRequest, options: FireworksOptions, staged: Staged | No
     dpo = request.method == "dpo"
     plan = Plan(request)
     if request.options.get("training_type") == "qlora":
-        plan.converted.append(Change("ftserve.training_type", "qlora", None, None, (
-            "Fireworks trains a LoRA adapter, on a base of its own precision (it has no 4-bit QLoRA setting)")))
+        plan.drop("ftserve.training_type", "qlora", "Fireworks trains LoRA adapters on a base of its own precision, "
+                  "with no 4-bit (QLoRA) setting; ask for 'lora'")
     job_id = resource_id(request.job_id)
     training = _training(Plan(request, "training_config." if dpo else "", converted=plan.converted,
                                    dropped=plan.dropped), options, job_id, account)

@@ -324,17 +324,17 @@ def _continuing(parent: Parent, options: FtserveJobOptions, asked: dict[str, Any
     """A job's options when it continues `parent` (docs/training.md): its training type is the parent's unless it
     asks for another it can start from (a LoRA parent's adapter merges into a full child; a full parent's weights
     take no new adapter, whose child would need the parent's weights to be served), and a LoRA child trains on the
-    parent's adapter, whose rank and alpha it keeps."""
+    parent's adapter (on a 4-bit base under QLoRA), whose rank and alpha it keeps."""
     if "training_type" not in asked:
         options = options.model_copy(update={"training_type": parent.training_type})
-    allowed = ("lora", "full") if parent.training_type == "lora" else ("full",)
+    allowed = ("lora", "qlora", "full") if parent.training_type == "lora" else ("full",)
     if options.training_type not in allowed:
         raise ProviderUnsupported(
             f"ftserve.training_type is {options.training_type}, but {parent.name} was trained as {parent.training_type}: "
             f"a job continuing it trains as {' or '.join(allowed)} (leave ftserve.training_type out for the parent's).",
             param="ftserve.training_type",
         )
-    if options.training_type == "lora":
+    if options.training_type != "full":
         for key in ("lora_rank", "lora_alpha"):
             if key in asked:
                 raise ProviderUnsupported(

@@ -22,7 +22,7 @@ MAX_TTL_HOURS = 7 * 24
 
 # Axolotl requires a learning rate and has no default to multiply, so OpenAI's 1x is the rate
 # commonly used for each kind of run.
-BASE_LEARNING_RATE = {"lora": 2e-4, "full": 1e-5}
+BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "full": 1e-5}
 AXOLOTL_EPOCHS = 1  # Axolotl's num_epochs default
 # Axolotl keys that ftserve's fields own: `provider_options.runpod.axolotl` may not set them.
 OWNED: dict[str, str] = {
