@@ -92,6 +92,13 @@ def test_auto_checkpointing_only_when_it_is_needed_and_the_field_to_lower() -> N
     assert not memory.plan(QWEN_7B, job, GPU, without + 1, checkpointing=False).estimate.gradient_checkpointing
 
 
+def test_a_config_that_names_its_shape_otherwise_is_not_estimated() -> None:
+    gpt2 = {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257}
+    assert not memory.readable(gpt2) and not memory.readable(None) and memory.readable(QWEN_7B)
+    with pytest.raises(memory.UnknownShape, match="no num_attention_heads"):
+        memory.estimate(gpt2, Job("lora", 1, 16), CPU)
+
+
 def test_every_local_catalogue_model_has_a_shape_to_estimate_from() -> None:
     for base in load_catalogue().values():
         if base.provider is None:

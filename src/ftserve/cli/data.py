@@ -152,11 +152,12 @@ def _show_training(console: Console, file: Path, summary: DatasetSummary, model:
                   "only an estimate, from SmolLM2-135M LoRA runs on 2 CPU cores (docs/cli.md); without loading the model")
     config = config_of(base)
     verdict = None
-    if config is not None:
+    if config is not None and memory.readable(config):
         # As a job's create estimates it (docs/training.md, "Memory estimate"), on this file's longest example.
         limit, cuda = settings.resolved_train_memory_gb, settings.engine_on_cuda
         job = memory.Job(training_type.value, memory.sequences_per_step(method.value, n_batch),
-                         min(max_seq_length, max(counts.lengths)), lora_targets=base.lora_target_modules or "all-linear")
+                         min(max_seq_length, max(counts.lengths)),
+                         lora_targets=base.lora_target_modules or "all-linear")
         verdict = memory.plan(config, job, memory.Machine(half=cuda, eager_attention=not cuda), limit)
         found = verdict.estimate
         table.add_row("memory", f"~{found.total_gb:g} GiB",

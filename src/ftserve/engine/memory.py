@@ -51,6 +51,10 @@ class OverBudget(Exception):
     """The job's memory estimate is over the memory it may use."""
 
 
+class UnknownShape(Exception):
+    """The config lacks a key the estimate needs (an architecture that names its shape otherwise): no estimate."""
+
+
 @dataclass(frozen=True)
 class Shape:
     """The parts of a decoder's config.json the estimate reads (a multimodal model's from its `text_config`)."""
@@ -66,16 +70,21 @@ class Shape:
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Shape:
-        """The shape of `config`. Raises `KeyError` naming a key the estimate cannot do without."""
+        """The shape of `config`. Raises `UnknownShape` naming a key the estimate cannot do without."""
         text = {**config, **(config.get("text_config") or {})}
-        heads = int(text["num_attention_heads"])
-        hidden = int(text["hidden_size"])
-        return cls(
-            layers=int(text["num_hidden_layers"]), hidden=hidden, intermediate=int(text["intermediate_size"]),
-            heads=heads, kv_heads=int(text.get("num_key_value_heads") or heads),
-            head_dim=int(text.get("head_dim") or hidden // heads), vocab=int(text["vocab_size"]),
-            tied=bool(text.get("tie_word_embeddings", True)),
-        )
+        try:
+            heads = int(text["num_attention_heads"])
+            hidden = int(text["hidden_size"])
+            return cls(
+                layers=int(text["num_hidden_layers"]), hidden=hidden, intermediate=int(text["intermediate_size"]),
+                heads=heads, kv_heads=int(text.get("num_key_value_heads") or heads),
+                head_dim=int(text.get("head_dim") or hidden // heads), vocab=int(text["vocab_size"]),
+                tied=bool(text.get("tie_word_embeddings", True)),
+            )
+        except KeyError as error:
+            raise UnknownShape(f"the model's config has no {error.args[0]}") from None
+        except (TypeError, ValueError, ZeroDivisionError) as error:
+            raise UnknownShape(f"the model's config does not give its shape ({error})") from None
 
     def projections(self) -> dict[str, tuple[int, int]]:
         """Each linear layer of a decoder layer, by the module names LoRA targets: (in, out) features. Phi-3's
@@ -147,6 +156,17 @@ class MemoryEstimate:
     """The figure's makings in one line."""
 
 
+def readable(config: Mapping[str, Any] | None) -> bool:
+    """Whether an estimate can be made from `config` (a config is there, and it gives the shape)."""
+    if config is None:
+        return False
+    try:
+        Shape.of(config)
+    except UnknownShape:
+        return False
+    return True
+
+
 def sequences_per_step(method: str, batch_size: int, group_size: int = 1) -> int:
     """Rows one step runs forward: a DPO pair is two (preferred and not), a reinforcement prompt its group of
     answers."""
@@ -171,9 +191,10 @@ def job_of(spec: JobSpec, longest: int) -> Job:
 
 
 def estimate(config: Mapping[str, Any], job: Job, machine: Machine) -> MemoryEstimate:
-    """The peak memory of training `job` on a model with `config` on `machine`."""
+    """The peak memory of training `job` on a model with `config` on `machine`. Raises `UnknownShape`."""
     shape = Shape.of(config)
     act_bytes = 2 if machine.half else 4
+    weights: float
     if job.training_type == "full":
         weights = shape.params * ADAMW_BYTES
     elif job.training_type == "qlora":

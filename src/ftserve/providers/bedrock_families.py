@@ -78,7 +78,7 @@ UNSUPPORTED: dict[str, Mapped] = {
     "ftserve.checkpoint_interval": dropped("Bedrock keeps no intermediate checkpoints"),
     "ftserve.num_processes": dropped("Bedrock chooses the machines a job trains on"),
     "ftserve.packing": dropped("the provider decides how examples are batched"),
-    "ftserve.gradient_checkpointing": dropped("the engine's own memory switch: the provider manages training memory itself"),
+    "ftserve.gradient_checkpointing": dropped("the provider manages training memory itself"),
     "seed": dropped("Bedrock customization jobs take no seed"),
     "integrations": dropped("Bedrock has no Weights & Biases integration; its metrics land in the output S3 prefix"),
 }

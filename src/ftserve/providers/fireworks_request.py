@@ -55,7 +55,7 @@ NOT_KEPT: dict[str, Mapped] = {
     "metadata": dropped("Fireworks' fine-tuning jobs have no metadata"),
     "ftserve.num_processes": dropped("Fireworks chooses the machines a job trains on"),
     "ftserve.packing": dropped("the provider decides how examples are batched"),
-    "ftserve.gradient_checkpointing": dropped("the engine's own memory switch: the provider manages training memory itself"),
+    "ftserve.gradient_checkpointing": dropped("the provider manages training memory itself"),
 }
 
 

@@ -264,7 +264,7 @@ class LocalProvider:
         examples as tokenized."""
         config = config_of(base)
         longest = _longest_tokens(request.training_file)
-        if config is None or longest is None:
+        if config is None or not memory.readable(config) or longest is None:
             return spec, None
         if spec.reinforcement is not None:
             longest += spec.reinforcement.max_completion_tokens
@@ -280,7 +280,8 @@ class LocalProvider:
             if checkpointing is False and memory.plan(config, job, machine, limit, True).fits:
                 field = "ftserve.gradient_checkpointing"
             raise ProviderUnsupported(memory.over_budget(found, limit, field), param=field)
-        return spec.model_copy(update={"gradient_checkpointing": verdict.estimate.gradient_checkpointing}), verdict.estimate
+        chosen = verdict.estimate
+        return spec.model_copy(update={"gradient_checkpointing": chosen.gradient_checkpointing}), chosen
 
     def _reinforcement(self, request: JobRequest, hp: dict[str, Any], options: FtserveJobOptions) -> Reinforcement:
         """OpenAI's reinforcement hyperparameters as GRPO's (docs/reinforcement.md): `compute_multiplier` scales the

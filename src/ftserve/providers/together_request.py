@@ -35,7 +35,7 @@ RENAMED: dict[str, Mapped] = {
     "metadata": dropped("Together jobs carry no metadata"),
     "ftserve.num_processes": dropped("Together chooses the machines a job trains on"),
     "ftserve.packing": dropped("the provider decides how examples are batched"),
-    "ftserve.gradient_checkpointing": dropped("the engine's own memory switch: the provider manages training memory itself"),
+    "ftserve.gradient_checkpointing": dropped("the provider manages training memory itself"),
 }
 
 
