@@ -4,13 +4,16 @@ with them in the dry run (as is, converted, or dropped, which create then refuse
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import respx
 
+from ftserve.catalogue import load_catalogue
 from ftserve.providers.contract import Provider, ProviderUnsupported
+from ftserve.providers.local import LocalProvider
 from tests.unit.test_providers_contract import MODELS, job, providers  # noqa: F401  # providers is a fixture
 
 
@@ -58,3 +61,14 @@ def test_the_local_engine_on_the_cpu_refuses_it_naming_the_field(providers: dict
     with pytest.raises(ProviderUnsupported) as refused:
         _qlora(providers, "local", tmp_path)
     assert refused.value.param == "ftserve.training_type" and "QLoRA needs a CUDA GPU" in refused.value.message
+
+
+def test_on_a_gpu_without_bitsandbytes_the_local_engine_refuses_it_naming_the_field(tmp_path: Path) -> None:
+    gpu = LocalProvider(load_catalogue(), Path("models"), cuda=True)
+    assert "qlora" in gpu.capabilities().training_types
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
+    request = dataclasses.replace(job(tmp_path, MODELS["local"]), options={"training_type": "qlora"})
+    with pytest.raises(ProviderUnsupported) as refused:
+        gpu.spec(request)
+    assert refused.value.param == "ftserve.training_type" and "QLoRA needs bitsandbytes" in refused.value.message
