@@ -8,6 +8,7 @@ import pytest
 from ftserve.catalogue import config_of, load_catalogue
 from ftserve.engine import memory
 from ftserve.engine.memory import GIB, Job, Machine, Shape
+from ftserve.engine.spec import TrainingType
 
 SMOL = config_of(load_catalogue()["SmolLM2-135M-Instruct"])
 # Qwen2.5-7B-Instruct's config.json, its shape keys.
@@ -59,7 +60,7 @@ def test_a_7b_model_on_a_gpu_by_hand() -> None:
 
 @pytest.mark.parametrize("machine", [CPU, GPU])
 def test_checkpointing_lowers_it_and_qlora_is_below_lora_below_full(machine: Machine) -> None:
-    def found(training_type: memory.Training, checkpointing: bool = False) -> memory.MemoryEstimate:
+    def found(training_type: TrainingType, checkpointing: bool = False) -> memory.MemoryEstimate:
         return memory.estimate(QWEN_7B, Job(training_type, 4, 1024, gradient_checkpointing=checkpointing), machine)
 
     assert found("lora", checkpointing=True).activations_gb < found("lora").activations_gb / 10

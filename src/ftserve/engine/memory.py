@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ftserve.engine.spec import JobSpec
+from ftserve.engine.spec import JobSpec, TrainingType
 
 GIB = 1 << 30
 OVERHEAD_GB = 1.0
@@ -43,8 +43,6 @@ ADAMW_BYTES = 16
 """fp32 weight, gradient and AdamW's two moments, per trained parameter."""
 LOGIT_BYTES = 8
 """fp32 logits and cross-entropy's fp32 log-softmax of them, per vocabulary entry per token."""
-
-Training = Literal["lora", "qlora", "full"]
 
 
 class OverBudget(Exception):
@@ -122,7 +120,7 @@ class Shape:
 class Job:
     """What the job asks that memory depends on."""
 
-    training_type: Training
+    training_type: TrainingType
     sequences: int
     """Rows in one step's forward pass (`sequences_per_step`)."""
     seq_len: int
@@ -249,7 +247,7 @@ def plan(config: Mapping[str, Any], job: Job, machine: Machine, limit_gb: float,
     return Verdict(with_it, with_it.total_gb <= limit_gb)
 
 
-def culprit(found: MemoryEstimate, limit_gb: float, training_type: Training, batch_size: int) -> str:
+def culprit(found: MemoryEstimate, limit_gb: float, training_type: TrainingType, batch_size: int) -> str:
     """The job's field that makes it too big, by which part is over: the model itself (its training type: over
     the limit alone, or a full fine-tune's weights and optimizer outweighing its tokens), else the tokens of a step
     (its batch size, or its sequence length once the batch is a single example)."""
