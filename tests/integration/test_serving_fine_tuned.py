@@ -29,6 +29,8 @@ from tests.tasks import chat_examples, follows_format, jsonl
 pytestmark = pytest.mark.engine
 
 BASE = "SmolLM2-135M-Instruct"
+# A llama's linear modules, every one of which LoRA targets by default; vLLM loads them by these names.
+LLAMA_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 PROBES = ["List: kiwi, lemon, mango, nectarine", "List: red, green, blue"]
 
 
@@ -74,8 +76,9 @@ def test_base_and_adapter_requests_interleave_on_one_base(client: OpenAI, job: A
     tuned, base = turns[0]
     assert tuned != base and not follows_format(base)
     loaded = server.runtime.inference.pool.loaded()
-    assert loaded["bases"] == [BASE] and job.fine_tuned_model in loaded["fine_tuned"]
-    assert 0 < loaded["fine_tuned_bytes"] < 20 << 20  # an adapter, not a second copy of the model
+    # (The session's server may hold other tests' models beside these, on their own bases.)
+    assert BASE in loaded["bases"] and job.fine_tuned_model in loaded["fine_tuned"]
+    assert 0 < loaded["fine_tuned_bytes"][job.fine_tuned_model] < 20 << 20  # an adapter, not a second copy
 
 
 def test_checkpoint_models_are_served(client: OpenAI, job: Any) -> None:
@@ -222,7 +225,7 @@ def test_deleting_the_model_stops_serving_it_and_removes_its_files(client: OpenA
     others = set(exports_dir.iterdir()) if exports_dir.is_dir() else set()  # the shared model's, which stay
     adapter = cli_export(server, job.fine_tuned_model, tmp_path, "--format", "adapter")
     # A model this small has few linear modules, which PEFT names in full; the export names them as vLLM does.
-    assert set(json.loads((adapter / "adapter_config.json").read_text())["target_modules"]) == VLLM_MODULES
+    assert set(json.loads((adapter / "adapter_config.json").read_text())["target_modules"]) == LLAMA_MODULES
     model_dir = server.runtime.models.artifact("default", job.fine_tuned_model)
     assert model_dir is not None and model_dir.is_dir()
     exports = list(set(exports_dir.iterdir()) - others)

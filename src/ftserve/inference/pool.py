@@ -113,7 +113,7 @@ class ModelPool:
         """What is in memory, for tests and benchmarks."""
         with self._lock:
             return {"bases": sorted(self._bases), "fine_tuned": list(self._tuned),
-                    "fine_tuned_bytes": sum(size for _, size in self._tuned.values())}
+                    "fine_tuned_bytes": {name: size for name, (_, size) in self._tuned.items()}}
 
     # Loading, under the lock.
 
