@@ -41,29 +41,40 @@ class VllmEngine:
 
     def generate(self, request: Generation, cancelled: Callable[[], bool]) -> Iterator[Chunk]:
         server = self._server(request.target)
-        with server.use() as url:
-            model = self._model(server, url, request.target)
-            counts: dict[int, int] = {}
-            try:
-                with self._client.stream("POST", f"{url}/v1/completions", json=_body(request, model),
-                                         headers=server.headers) as response:
-                    if response.status_code != 200:
-                        _refused(response, server)
-                    for line in response.iter_lines():
-                        if cancelled():
-                            return  # leaving the block closes the stream, and vLLM aborts the request
-                        if not line.startswith("data: ") or line == "data: [DONE]":
-                            continue
-                        event = json.loads(line[6:])
-                        if "error" in event:
-                            server.fail()
-                            raise EngineUnavailable(f"The generation engine failed ({event['error'].get('message')}); "
-                                                    f"it is being restarted. Its log is {server.log_path}.")
-                        for choice in event.get("choices", []):
-                            yield _chunk(choice, counts, request.logprobs)
-            except (httpx.TransportError, httpx.StreamError) as error:
-                raise EngineUnavailable(f"The generation engine for {request.target.base.id} stopped while answering "
-                                        "(it is being restarted); try again shortly.") from error
+        for last_try in (False, True):
+            with server.use() as url:
+                try:
+                    model = self._model(server, url, request.target)
+                    yield from self._stream(server, url, model, request, cancelled)
+                    return
+                except httpx.ConnectError as error:
+                    # Refused: the request never reached vLLM, whose process is gone or going (before this
+                    # process has seen it end). It is ended for sure and the request goes to a new one, once.
+                    server.refused(url)
+                    if last_try:
+                        raise _stopped(request) from error
+                except (httpx.TransportError, httpx.StreamError) as error:
+                    raise _stopped(request) from error
+
+    def _stream(self, server: VllmServer, url: str, model: str, request: Generation,
+                cancelled: Callable[[], bool]) -> Iterator[Chunk]:
+        counts: dict[int, int] = {}
+        with self._client.stream("POST", f"{url}/v1/completions", json=_body(request, model),
+                                 headers=server.headers) as response:
+            if response.status_code != 200:
+                _refused(response, server)
+            for line in response.iter_lines():
+                if cancelled():
+                    return  # leaving the block closes the stream, and vLLM aborts the request
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    server.fail()
+                    raise EngineUnavailable(f"The generation engine failed ({event['error'].get('message')}); "
+                                            f"it is being restarted. Its log is {server.log_path}.")
+                for choice in event.get("choices", []):
+                    yield _chunk(choice, counts, request.logprobs)
 
     def reload(self, target: Target) -> None:
         server = self._servers.get(target.base.id)
@@ -181,6 +192,11 @@ def _chunk(choice: dict[str, Any], counts: dict[int, int], top: int | None) -> C
                                                     given.get("top_logprobs") or [None] * len(given["tokens"]))
         )
     return Chunk(index, choice.get("text") or "", counts[index], choice.get("finish_reason"), ids, logprobs)
+
+
+def _stopped(request: Generation) -> EngineUnavailable:
+    return EngineUnavailable(f"The generation engine for {request.target.base.id} stopped while answering "
+                             "(it is being restarted); try again shortly.")
 
 
 def _refused(response: httpx.Response, server: VllmServer) -> None:

@@ -143,6 +143,16 @@ class VllmServer:
             if self._process is not None:
                 _signal_group(self._process, signal.SIGKILL)
 
+    def refused(self, url: str) -> None:
+        """A connection to `url` was refused: the process behind it is gone or going. End it for sure (waiting
+        for it), so that the next `url()` starts another rather than handing out the same address."""
+        with self._lock:
+            if self._url != url or self._process is None:
+                return  # already replaced
+            _signal_group(self._process, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=30)
+
     @property
     def log_path(self) -> Path:
         return self._log_path()
