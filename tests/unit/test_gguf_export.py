@@ -16,7 +16,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import gguf
 import numpy as np
@@ -152,6 +152,17 @@ def read(path: Path) -> gguf.GGUFReader:
     return gguf.GGUFReader(path)  # parsing 100,000 token strings takes seconds: once per file
 
 
+def tiny_copy(tiny: Callable[[str], tuple[Path, PreTrainedModel]], into: Path,
+              **config_changes: object) -> tuple[Path, dict[str, Any]]:
+    """A copy of the tiny llama at `into`, to change, with `config_changes` written into its config.json; the
+    config as written."""
+    directory, _ = tiny("llama")
+    shutil.copytree(directory, into)
+    config = {**json.loads((into / "config.json").read_text()), **config_changes}
+    (into / "config.json").write_text(json.dumps(config))
+    return into, config
+
+
 def fields(path: Path, prefix: str) -> dict[str, object]:
     return {k: f.contents() for k, f in read(path).fields.items() if k.startswith(prefix)}
 
@@ -223,9 +234,7 @@ def test_tokenizer_built_from_tokenizer_json_matches_llama_cpps_own_conversion(
 def test_source_gguf_lends_its_tokenizer_but_the_chat_template_comes_from_the_model(
     tiny: Callable[[str], tuple[Path, PreTrainedModel]], original_gguf: Path, tmp_path: Path,
 ) -> None:
-    directory, _ = tiny("llama")
-    model_dir = tmp_path / "fine-tuned"
-    shutil.copytree(directory, model_dir)
+    model_dir, _ = tiny_copy(tiny, tmp_path / "fine-tuned")
     template = "{% for message in messages %}{{ message['content'] }}<|im_end|>{% endfor %}"
     (model_dir / "chat_template.jinja").write_text(template)
     (model_dir / "tokenizer.json").unlink()  # copying must not need it
@@ -272,11 +281,7 @@ def test_the_default_model_in_q8_0_answers_as_it_did_and_takes_half_the_space(
 def test_an_unsupported_architecture_is_refused_by_name_and_leaves_no_file(
     tiny: Callable[[str], tuple[Path, PreTrainedModel]], tmp_path: Path,
 ) -> None:
-    directory, _ = tiny("llama")
-    model_dir = tmp_path / "phi"
-    shutil.copytree(directory, model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
-    (model_dir / "config.json").write_text(json.dumps({**config, "architectures": ["PhiForCausalLM"]}))
+    model_dir, _ = tiny_copy(tiny, tmp_path / "phi", architectures=["PhiForCausalLM"])
     out = tmp_path / "out"
 
     with pytest.raises(GgufExportError, match=r"PhiForCausalLM.*supported: Gemma3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, Phi3ForCausalLM"):
@@ -312,9 +317,7 @@ def test_a_failure_while_writing_leaves_the_previous_file_untouched_and_no_parti
 def test_a_tokenizer_neither_byte_level_nor_sentencepiece_needs_the_base_gguf(
     tiny: Callable[[str], tuple[Path, PreTrainedModel]], tmp_path: Path,
 ) -> None:
-    directory, _ = tiny("llama")
-    model_dir = tmp_path / "sentencepiece"
-    shutil.copytree(directory, model_dir)
+    model_dir, _ = tiny_copy(tiny, tmp_path / "sentencepiece")
     spec = json.loads((model_dir / "tokenizer.json").read_text())
     spec["decoder"] = {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}]}
     (model_dir / "tokenizer.json").write_text(json.dumps(spec))
@@ -329,18 +332,14 @@ def test_llama_3_1_rope_scaling_is_written_as_the_factors_transformers_divides_b
 ) -> None:
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    directory, _ = tiny("llama")
-    model_dir = tmp_path / "llama3.1"
-    shutil.copytree(directory, model_dir)
     rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 64, "rope_theta": 500000.0}
-    config = json.loads((model_dir / "config.json").read_text())
-    (model_dir / "config.json").write_text(json.dumps({**config, "rope_parameters": rope}))
+    model_dir, config = tiny_copy(tiny, tmp_path / "llama3.1", rope_parameters=rope)
 
     path = write_gguf(model_dir, tmp_path / "model.gguf", "q8_0")
 
     # llama.cpp divides each rotary frequency by its factor in rope_freqs, as transformers' llama3 scaling does.
-    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](LlamaConfig(**{**config, "rope_parameters": rope}), "cpu")
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](LlamaConfig(**config), "cpu")
     head_dim = config["hidden_size"] // config["num_attention_heads"]
     unscaled = 1.0 / 500000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim)
     written = {t.name: t for t in gguf.GGUFReader(path).tensors}["rope_freqs.weight"]
