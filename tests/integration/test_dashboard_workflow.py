@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def test_a_person_uploads_trains_compares_and_exports_in_the_dashboard(
         # The hyperparameters as the job will run: given ones as given, the learning rate resolved from "auto".
         assert seen["preview"]["n epochs"] == "2" and seen["preview"]["batch size"] == "4"
         assert float(seen["preview"]["learning rate"]) > 0
+        # The memory estimate against the server's limit, both as the dry run gives them.
+        assert re.fullmatch(r"\d+\.\d GiB of \d+\.\d GiB", seen["preview"]["Memory"]), seen["preview"]
 
         job = client.fine_tuning.jobs.retrieve(seen["jobId"])
         assert job.status == "succeeded" and job.model == TINY_MODEL_ID and job.training_file == seen["trainFileId"]

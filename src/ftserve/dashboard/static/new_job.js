@@ -11,7 +11,11 @@ const HYPERPARAMETERS = {
   n_epochs: Number, batch_size: Number, learning_rate_multiplier: Number,
   beta: Number, // dpo
 };
-const SHOWN_ESTIMATE = ["trained_tokens", "epochs", "cost_usd", "basis"];
+const SHOWN_ESTIMATE = ["trained_tokens", "epochs", "cost_usd", "basis", "memory_gb", "memory_limit_gb"];
+// Blank: the server's default (LoRA; a job continuing an ft: model trains as its parent did).
+const TRAINING_TYPES = [["", "default"], ["lora", "lora"], ["full", "full"], ["qlora", "qlora (CUDA only)"]];
+const CHECKPOINTING = [["", "auto"], ["true", "on"], ["false", "off"]];
+const gib = (value) => `${value.toFixed(1)} GiB`;
 const EXAMPLE_GRADER = {type: "string_check", name: "exact", input: "{{sample.output_text}}", reference: "{{item.answer}}", operation: "eq"};
 
 // What validation found in a file (its `ftserve` field), before its id in the file lists.
@@ -31,7 +35,10 @@ export function newJobView(view) {
     [name, h("input", {id: `job-${name}`, inputmode: "decimal", placeholder: "auto", "aria-describedby": "auto-hint"})]));
   const suffix = h("input", {id: "job-suffix", maxlength: 64});
   const seed = h("input", {id: "job-seed", inputmode: "numeric"});
-  const trainingType = h("select", {id: "job-training-type"}, ["lora", "full"].map((name) => h("option", {value: name}, name)));
+  const choice = (id, values) => h("select", {id}, values.map(([value, label]) => h("option", {value}, label)));
+  const trainingType = choice("job-training-type", TRAINING_TYPES);
+  const checkpointing = choice("job-gradient-checkpointing", CHECKPOINTING);
+  const packing = h("input", {id: "job-packing", type: "checkbox"});
   const loraRank = h("input", {id: "job-lora-rank", inputmode: "numeric", placeholder: "16"});
   const maxSeq = h("input", {id: "job-max-seq-length", inputmode: "numeric", placeholder: "2048"});
   const grader = h("textarea", {id: "job-grader", rows: 8, spellcheck: "false"}, JSON.stringify(EXAMPLE_GRADER, null, 2));
@@ -53,7 +60,9 @@ export function newJobView(view) {
       h("p", {id: "auto-hint", class: "muted"}, "Blank is auto: the preview shows the value it resolves to."), hyper),
     h("fieldset", {}, h("legend", {}, "ftserve options"),
       field("job-training-type", "Training type", trainingType), field("job-lora-rank", "LoRA rank", loraRank),
-      field("job-max-seq-length", "Max sequence length", maxSeq)),
+      field("job-max-seq-length", "Max sequence length", maxSeq),
+      field("job-gradient-checkpointing", "Gradient checkpointing", checkpointing, "auto: on only where the memory estimate needs it"),
+      field("job-packing", "Packing (supervised)", packing)),
     field("job-suffix", "Suffix", suffix), field("job-seed", "Seed", seed),
     h("div", {class: "actions"}, previewButton, createButton));
   view.main.append(h("h1", {}, "New fine-tuning job"), alert, form, previewBox);
@@ -91,10 +100,13 @@ export function newJobView(view) {
     if (validation.value) body.validation_file = validation.value;
     if (suffix.value.trim()) body.suffix = suffix.value.trim();
     if (seed.value.trim()) body.seed = Number(seed.value.trim());
-    const ftserve = {training_type: trainingType.value};
+    const ftserve = {};
+    if (trainingType.value) ftserve.training_type = trainingType.value;
+    if (checkpointing.value) ftserve.gradient_checkpointing = checkpointing.value === "true";
+    if (packing.checked) ftserve.packing = true;
     if (loraRank.value.trim()) ftserve.lora_rank = Number(loraRank.value.trim());
     if (maxSeq.value.trim()) ftserve.max_seq_length = Number(maxSeq.value.trim());
-    body.ftserve = ftserve;
+    if (Object.keys(ftserve).length) body.ftserve = ftserve;
     return body;
   }
 
@@ -141,6 +153,9 @@ export function newJobView(view) {
       ["Trained tokens", estimate?.trained_tokens ?? dash], ["Epochs", estimate?.epochs ?? dash],
       ["Estimated cost", typeof estimate?.cost_usd === "number" ? `$${estimate.cost_usd.toFixed(2)}` : dash],
       ["Basis", estimate?.basis ?? dash],
+      ["Memory", typeof estimate?.memory_gb === "number"
+        ? `${gib(estimate.memory_gb)} of ${typeof estimate.memory_limit_gb === "number" ? gib(estimate.memory_limit_gb) : "no set limit"}`
+        : dash],
       // Whatever else the estimate carries (a memory estimate, say), under its own name.
       ...Object.entries(estimate ?? {}).filter(([name, value]) => !SHOWN_ESTIMATE.includes(name) && value !== null)
         .map(([name, value]) => [name.replaceAll("_", " "), typeof value === "object" ? JSON.stringify(value) : String(value)]),
