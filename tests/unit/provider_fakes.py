@@ -268,6 +268,7 @@ def hosted(request: pytest.FixtureRequest) -> Iterator[Fake]:
 class PlannedFile:
     storage_key: str
     examples: int
+    estimated_tokens: int | None = None  # as a file stored before uploads were counted: the dry run counts it
 
 
 class PlanningFiles:

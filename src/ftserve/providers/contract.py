@@ -25,7 +25,7 @@ from pydantic import ConfigDict
 
 from ftserve.domain.errors import FtserveError, InvalidRequest
 from ftserve.domain.jobs import MethodType
-from ftserve.domain.tokens import tokens_of  # noqa: F401  (the providers price dry runs with it from here)
+from ftserve.domain.tokens import tokens_of
 
 ProviderKind = Literal["local", "openai_compatible", "together", "fireworks", "bedrock", "runpod"]
 
@@ -107,6 +107,9 @@ class JobRequest:
     """OpenAI's method hyperparameters as requested; `"auto"` where the caller left the choice to the provider."""
     training_file: Path
     training_examples: int
+    training_tokens: int | None = None
+    """The training file's tokens as counted when it was uploaded (`tokens_of`'s rule); None for a file stored
+    before ftserve counted them. `trained_tokens` falls back to counting."""
     validation_file: Path | None = None
     validation_examples: int = 0
     method_config: dict[str, Any] = field(default_factory=dict)
@@ -123,6 +126,10 @@ class JobRequest:
     """Where a job trained on this server writes (the engine's own directory); hosted providers ignore it."""
     parent: Parent | None = None
     """Set when `model` names a fine-tuned model of this server; only the local engine trains from one."""
+
+    def trained_tokens(self) -> int:
+        """The training file's tokens, at four characters a token: as counted at upload, or counted now."""
+        return self.training_tokens if self.training_tokens is not None else tokens_of(self.training_file)
 
 
 @dataclass(frozen=True)

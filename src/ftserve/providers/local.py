@@ -47,7 +47,6 @@ from ftserve.providers.contract import (
     ProviderUnsupported,
     Resolved,
     Staged,
-    tokens_of,
 )
 from ftserve.schemas.fine_tuning import FtserveJobOptions
 
@@ -313,7 +312,7 @@ class LocalProvider:
     def estimate(self, request: JobRequest) -> Estimate:
         spec, found = self._planned(request)
         return Estimate(
-            tokens_of(request.training_file) * spec.n_epochs, spec.n_epochs,
+            request.trained_tokens() * spec.n_epochs, spec.n_epochs,
             basis="text of the training file at 4 characters per token, times the epochs; training here costs no fees"
             + (f"; memory at its peak: {found.basis}" if found else "; memory not estimated (the model's shape is "
                "unknown before its weights load)"),

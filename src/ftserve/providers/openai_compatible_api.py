@@ -34,7 +34,6 @@ from ftserve.providers.contract import (
     Staged,
     capabilities_of,
     map_status,
-    tokens_of,
 )
 from ftserve.providers.plan import options_of
 from ftserve.providers.staging import digest, once, stage
@@ -148,7 +147,7 @@ class OpenAICompatibleProvider:
         epochs = request.hyperparameters.get("n_epochs", "auto")
         epochs = auto_epochs(request.training_examples or 1) if epochs == "auto" else int(epochs)
         return Estimate(
-            tokens_of(request.training_file) * epochs, epochs,
+            request.trained_tokens() * epochs, epochs,
             basis="text at 4 characters per token, times the epochs (auto epochs by OpenAI's documented rule); "
             "the API publishes no price or estimate endpoint",
         )

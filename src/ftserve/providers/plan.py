@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from ftserve.domain.errors import InvalidRequest
-from ftserve.providers.contract import Change, Estimate, JobRequest, Options, Resolved, chosen, tokens_of
+from ftserve.providers.contract import Change, Estimate, JobRequest, Options, Resolved, chosen
 
 O = TypeVar("O", bound=Options)
 
@@ -135,5 +135,5 @@ def text_estimate(request: JobRequest, default_epochs: int, default_name: str, t
     """Tokens of the training file (at four characters a token) times the epochs, where no better count exists."""
     epochs = epochs_of(request, default_epochs)
     whose = "as asked" if chosen(request, "n_epochs") is not None else f"{default_name}'s default"
-    return Estimate(tokens_of(request.training_file) * epochs, epochs, None,
+    return Estimate(request.trained_tokens() * epochs, epochs, None,
                     f"the training file's text at 4 characters per token, times {epochs} epochs ({whose}); {tail}")

@@ -47,7 +47,6 @@ from ftserve.providers.contract import (
     chosen,
     map_status,
     no_reinforcement,
-    tokens_of,
 )
 from ftserve.providers.plan import epochs_of, options_of
 from ftserve.providers.together_request import SDK_DEFAULTS, TogetherOptions, create_body
@@ -145,7 +144,7 @@ class TogetherProvider:
     def estimate(self, request: JobRequest) -> Estimate:
         asked = chosen(request, "n_epochs")
         epochs = epochs_of(request, SDK_DEFAULTS["n_epochs"])
-        local = tokens_of(request.training_file) * epochs
+        local = request.trained_tokens() * epochs
         basis = "text at 4 characters per token, times the epochs" + (
             "" if asked is not None else f" (Together's default: {epochs})")
         try:

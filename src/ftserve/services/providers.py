@@ -74,6 +74,7 @@ def job_request(job: Job, route: Route, files: FileService, blobs: BlobStore, pa
         integrations=job.integrations, options=options,
         provider_options=merged(route.options, provider_block(route.provider, provider_options)),
         training_file=blobs.local(training.storage_key), training_examples=training.examples or 0,
+        training_tokens=training.estimated_tokens,
         validation_file=blobs.local(validation.storage_key) if validation else None,
         validation_examples=validation.examples or 0 if validation else 0,
         output_dir=blobs.workdir(f"artifacts/{job.id}"), parent=parent,
